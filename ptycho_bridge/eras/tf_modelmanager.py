@@ -1,0 +1,210 @@
+"""Reader for ``tf-modelmanager-1``: archives written by upstream TF ``ModelManager.save_multiple_models``.
+
+Layout (docs/upstream-formats.md §2): root ``manifest.dill`` ``{'models': [...], 'version': '1.0'}``;
+per model ``model.keras`` (Keras 3 zip: ``config.json`` + ``model.weights.h5``), ``params.dill``
+(the whole ``params.cfg``; the probe is a pickled TF eager tensor), ``custom_objects.dill``
+(by-reference classes, never needed) and ``model.h5`` (one ``intensity_scale`` attribute).
+Conv roles come from ``config.json`` alone (:mod:`ptycho_bridge.keras_graph`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from ..container import SafeZip
+from ..errors import FormatError, SpecError
+from ..h5io import get_dataset, open_h5, read_array, walk_datasets
+from ..keras_graph import analyse_config
+from ..mapping import tf_to_canonical_array
+from ..model import BridgeArchive, LazyTensors, ModelEntry, TensorInfo
+from .base import EraReader, opaque_names, positive_float, read_json, read_pickle, require_dict, require_field
+from .specs import spec_from_tf
+
+MAX_KERAS_CONFIG = 16 * 1024 * 1024
+
+
+def read_legacy_manifest(zf: SafeZip, hints: dict[str, Any]) -> Any:
+    """``manifest.dill`` decoded once per open archive (cached in ``hints``)."""
+    if "manifest.dill" not in hints:
+        hints["manifest.dill"] = read_pickle(zf, "manifest.dill") if "manifest.dill" in zf else None
+    return hints["manifest.dill"]
+
+
+def check_legacy_manifest(manifest: Any, zf: SafeZip, version: str) -> list[str]:
+    where = zf.member_label("manifest.dill")
+    manifest = require_dict(manifest, member=where, what="manifest.dill")
+    models = require_field(manifest, "models", list, member=where)
+    got = require_field(manifest, "version", str, member=where)
+    if got != version:
+        raise FormatError(f"version {got!r}, expected {version!r}", member=where, field="version")
+    if not models or not all(isinstance(m, str) and m and "/" not in m and ".." not in m for m in models):
+        raise FormatError(f"models must be a non-empty list of names, found {models!r}"[:200], member=where, field="models")
+    return list(models)
+
+
+def read_keras_payload(zf: SafeZip, member: str, *, model_name: str, params: dict[str, Any]) -> ModelEntry:
+    """One ``model.keras``: graph analysis, spec cross-check, lazy canonical tensors."""
+    keras = zf.open_nested(member)
+    for required in ("config.json", "model.weights.h5"):
+        if required not in keras:
+            raise FormatError(f"Keras archive lacks {required!r}", member=keras.label)
+    config = read_json(keras, "config.json")
+    graph = analyse_config(require_dict(config, member=keras.member_label("config.json"), what="config.json"),
+                           member=keras.member_label("config.json"))
+    spec = spec_from_tf(params, graph, member=zf.member_label(f"{model_name}/params.dill"))
+    weights_label = keras.member_label("model.weights.h5")
+    weights_bytes = keras.read("model.weights.h5")
+    metadata: dict[str, Any] = {}
+    if "metadata.json" in keras:
+        meta = read_json(keras, "metadata.json")
+        metadata = meta if isinstance(meta, dict) else {}
+    keras.close()
+
+    h5 = open_h5(weights_bytes, member=weights_label)
+    infos: dict[str, TensorInfo] = {}
+    paths: dict[str, str] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for role in graph.convs:
+        group_path = f"layers/{role.alias}/vars"
+        for index, param in (("0", "weight"), ("1", "bias")):
+            path = f"{group_path}/{index}"
+            dset = get_dataset(h5, path, member=weights_label)
+            stored_name = h5[group_path].attrs.get("name")
+            if stored_name is not None and str(stored_name) != role.layer_name:
+                raise SpecError(
+                    f"weight group {group_path} belongs to layer {stored_name!r}, config.json says {role.layer_name!r}",
+                    member=weights_label,
+                )
+            name = f"{role.canonical}.{param}"
+            shape = tuple(int(d) for d in dset.shape)
+            if param == "weight":
+                if len(shape) != 4:
+                    raise SpecError(f"{path} has shape {list(shape)}, expected a 4-D HWIO kernel", member=weights_label)
+                shape = (shape[3], shape[2], shape[0], shape[1])
+            shapes[name] = shape
+            paths[name] = path
+            infos[name] = TensorInfo(name, shape, str(dset.dtype), source_name=path)
+    from ..spec import check_tensors
+
+    check_tensors(spec, shapes, member=weights_label)
+    conv_paths = set(paths.values())
+    optimizer = 0
+    for path, _dset in walk_datasets(h5, member=weights_label):
+        rel = path.lstrip("/")
+        if rel in conv_paths:
+            continue
+        if rel.startswith("optimizer/"):
+            optimizer += 1
+            continue
+        raise SpecError(f"weight file holds {rel!r}, which no layer of the network owns", member=weights_label)
+    h5.close()
+
+    def load() -> dict[str, np.ndarray]:
+        f = open_h5(weights_bytes, member=weights_label)
+        try:
+            return {
+                name: tf_to_canonical_array(name, read_array(get_dataset(f, path, member=weights_label), member=weights_label))
+                for name, path in paths.items()
+            }
+        finally:
+            f.close()
+
+    payload = {
+        "kind": "keras",
+        "member": member,
+        "keras_version": metadata.get("keras_version"),
+        "optimizer_tensors": optimizer,
+        "layers": len(graph.layer_classes),
+        "outputs": list(graph.outputs),
+        "phase_scale": graph.phase_scale,
+    }
+    warnings = []
+    if optimizer:
+        warnings.append(f"{optimizer} optimizer tensors in {member} (training state; not needed for inference)")
+    if not graph.use_polar:
+        warnings.append("CombineComplexLayer use_polar=False (legacy A + iφ output): conversions refuse it")
+    return ModelEntry(model_name, spec, LazyTensors(infos, load), infos, payload=payload, warnings=warnings)
+
+
+def _model_h5_scale(zf: SafeZip, member: str) -> float | None:
+    f = open_h5(zf.read(member, max_size=1024 * 1024), member=zf.member_label(member))
+    try:
+        value = f.attrs.get("intensity_scale")
+        return None if value is None else float(np.asarray(value))
+    finally:
+        f.close()
+
+
+class TfModelManagerReader(EraReader):
+    era = "tf-modelmanager-1"
+    backend = "tensorflow"
+
+    @classmethod
+    def detect(cls, zf: SafeZip, hints: dict[str, Any]) -> bool:
+        if "manifest.json" in zf or "manifest.dill" not in zf:
+            return False
+        manifest = read_legacy_manifest(zf, hints)
+        return isinstance(manifest, dict) and manifest.get("version") == "1.0"
+
+    def read(self, zf: SafeZip, path: str) -> BridgeArchive:
+        hints: dict[str, Any] = {}
+        names = check_legacy_manifest(read_legacy_manifest(zf, hints), zf, "1.0")
+        models: dict[str, ModelEntry] = {}
+        params_by_model: dict[str, dict[str, Any]] = {}
+        warnings: list[str] = []
+        for name in names:
+            for part in ("params.dill", "model.keras"):
+                if f"{name}/{part}" not in zf:
+                    raise FormatError(f"model {name!r} listed in manifest.dill has no {part}", member=zf.member_label(f"{name}/{part}"))
+            pmember = zf.member_label(f"{name}/params.dill")
+            params = require_dict(read_pickle(zf, f"{name}/params.dill"), member=pmember, what="params.dill")
+            opaque = opaque_names(params)
+            if opaque:
+                warnings.append(f"{name}/params.dill holds values of unknown type {opaque} (kept inert, never executed)")
+            params_by_model[name] = params
+            models[name] = read_keras_payload(zf, f"{name}/model.keras", model_name=name, params=params)
+            if f"{name}/custom_objects.dill" in zf:
+                objs = read_pickle(zf, f"{name}/custom_objects.dill")
+                models[name].payload["custom_objects"] = len(objs) if isinstance(objs, dict) else None
+            if f"{name}/model.h5" in zf:
+                models[name].payload["model_h5_intensity_scale"] = _model_h5_scale(zf, f"{name}/model.h5")
+        primary = "diffraction_to_obj" if "diffraction_to_obj" in params_by_model else names[0]
+        params = params_by_model[primary]
+        for other, p in params_by_model.items():
+            if other != primary and _comparable(p) != _comparable(params):
+                warnings.append(f"{other}/params.dill differs from {primary}/params.dill")
+        scale = positive_float(
+            require_field(params, "intensity_scale", (int, float), member=zf.member_label(f"{primary}/params.dill")),
+            member=zf.member_label(f"{primary}/params.dill"),
+            field="intensity_scale",
+        )
+        h5_scale = models[primary].payload.get("model_h5_intensity_scale")
+        if h5_scale is not None and not np.isclose(h5_scale, scale, rtol=1e-6):
+            warnings.append(f"model.h5 intensity_scale {h5_scale} differs from params.dill {scale} (upstream reads params.dill)")
+        probe = params.get("probe")
+        if probe is not None and not isinstance(probe, np.ndarray):
+            warnings.append("params.dill 'probe' is not an array the safe reader understands")
+        return BridgeArchive(
+            path=path,
+            era=self.era,
+            backend=self.backend,
+            params=params,
+            models=models,
+            intensity_scale=scale,
+            manifest={"models": names, "version": "1.0"},
+            warnings=warnings,
+            members={m.name: m.size for m in zf.iter_members()},
+        )
+
+
+def _comparable(params: dict[str, Any]) -> str:
+    """A stable text form of params for equality checks (arrays by content)."""
+    def default(o: Any) -> Any:
+        if isinstance(o, np.ndarray):
+            return [str(o.dtype), list(o.shape), o.tobytes().hex()[:64]]
+        return repr(o)
+
+    return json.dumps(params, sort_keys=True, default=default)

@@ -1,0 +1,109 @@
+"""The neutral in-memory archive: :class:`BridgeArchive` and its :class:`ModelEntry` records.
+
+Why: every era reader produces this one shape, and every writer, engine and CLI command consumes
+it, so no code downstream needs to know which era an archive came from. Tensors are canonical
+(names from :mod:`ptycho_bridge.mapping`, conv weights OIHW) and may be loaded lazily: ``inspect``
+only needs their shapes, dtypes and byte counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .spec import NetworkSpec
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Shape, dtype and (where known) the backend name and checksum of one canonical tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    source_name: str | None = None
+    sha256: str | None = None
+
+    @property
+    def nbytes(self) -> int:
+        count = 1
+        for d in self.shape:
+            count *= int(d)
+        return count * np.dtype(self.dtype).itemsize
+
+
+class LazyTensors(Mapping[str, np.ndarray]):
+    """A mapping of canonical tensors whose data is read on first access (then cached)."""
+
+    def __init__(self, infos: Mapping[str, TensorInfo], loader: Callable[[], dict[str, np.ndarray]]) -> None:
+        self.infos = dict(infos)
+        self._loader = loader
+        self._data: dict[str, np.ndarray] | None = None
+
+    def _load(self) -> dict[str, np.ndarray]:
+        if self._data is None:
+            self._data = self._loader()
+        return self._data
+
+    @property
+    def loaded(self) -> bool:
+        return self._data is not None
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self.infos:
+            raise KeyError(key)
+        return self._load()[key]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.infos)
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+
+@dataclass
+class ModelEntry:
+    """One model of an archive (``diffraction_to_obj``, ``autoencoder``)."""
+
+    name: str
+    spec: NetworkSpec | None
+    tensors: Mapping[str, np.ndarray]
+    tensor_info: dict[str, TensorInfo]
+    payload: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    sentinel: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensor_info.values())
+
+
+@dataclass
+class BridgeArchive:
+    """The neutral view of any archive era."""
+
+    path: str
+    era: str
+    backend: str
+    params: dict[str, Any]
+    models: dict[str, ModelEntry]
+    intensity_scale: float | None
+    manifest: dict[str, Any] = field(default_factory=dict)
+    torch_config: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+    has_checksums: bool = False
+    members: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def primary(self) -> ModelEntry:
+        """The inference model (``diffraction_to_obj``), the one every engine runs."""
+        if "diffraction_to_obj" in self.models:
+            return self.models["diffraction_to_obj"]
+        raise KeyError("archive has no diffraction_to_obj model")
+
+    @property
+    def probe(self) -> np.ndarray | None:
+        probe = self.params.get("probe")
+        return probe if isinstance(probe, np.ndarray) else None

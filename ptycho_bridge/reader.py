@@ -1,0 +1,58 @@
+"""Open any supported archive: detect its era and hand it to that era's reader.
+
+Why: callers (CLI, converters, tests) ask for "the archive" and get one :class:`BridgeArchive`,
+whatever wrote it. Detection looks only at the central directory and the small root manifest.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .container import DEFAULT_LIMITS, Limits, SafeZip
+from .errors import CorruptArchiveError, FormatError, UnsupportedError
+from .eras import READERS, EraReader
+from .model import BridgeArchive
+
+
+def detect_reader(zf: SafeZip) -> type[EraReader]:
+    """The reader class for an open container, or :class:`UnsupportedError` saying what was seen."""
+    hints: dict[str, object] = {}
+    for reader in READERS:
+        if reader.detect(zf, hints):
+            return reader
+    names = zf.names()
+    if "manifest.json" in names:
+        raise UnsupportedError("manifest.json is neither a ptycho-bridge manifest nor a torch-manifest-v1", member=zf.member_label("manifest.json"))
+    if "manifest.dill" in names:
+        manifest = hints.get("manifest.dill")
+        version = manifest.get("version") if isinstance(manifest, dict) else None
+        if isinstance(manifest, dict):
+            raise UnsupportedError(f"unknown archive era: manifest.dill version {version!r} (known: '1.0', '2.0-pytorch')",
+                                   member=zf.member_label("manifest.dill"), field="version")
+        raise FormatError(f"manifest.dill must be a dict, found {type(manifest).__name__}", member=zf.member_label("manifest.dill"))
+    raise FormatError("no manifest (manifest.json or manifest.dill) and not a Lightning checkpoint", member=zf.label)
+
+
+def open_container(path: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS) -> SafeZip:
+    p = Path(path)
+    if not p.exists():
+        raise CorruptArchiveError("file not found", member=str(p))
+    if p.is_dir():
+        candidate = p / "wts.h5.zip"
+        if not candidate.exists():
+            raise CorruptArchiveError("directory has no wts.h5.zip", member=str(p))
+        p = candidate
+    if p.stat().st_size == 0:
+        raise CorruptArchiveError("empty file (0 bytes), expected a zip archive", member=str(p))
+    return SafeZip(p, label=p.name, limits=limits)
+
+
+def read_archive(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS) -> BridgeArchive:
+    """Read any supported archive (a ``wts.h5.zip``, its folder, or a Lightning ``.ckpt``)."""
+    zf = open_container(path, limits)
+    try:
+        reader = detect_reader(zf)
+        return reader().read(zf, str(path))
+    finally:
+        zf.close()
