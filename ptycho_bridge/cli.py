@@ -24,7 +24,7 @@ def _die(exc: BaseException) -> NoReturn:
     sys.exit(1)
 
 
-def _emit_json(doc: Any) -> None:
+def emit_json(doc: Any) -> None:
     click.echo(json.dumps(doc, indent=2, default=_json_default))
 
 
@@ -79,7 +79,7 @@ def inspect(archive: Path, as_json: bool, tensors: bool) -> None:
 
     report = inspect_report(read_archive(archive), tensors=tensors)
     if as_json:
-        _emit_json(report)
+        emit_json(report)
         return
     _print_inspect(report)
 
@@ -140,7 +140,7 @@ def validate(archives: tuple[Path, ...], as_json: bool) -> None:
     results = [validate_path(a) for a in archives]
     doc = {"valid": all(r["valid"] for r in results), "archives": results}
     if as_json:
-        _emit_json(doc)
+        emit_json(doc)
     else:
         from rich.table import Table
 
@@ -178,7 +178,7 @@ def schema(name: str | None, list_: bool) -> None:
         return
     if name not in schema_names():
         raise click.BadParameter(f"unknown schema {name!r}; choose from {', '.join(schema_names())}", param_hint="NAME")
-    _emit_json(load_schema(name))
+    emit_json(load_schema(name))
 
 
 # -- sample ---------------------------------------------------------------------------------------
@@ -195,6 +195,24 @@ def sample(out: Path, force: bool) -> None:
     path = write_sample(resolve_output(out), force=force)
     click.echo(str(path))
 
+
+def _register_commands() -> None:
+    """Attach the verbs that live in ``ptycho_bridge/commands/`` (modules that exist)."""
+    import importlib
+
+    from .commands import COMMAND_MODULES
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f".commands.{name}", __package__)
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__package__}.commands.{name}":
+                continue
+            raise
+        main.add_command(getattr(module, "command"))
+
+
+_register_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()
