@@ -27,11 +27,13 @@ TORCH_NAME_TABLE: tuple[tuple[str, str], ...] = (
     ("amp.decoder.{d}.conv{j}.{p}", "decoder_amp.blocks.{d}.conv{j}.{p}"),
     ("amp.decoder.{d}.bn{j}.{p}", "decoder_amp.blocks.{d}.bn{j}.{p}"),
     ("amp.outer.conv{j}.{p}", "decoder_amp.amp.conv_up_block.conv{j}.{p}"),
+    ("amp.outer.bn{j}.{p}", "decoder_amp.amp.conv_up_block.bn{j}.{p}"),
     ("amp.conv{j}.{p}", "decoder_amp.amp.conv{j}.{p}"),
     ("amp.bn{j}.{p}", "decoder_amp.amp.bn{j}.{p}"),
     ("phase.decoder.{d}.conv{j}.{p}", "decoder_phase.blocks.{d}.conv{j}.{p}"),
     ("phase.decoder.{d}.bn{j}.{p}", "decoder_phase.blocks.{d}.bn{j}.{p}"),
     ("phase.outer.conv{j}.{p}", "decoder_phase.phase.conv_up_block.conv{j}.{p}"),
+    ("phase.outer.bn{j}.{p}", "decoder_phase.phase.conv_up_block.bn{j}.{p}"),
     ("phase.conv{j}.{p}", "decoder_phase.phase.conv{j}.{p}"),
     ("phase.bn{j}.{p}", "decoder_phase.phase.bn{j}.{p}"),
 )

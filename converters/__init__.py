@@ -1,0 +1,1 @@
+"""Backends (TensorFlow/Keras, PyTorch, ONNX). Each submodule imports its framework lazily; this package imports none."""

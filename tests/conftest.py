@@ -1,0 +1,17 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+FIXTURES_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "upstream"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """The upstream fixture archives (``<case>/wts.h5.zip``, ``golden.npz`` …); skips when absent."""
+    if not FIXTURES_DIR.is_dir():
+        pytest.skip(f"upstream fixtures not found at {FIXTURES_DIR}")
+    return FIXTURES_DIR
