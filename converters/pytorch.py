@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from converters.pytorch_archive import state_dict_from_canonical  # numpy-only; re-exported here
 from ptycho_bridge.errors import ConversionRefused, SpecError
-from ptycho_bridge.mapping import TORCH_AUX_PREFIX, canonical_to_torch, torch_to_canonical
+from ptycho_bridge.mapping import TORCH_AUX_PREFIX, torch_to_canonical
 from ptycho_bridge.spec import (
     CBAM_REDUCTION,
     CBAM_SPATIAL_KERNEL,
@@ -289,37 +290,6 @@ def run(module: PtychoPinnCnn, x_norm: np.ndarray, *, batch_size: int | None = N
     if not outs:
         return np.zeros((0, spec.channels_out, spec.N, spec.N), dtype=np.complex64)
     return np.concatenate(outs, axis=0).astype(np.complex64, copy=False)
-
-
-def state_dict_from_canonical(
-    spec: NetworkSpec,
-    tensors: Mapping[str, np.ndarray],
-    *,
-    prefix: str = "model.autoencoder.",
-    aux: Mapping[str, np.ndarray] | None = None,
-) -> dict[str, np.ndarray]:
-    """Upstream torch ``state_dict`` (numpy values, upstream key order) for writing ``model.pth``.
-
-    The network tensors are checked strictly against ``spec``. Training-only tensors (canonical
-    names under ``training.``, e.g. ``training.forward_model.alpha``) come from ``tensors`` and
-    ``aux``; ``aux`` wins where both hold one (converters use it to fill what upstream's strict
-    loader needs). ``prefix`` is ``model.autoencoder.`` (Lightning) or ``autoencoder.`` (bare).
-    """
-    shapes = {name: tuple(np.shape(value)) for name, value in tensors.items()}
-    check_tensors(spec, shapes, member=_SOURCE, allow_extra_prefixes=(TORCH_AUX_PREFIX,))
-    extras: dict[str, np.ndarray] = {k: v for k, v in tensors.items() if k.startswith(TORCH_AUX_PREFIX)}
-    for name, value in (aux or {}).items():
-        if not name.startswith(TORCH_AUX_PREFIX):
-            raise SpecError(f"auxiliary tensor {name!r} must be named under {TORCH_AUX_PREFIX!r}", member=_SOURCE)
-        extras[name] = value
-    merged = {**{name: tensors[name] for name in expected_tensors(spec)}, **extras}
-    out: dict[str, np.ndarray] = {}
-    for name, value in merged.items():
-        key = canonical_to_torch(name, prefix=prefix)
-        if key in out:
-            raise SpecError(f"two tensors map to the torch key {key!r}", member=_SOURCE)
-        out[key] = np.array(value, copy=True)
-    return out
 
 
 def canonical_from_state_dict(sd: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -8,56 +8,15 @@ PyTorch import them lazily inside the command.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any
 
 import click
 
 from . import __version__
-from .errors import BridgeError
-
-
-def _die(exc: BaseException) -> NoReturn:
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(1)
-
-
-def emit_json(doc: Any) -> None:
-    click.echo(json.dumps(doc, indent=2, default=_json_default))
-
-
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return {"dtype": str(o.dtype), "shape": list(o.shape)}
-    return str(o)
-
-
-def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn every deliberate ptycho-bridge error into one stderr line and exit code 1."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except BridgeError as exc:
-            _die(exc)
-        except (MemoryError, RecursionError) as exc:
-            _die(RuntimeError(f"resource limit hit while reading input ({exc.__class__.__name__})"))
-
-    return wrapper
-
-
-def _console():  # type: ignore[no-untyped-def]
-    from rich.console import Console
-
-    return Console(highlight=False, soft_wrap=True)
+from .cliutil import console as _console
+from .cliutil import emit_json, guarded
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .container import DEFAULT_LIMITS, Limits
-from .errors import ArchiveError
+from .errors import ArchiveError, ChecksumError, SchemaError, SpecError
 from .model import BridgeArchive
 from .reader import detect_reader, open_container
 
@@ -69,6 +69,17 @@ def _finite_problems(arch: BridgeArchive) -> list[str]:
     return problems
 
 
+def _check_of(exc: ArchiveError) -> str:
+    """Which report row a reading error belongs to."""
+    if isinstance(exc, SchemaError):
+        return "schema"
+    if isinstance(exc, SpecError):
+        return "spec"
+    if isinstance(exc, ChecksumError):
+        return "checksums"
+    return "structure"
+
+
 def validate_path(path: str | Path, *, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     """Run every check that applies to the archive's era; never raises for bad archives."""
     result: dict[str, Any] = {"path": str(path), "era": None, "valid": False, "checks": [], "errors": [],
@@ -92,9 +103,7 @@ def validate_path(path: str | Path, *, limits: Limits = DEFAULT_LIMITS) -> dict[
             result["era"] = reader.era
             arch = reader().read(zf, str(path))
         except ArchiveError as exc:
-            check = "schema" if exc.__class__.__name__ == "SchemaError" else (
-                "spec" if exc.__class__.__name__ == "SpecError" else "structure")
-            return fail(check, exc)
+            return fail(_check_of(exc), exc)
         if reader.has_checksums:
             checks.append({"check": "schema", "ok": True, "detail": "manifest.json and params.json match their schemas"})
         else:

@@ -113,7 +113,9 @@ def test_custom_objects_dill_stays_opaque(fixtures_dir: Path, case: str) -> None
     assert "ptycho.model.IntensityScaler" in names and "ptycho.tf_helper.realspace_loss" in names
     assert objects["IntensityScaler"].type_name == "ptycho.model.IntensityScaler"
     assert all(n.startswith(("ptycho.model.", "ptycho.tf_helper.", "ptycho.custom_layers.")) for n in names)
-    assert "ptycho" not in sys.modules and "tensorflow" not in sys.modules
+    # other test modules may import tensorflow in this process; the fresh-interpreter test below
+    # proves no framework is imported — here only the archive's own package must stay unimported
+    assert "ptycho" not in sys.modules
 
 
 def test_reading_every_dill_imports_no_framework(fixtures_dir: Path) -> None:
