@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .errors import SpecError
+from .errors import SpecError, UnsafeArchiveError
 from .mapping import TfConvRole
 
 
@@ -64,8 +64,51 @@ def _slice_of(layer: dict[str, Any]) -> tuple[Any, Any] | None:
     return None
 
 
+CODE_CLASSES = ("Lambda", "__lambda__", "TFOpLambda")
+ALLOWED_MODULES = ("keras", "ptycho")
+
+
+def refuse_code(config: Any, *, member: str) -> None:
+    """Refuse a config that would make Keras run or import code when upstream loads it.
+
+    Why: we never deserialise with Keras, but migrations keep ``model.keras`` for upstream, whose
+    loader would. Refused: Lambda layers and marshalled bytecode (``__lambda__``, ``function_type``),
+    and objects from modules other than ``keras``/``ptycho`` (Keras imports the named module; the
+    only ``builtins`` entries allowed are by-name function references, as upstream's losses are).
+    The walk is iterative: the nesting depth is attacker-controlled.
+    """
+    stack: list[Any] = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        cls, module = node.get("class_name"), node.get("module")
+        if cls in CODE_CLASSES or "function_type" in node:
+            raise UnsafeArchiveError(f"Keras object {cls!r} carries Python code (Lambda/bytecode); refused", member=member)
+        if isinstance(module, str) and module.split(".")[0] not in ALLOWED_MODULES and not (
+                module == "builtins" and cls == "function" and isinstance(node.get("config"), str)):
+            raise UnsafeArchiveError(f"Keras object {module}.{cls} would make Keras import module {module!r}; "
+                                     f"only {'/'.join(ALLOWED_MODULES)} objects are allowed", member=member)
+        stack.extend(node.values())
+
+
 def analyse_config(config: dict[str, Any], *, member: str) -> KerasGraphInfo:
-    """Parse a Functional model config; raise :class:`SpecError` on anything unexpected."""
+    """Parse a Functional model config; raise :class:`SpecError` on anything unexpected.
+
+    The config is untrusted JSON: a value of the wrong JSON type anywhere (``None`` where a list is
+    expected, a string where a number is) is reported as a malformed config, not as a crash.
+    """
+    refuse_code(config, member=member)
+    try:
+        return _analyse(config, member=member)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        raise SpecError(f"malformed Keras config ({exc.__class__.__name__}: {exc})"[:300], member=member) from None
+
+
+def _analyse(config: dict[str, Any], *, member: str) -> KerasGraphInfo:
 
     def fail(msg: str, fieldname: str | None = None) -> SpecError:
         return SpecError(msg, member=member, field=fieldname)

@@ -12,6 +12,7 @@ from pathlib import Path
 from .container import DEFAULT_LIMITS, Limits, SafeZip
 from .errors import CorruptArchiveError, FormatError, UnsupportedError
 from .eras import READERS, EraReader
+from .eras.base import type_name
 from .model import BridgeArchive
 
 
@@ -28,9 +29,10 @@ def detect_reader(zf: SafeZip) -> type[EraReader]:
         manifest = hints.get("manifest.dill")
         version = manifest.get("version") if isinstance(manifest, dict) else None
         if isinstance(manifest, dict):
-            raise UnsupportedError(f"unknown archive era: manifest.dill version {version!r} (known: '1.0', '2.0-pytorch')",
+            shown = f"{type_name(version)} (not executed)" if getattr(version, "type_name", None) else repr(version)
+            raise UnsupportedError(f"unknown archive era: manifest.dill version {shown} (known: '1.0', '2.0-pytorch')",
                                    member=zf.member_label("manifest.dill"), field="version")
-        raise FormatError(f"manifest.dill must be a dict, found {type(manifest).__name__}", member=zf.member_label("manifest.dill"))
+        raise FormatError(f"manifest.dill must be a dict, found {type_name(manifest)}", member=zf.member_label("manifest.dill"))
     raise FormatError("no manifest (manifest.json or manifest.dill) and not a Lightning checkpoint", member=zf.label)
 
 

@@ -20,7 +20,9 @@ def _agree(field: str, a_name: str, a: Any, b_name: str, b: Any, member: str) ->
         raise SpecError(f"{a_name} says {a!r} but {b_name} says {b!r}", member=member, field=field)
 
 
-def spec_from_tf(params: Mapping[str, Any], graph: KerasGraphInfo, *, member: str) -> NetworkSpec:
+def spec_from_tf(
+    params: Mapping[str, Any], graph: KerasGraphInfo, *, member: str, config_member: str = "config.json"
+) -> NetworkSpec:
     """TF ``params.dill`` + ``config.json`` → spec; every overlapping field must agree."""
     p = dict(params)
     N = require_field(p, "N", int, member=member)
@@ -32,7 +34,7 @@ def spec_from_tf(params: Mapping[str, Any], graph: KerasGraphInfo, *, member: st
     amp = require_field(p, "amp_activation", str, member=member)
     if N not in SUPPORTED_N:
         raise SpecError(f"N={N} is not supported by upstream (expected one of {SUPPORTED_N})", member=member, field="N")
-    cfg = f"{member} config.json"
+    cfg = config_member
     _agree("N", "params.dill", N, cfg, graph.N, member)
     _agree("gridsize", "params.dill gridsize²", gridsize * gridsize, f"{cfg} input channels", graph.channels, member)
     _agree("n_filters_scale", "params.dill", nfs, cfg, graph.n_filters_scale, member)
@@ -170,5 +172,7 @@ def spec_from_torch(
     if mc.get("pad_object") is False or params.get("pad_object") is False:
         warnings.append("pad_object=False is ignored by upstream torch (it always builds the padded head)")
     spec.check()
-    check_tensors(spec, shapes, member=member)
+    # only training-only tensors (outside the autoencoder) may go unchecked; an unknown autoencoder
+    # tensor is an error unless it is a batch-norm tensor of a batch_norm network
+    check_tensors(spec, shapes, member=member, allow_extra_prefixes=("training.",))
     return spec, warnings

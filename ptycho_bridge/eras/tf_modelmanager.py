@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from ..container import SafeZip
-from ..errors import FormatError, SpecError
-from ..h5io import get_dataset, open_h5, read_array, walk_datasets
+from ..errors import FormatError, PickleDecodeError, SpecError
+from ..h5io import get_attr, get_dataset, open_h5, read_array, walk_datasets
 from ..keras_graph import analyse_config
 from ..mapping import tf_to_canonical_array
 from ..model import BridgeArchive, LazyTensors, ModelEntry, TensorInfo
@@ -45,6 +45,29 @@ def check_legacy_manifest(manifest: Any, zf: SafeZip, version: str) -> list[str]
     return list(models)
 
 
+def legacy_manifest_warnings(manifest: dict[str, Any]) -> list[str]:
+    """Unknown pickled objects anywhere in ``manifest.dill`` are reported by name (they were never run)."""
+    opaque = opaque_names(manifest)
+    return [f"manifest.dill holds values of unknown type {opaque} (kept inert, never executed)"] if opaque else []
+
+
+def check_custom_objects(objs: Any, *, member: str) -> int:
+    """``custom_objects.dill`` must map names to by-reference classes/functions, never to calls.
+
+    Why: upstream's loader unpickles it with dill, so a call (``os.system(...)``) stored there would
+    run in every Ptychodus that opens the archive; we refuse such an archive instead of carrying it on.
+    """
+    from ..safepickle import Opaque
+
+    objs = require_dict(objs, member=member, what="custom_objects.dill")
+    for key, value in objs.items():
+        if not (isinstance(value, Opaque) and value.kind == "global"):
+            what = f"a call to {value.type_name}" if isinstance(value, Opaque) else type(value).__name__
+            raise PickleDecodeError(f"entry {key!r} is {what}, expected a class or function reference; it was not executed",
+                                    member=member, field=str(key))
+    return len(objs)
+
+
 def read_keras_payload(zf: SafeZip, member: str, *, model_name: str, params: dict[str, Any]) -> ModelEntry:
     """One ``model.keras``: graph analysis, spec cross-check, lazy canonical tensors."""
     keras = zf.open_nested(member)
@@ -54,7 +77,8 @@ def read_keras_payload(zf: SafeZip, member: str, *, model_name: str, params: dic
     config = read_json(keras, "config.json")
     graph = analyse_config(require_dict(config, member=keras.member_label("config.json"), what="config.json"),
                            member=keras.member_label("config.json"))
-    spec = spec_from_tf(params, graph, member=zf.member_label(f"{model_name}/params.dill"))
+    spec = spec_from_tf(params, graph, member=zf.member_label(f"{model_name}/params.dill"),
+                        config_member=keras.member_label("config.json"))
     weights_label = keras.member_label("model.weights.h5")
     weights_bytes = keras.read("model.weights.h5")
     metadata: dict[str, Any] = {}
@@ -72,7 +96,7 @@ def read_keras_payload(zf: SafeZip, member: str, *, model_name: str, params: dic
         for index, param in (("0", "weight"), ("1", "bias")):
             path = f"{group_path}/{index}"
             dset = get_dataset(h5, path, member=weights_label)
-            stored_name = h5[group_path].attrs.get("name")
+            stored_name = get_attr(h5[group_path], "name", member=weights_label)
             if stored_name is not None and str(stored_name) != role.layer_name:
                 raise SpecError(
                     f"weight group {group_path} belongs to layer {stored_name!r}, config.json says {role.layer_name!r}",
@@ -132,8 +156,14 @@ def read_keras_payload(zf: SafeZip, member: str, *, model_name: str, params: dic
 def _model_h5_scale(zf: SafeZip, member: str) -> float | None:
     f = open_h5(zf.read(member, max_size=1024 * 1024), member=zf.member_label(member))
     try:
-        value = f.attrs.get("intensity_scale")
-        return None if value is None else float(np.asarray(value))
+        value = get_attr(f, "intensity_scale", member=zf.member_label(member))
+        if value is None:
+            return None
+        arr = np.asarray(value)
+        if arr.size != 1 or arr.dtype.kind not in "iuf":
+            raise FormatError(f"intensity_scale attribute is {arr.dtype}{list(arr.shape)}, expected a number",
+                              member=zf.member_label(member), field="intensity_scale")
+        return float(arr.reshape(()))
     finally:
         f.close()
 
@@ -151,10 +181,11 @@ class TfModelManagerReader(EraReader):
 
     def read(self, zf: SafeZip, path: str) -> BridgeArchive:
         hints: dict[str, Any] = {}
-        names = check_legacy_manifest(read_legacy_manifest(zf, hints), zf, "1.0")
+        manifest = read_legacy_manifest(zf, hints)
+        names = check_legacy_manifest(manifest, zf, "1.0")
         models: dict[str, ModelEntry] = {}
         params_by_model: dict[str, dict[str, Any]] = {}
-        warnings: list[str] = []
+        warnings: list[str] = legacy_manifest_warnings(manifest)
         for name in names:
             for part in ("params.dill", "model.keras"):
                 if f"{name}/{part}" not in zf:
@@ -168,7 +199,8 @@ class TfModelManagerReader(EraReader):
             models[name] = read_keras_payload(zf, f"{name}/model.keras", model_name=name, params=params)
             if f"{name}/custom_objects.dill" in zf:
                 objs = read_pickle(zf, f"{name}/custom_objects.dill")
-                models[name].payload["custom_objects"] = len(objs) if isinstance(objs, dict) else None
+                models[name].payload["custom_objects"] = check_custom_objects(
+                    objs, member=zf.member_label(f"{name}/custom_objects.dill"))
             if f"{name}/model.h5" in zf:
                 models[name].payload["model_h5_intensity_scale"] = _model_h5_scale(zf, f"{name}/model.h5")
         primary = "diffraction_to_obj" if "diffraction_to_obj" in params_by_model else names[0]

@@ -16,9 +16,9 @@ from ..container import SafeZip
 from ..errors import FormatError, SpecError, UnsupportedError
 from ..mapping import torch_to_canonical
 from ..model import BridgeArchive, ModelEntry, TensorInfo
-from .base import EraReader, opaque_names, read_json, read_pickle, read_torch, require_dict, require_field
+from .base import EraReader, opaque_names, read_json, read_pickle, read_torch, require_dict, require_field, type_name
 from .specs import spec_from_torch
-from .tf_modelmanager import check_legacy_manifest, read_legacy_manifest
+from .tf_modelmanager import check_legacy_manifest, legacy_manifest_warnings, read_legacy_manifest
 
 SENTINEL_KEY = "_sentinel"
 METADATA_MEMBER = "torch_scaling_metadata.pt"
@@ -34,7 +34,7 @@ def canonical_state_dict(state: Any, *, member: str) -> tuple[dict[str, np.ndarr
         if not isinstance(key, str):
             raise FormatError(f"state_dict key {key!r} is not a string", member=member)
         if not isinstance(value, np.ndarray):
-            raise FormatError(f"state_dict entry {key!r} is not a tensor ({type(value).__name__})", member=member, field=key)
+            raise FormatError(f"state_dict entry {key!r} is not a tensor ({type_name(value)})", member=member, field=key)
         name = torch_to_canonical(key)
         if name in tensors:
             raise FormatError(f"state_dict keys map twice onto canonical tensor {name!r}", member=member, field=key)
@@ -55,6 +55,9 @@ def torch_model_entry(
 ) -> ModelEntry:
     """A state_dict plus what is known of its configuration → a checked :class:`ModelEntry`."""
     if isinstance(state, dict) and set(state) == {SENTINEL_KEY}:
+        if not isinstance(state[SENTINEL_KEY], str):
+            raise FormatError(f"sentinel placeholder holds {type_name(state[SENTINEL_KEY])}, expected a model name; "
+                              "it was not executed", member=member, field=SENTINEL_KEY)
         return ModelEntry(
             name, None, {}, {}, payload={"kind": "torch-sentinel", "sentinel": state[SENTINEL_KEY]},
             warnings=[f"{name} holds the sentinel {state!r}, not weights (upstream writes a placeholder)"],
@@ -117,7 +120,8 @@ def _grid_and_n(params: Mapping[str, Any], config: Mapping[str, Any] | None, mem
         if data.get("N", N) != N:
             raise SpecError(f"params N={N} but torch data_config N={data.get('N')}", member=member, field="N")
         if "C" in data and data["C"] != g * g:
-            raise SpecError(f"data_config C={data['C']} but gridsize²={g * g}", member=member, field="C")
+            raise SpecError(f"gridsize={g} means C={g * g} but the torch data_config says C={data['C']}",
+                            member=member, field="gridsize")
     return N, g
 
 
@@ -133,8 +137,12 @@ class TorchBundleReader(EraReader):
         return isinstance(manifest, dict) and manifest.get("version") == "2.0-pytorch"
 
     def read(self, zf: SafeZip, path: str) -> BridgeArchive:
-        names = check_legacy_manifest(read_legacy_manifest(zf, {}), zf, "2.0-pytorch")
-        return _read_torch_models(zf, path, names, self.era, params_member="params.dill", manifest={"models": names, "version": "2.0-pytorch"})
+        manifest = read_legacy_manifest(zf, {})
+        names = check_legacy_manifest(manifest, zf, "2.0-pytorch")
+        arch = _read_torch_models(zf, path, names, self.era, params_member="params.dill",
+                                  manifest={"models": names, "version": "2.0-pytorch"})
+        arch.warnings[:0] = legacy_manifest_warnings(manifest)
+        return arch
 
 
 def _read_torch_models(
