@@ -5,19 +5,33 @@ indexes every member with size + sha256 and every canonical tensor with dtype, s
 ``params.json`` holds the parameter snapshot; arrays (the probe) live in the primary model's
 ``weights.h5`` under ``/params/``. Checksums are verified by :func:`verify_checksums`
 (``validate`` runs it; plain reads skip it for speed).
+
+Reads are in place: ``weights.h5`` is stored uncompressed in the zip, so tensors are views of one
+CRC-checked read of the member's bytes at their file offset (:func:`read_member_buffer`,
+:func:`read_in_place`), and params arrays (the probe) are read through a window on the member
+(:class:`MemberWindow`), so ``inspect`` reads HDF5 metadata and the probe, never the tensors.
 """
 
 from __future__ import annotations
 
-import hashlib
+import io
+import zlib
 from typing import Any
 
 import numpy as np
 
 from .. import schema
 from ..container import SafeZip
-from ..errors import ChecksumError, FormatError, SpecError, UnsupportedError
-from ..h5io import get_dataset, open_h5, read_array, walk_datasets
+from ..errors import (
+    ArchiveLimitError,
+    ChecksumError,
+    CorruptArchiveError,
+    FormatError,
+    SpecError,
+    UnsafeArchiveError,
+    UnsupportedError,
+)
+from ..h5io import check_dataset, get_dataset, open_h5, read_array, walk_datasets
 from ..model import BridgeArchive, LazyTensors, ModelEntry, TensorInfo
 from ..paramsjson import decode_value
 from ..spec import NetworkSpec, check_tensors
@@ -31,6 +45,8 @@ PARAMS_GROUP = "params"
 
 def tensor_sha256(array: np.ndarray) -> str:
     """sha256 of a tensor's C-order little-endian bytes (the manifest's tensor checksum)."""
+    import hashlib
+
     arr = np.ascontiguousarray(array)
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
@@ -81,23 +97,28 @@ class BridgeReader(EraReader):
         if listed - present:
             raise FormatError(f"members listed in manifest.json but absent: {sorted(listed - present)}", member=where, field="members")
 
-        weights_cache: dict[str, bytes] = {}
+        weights_cache: dict[str, np.ndarray] = {}
 
-        def weights_bytes(member: str) -> bytes:
+        def weights_buffer(member: str) -> np.ndarray:
             # tensors load lazily, after read() returned and the container was closed: reopen by path
             if member not in weights_cache:
                 if member not in zf:
                     raise FormatError("weights member listed in manifest.json is absent", member=zf.member_label(member))
                 if zf.closed and zf.path is not None:
                     with SafeZip(zf.path, label=zf.label, limits=zf.limits) as again:
-                        weights_cache[member] = again.read(member)
+                        weights_cache[member] = read_member_buffer(again, member)
                 else:
-                    weights_cache[member] = zf.read(member)
+                    weights_cache[member] = read_member_buffer(zf, member)
             return weights_cache[member]
 
         models: dict[str, ModelEntry] = {}
         for name, entry in manifest["models"].items():
             mwhere = f"{where} models.{name}"
+            if entry["payload"]["kind"] == "torch-sentinel":  # the schema allows nothing else in such an entry
+                models[name] = ModelEntry(
+                    name, None, {}, {}, payload=dict(entry["payload"]), warnings=list(entry.get("notes", [])), sentinel=True
+                )
+                continue
             try:
                 spec = NetworkSpec.from_dict(entry["network"])
                 spec.check()
@@ -112,7 +133,7 @@ class BridgeReader(EraReader):
             models[name] = ModelEntry(
                 name,
                 spec,
-                LazyTensors(infos, _tensor_loader(zf, entry["weights"], infos, weights_bytes)),
+                LazyTensors(infos, _tensor_loader(zf, entry["weights"], infos, weights_buffer)),
                 infos,
                 payload=dict(entry["payload"], weights=entry["weights"]),
                 warnings=list(entry.get("notes", [])),
@@ -125,13 +146,24 @@ class BridgeReader(EraReader):
             schema.validate("params", doc, member=pwhere)
 
             def load_array(ref: dict[str, Any]) -> np.ndarray:
-                data = weights_bytes(ref["member"])
-                f = open_h5(data, member=zf.member_label(ref["member"]))
+                # params arrays (the probe) are read through a window on the member: inspect then reads
+                # the HDF5 metadata and the probe bytes only, not every tensor. The member's CRC is
+                # checked when the tensors load (the whole member is read then); validate checks sha256.
+                label = zf.member_label(ref["member"])
+                if ref["member"] not in zf:
+                    raise FormatError("weights member named in params.json is absent", member=label)
+                cached = weights_cache.get(ref["member"])
+                store = BufferFile(cached) if cached is not None else MemberWindow.open(zf, ref["member"])
+                if store is None:
+                    store = BufferFile(weights_buffer(ref["member"]))
                 try:
-                    arr = read_array(get_dataset(f, ref["dataset"], member=zf.member_label(ref["member"])),
-                                     member=zf.member_label(ref["member"]))
+                    f = open_h5(store, member=label)
+                    try:
+                        arr = read_in_place(store, get_dataset(f, ref["dataset"], member=label), member=label)
+                    finally:
+                        f.close()
                 finally:
-                    f.close()
+                    store.close()
                 if list(arr.shape) != list(ref["shape"]) or str(arr.dtype) != ref["dtype"]:
                     raise FormatError(
                         f"{ref['dataset']} is {arr.dtype}{list(arr.shape)}, params.json says {ref['dtype']}{ref['shape']}",
@@ -155,21 +187,23 @@ class BridgeReader(EraReader):
         )
 
 
-def _tensor_loader(zf: SafeZip, member: str, infos: dict[str, TensorInfo], weights_bytes):  # type: ignore[no-untyped-def]
+def _tensor_loader(zf: SafeZip, member: str, infos: dict[str, TensorInfo], weights_buffer):  # type: ignore[no-untyped-def]
     label = zf.member_label(member)
 
     def load() -> dict[str, np.ndarray]:
-        f = open_h5(weights_bytes(member), member=label)
+        store = BufferFile(weights_buffer(member))
+        f = open_h5(store, member=label)
         try:
             out = {}
+            group = _tensor_group(f, member=label) if infos else None
             for name, info in infos.items():
-                arr = read_array(get_dataset(f, f"/{TENSOR_GROUP}/{name}", member=label), member=label)
-                if tuple(arr.shape) != info.shape or str(arr.dtype) != info.dtype:
+                dset = get_dataset(group, name, member=label)  # one link level per tensor, not two
+                if tuple(dset.shape) != info.shape or str(dset.dtype) != info.dtype:
                     raise SpecError(
-                        f"tensor {name!r} is {arr.dtype}{list(arr.shape)}, manifest says {info.dtype}{list(info.shape)}",
+                        f"tensor {name!r} is {dset.dtype}{list(dset.shape)}, manifest says {info.dtype}{list(info.shape)}",
                         member=label,
                     )
-                out[name] = arr
+                out[name] = read_in_place(store, dset, member=label)
             return out
         finally:
             f.close()
@@ -177,8 +211,172 @@ def _tensor_loader(zf: SafeZip, member: str, infos: dict[str, TensorInfo], weigh
     return load
 
 
+def _tensor_group(f, *, member: str):  # type: ignore[no-untyped-def]
+    """``/tensors``, reached through a hard link (the same rule :func:`get_dataset` applies per level)."""
+    import h5py
+
+    link = f.get(TENSOR_GROUP, getlink=True)
+    if link is None:
+        raise FormatError(f"HDF5 group /{TENSOR_GROUP} not found", member=member)
+    if not isinstance(link, h5py.HardLink):
+        raise UnsafeArchiveError(f"HDF5 {type(link).__name__} at /{TENSOR_GROUP} is not allowed", member=member)
+    group = f[TENSOR_GROUP]
+    if not isinstance(group, h5py.Group):
+        raise FormatError(f"HDF5 object /{TENSOR_GROUP} is not a group", member=member)
+    return group
+
+
+# -- in-place reads of stored weights.h5 members ----------------------------------------------------
+def read_member_buffer(zf: SafeZip, member: str) -> np.ndarray:
+    """A member's bytes as one uint8 array, CRC-checked.
+
+    Why: the writer stores ``weights.h5`` uncompressed and 64-byte aligned, so its bytes sit in the
+    zip file as they are. We read them straight from their offset with one ``readinto`` (no zipfile
+    stream, no inflating, no chunk joins) and tensors become views of this buffer
+    (:func:`read_in_place`). Deflated members and in-memory containers fall back to ``SafeZip.read``.
+    """
+    info = zf.info(member)
+    where = zf.member_label(member)
+    offset = zf.data_offset(member)
+    if offset is None or zf.path is None:
+        return np.frombuffer(zf.read(member), dtype=np.uint8)
+    if info.size > zf.limits.max_member_size:
+        raise ArchiveLimitError(f"member is {info.size} bytes, limit here is {zf.limits.max_member_size}", member=where)
+    if info.compressed_size != info.size:
+        raise CorruptArchiveError(
+            f"stored member declares {info.compressed_size} bytes on disk but {info.size} uncompressed", member=where
+        )
+    buf = np.empty(info.size, dtype=np.uint8)
+    view = memoryview(buf)
+    got = 0
+    with open(zf.path, "rb", buffering=0) as fh:
+        fh.seek(offset)
+        while got < info.size:
+            n = fh.readinto(view[got:])
+            if not n:
+                break
+            got += n
+    if got != info.size:
+        raise CorruptArchiveError(f"member truncated: {got} of {info.size} bytes present", member=where)
+    if zlib.crc32(view) & 0xFFFFFFFF != info.crc:
+        raise CorruptArchiveError("CRC-32 mismatch (corrupt data)", member=where)
+    return buf
+
+
+class BufferFile(io.RawIOBase):
+    """A read-only file over a uint8 buffer, so h5py parses metadata without copying the whole image."""
+
+    def __init__(self, buf: np.ndarray) -> None:
+        super().__init__()
+        self._buf = buf
+        self._view = memoryview(buf).cast("B")
+        self._pos = 0
+        self.size = len(self._view)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def readinto(self, target) -> int:  # type: ignore[no-untyped-def]
+        chunk = self._view[self._pos:self._pos + len(target)]
+        n = len(chunk)
+        memoryview(target).cast("B")[:n] = chunk
+        self._pos += n
+        return n
+
+    def span(self, offset: int, nbytes: int) -> np.ndarray:
+        """Bytes ``offset..offset+nbytes`` of the image, as a view (no copy)."""
+        return self._buf[offset:offset + nbytes]
+
+
+class MemberWindow(BufferFile):
+    """A read-only file over a stored member's byte range in the zip on disk (nothing else is readable).
+
+    Why: reading one small dataset (the probe) must not read the whole member. Reads are clipped to
+    the member, so a lying HDF5 address can never reach another member's bytes.
+    """
+
+    def __init__(self, path: str, offset: int, size: int, *, label: str) -> None:
+        io.RawIOBase.__init__(self)
+        self.label = label
+        self._fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+        self._base = offset
+        self._pos = 0
+        self.size = size
+
+    @classmethod
+    def open(cls, zf: SafeZip, member: str) -> MemberWindow | None:
+        offset = zf.data_offset(member)
+        info = zf.info(member)
+        if offset is None or zf.path is None or info.compressed_size != info.size:
+            return None
+        return cls(str(zf.path), offset, info.size, label=zf.member_label(member))
+
+    def readinto(self, target) -> int:  # type: ignore[no-untyped-def]
+        n = max(0, min(len(target), self.size - self._pos))
+        if n == 0:
+            return 0
+        self._fh.seek(self._base + self._pos)
+        got = self._fh.readinto(memoryview(target).cast("B")[:n]) or 0
+        self._pos += got
+        return got
+
+    def span(self, offset: int, nbytes: int) -> np.ndarray:
+        out = np.empty(nbytes, dtype=np.uint8)
+        self.seek(offset)
+        got = 0
+        view = memoryview(out)
+        while got < nbytes:
+            n = self.readinto(view[got:])
+            if not n:
+                raise CorruptArchiveError(f"member truncated at byte {offset + got}", member=self.label)
+            got += n
+        return out
+
+    def close(self) -> None:
+        self._fh.close()
+        io.RawIOBase.close(self)
+
+
+def read_in_place(store: BufferFile, dset, *, member: str) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """A checked dataset read straight from the HDF5 image when contiguous and unfiltered, else via h5py.
+
+    From a :class:`BufferFile` the array is a view of the member buffer (no copy); from a
+    :class:`MemberWindow` it is one read at the dataset's offset. Bounds: the dataset's byte range
+    must lie inside the member. Unaligned data is copied (numpy and torch want aligned arrays).
+    """
+    check_dataset(dset, member=member)
+    offset = dset.id.get_offset() if dset.chunks is None and not dset.compression else None
+    if offset is None or dset.dtype.hasobject:
+        return read_array(dset, member=member)
+    dtype = dset.dtype
+    shape = tuple(int(d) for d in dset.shape)
+    count = 1
+    for d in shape:
+        count *= d
+    nbytes = count * dtype.itemsize
+    if dset.id.get_storage_size() != nbytes or offset < 0 or offset + nbytes > store.size:
+        raise CorruptArchiveError(
+            f"HDF5 dataset {dset.name} claims bytes {offset}..{offset + nbytes} of a {store.size}-byte file", member=member
+        )
+    arr = store.span(offset, nbytes).view(dtype).reshape(shape)
+    return arr if arr.flags.aligned else arr.copy()
+
+
 def verify_checksums(zf: SafeZip, manifest: dict[str, Any]) -> list[str]:
     """Every member's size + sha256 and every tensor's sha256; returns what was checked, raises on the first mismatch."""
+    import hashlib
+
     checked = []
     for name, meta in manifest["members"].items():
         data = zf.read(name)
@@ -189,6 +387,8 @@ def verify_checksums(zf: SafeZip, manifest: dict[str, Any]) -> list[str]:
             raise ChecksumError(f"sha256 {digest[:16]}…, manifest says {meta['sha256'][:16]}…", member=zf.member_label(name))
         checked.append(name)
     for model, entry in manifest["models"].items():
+        if "weights" not in entry:  # a torch-sentinel placeholder: its member is covered above
+            continue
         label = zf.member_label(entry["weights"])
         f = open_h5(zf.read(entry["weights"]), member=label)
         try:
