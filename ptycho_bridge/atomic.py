@@ -24,6 +24,12 @@ def resolve_output(out: str | os.PathLike[str], default_name: str = "wts.h5.zip"
     return p / default_name
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], *, force: bool = False) -> Iterator[IO[bytes]]:
     """Yield a binary file; on success it atomically becomes ``path``; on error nothing is left."""
@@ -34,6 +40,7 @@ def atomic_write(path: str | os.PathLike[str], *, force: bool = False) -> Iterat
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; an archive is read by other users (Ptychodus)
         with os.fdopen(fd, "w+b") as fh:
             yield fh
             fh.flush()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import struct
 import zipfile
 import zlib
 from dataclasses import dataclass, replace
@@ -127,9 +128,10 @@ class SafeZip:
         except zipfile.BadZipFile as exc:
             fh.close()
             raise CorruptArchiveError(f"not a readable zip file ({exc})", member=self.label) from None
-        except (OSError, ValueError, EOFError) as exc:
+        except (OSError, ValueError, EOFError, NotImplementedError, RuntimeError, KeyError, IndexError,
+                OverflowError, struct.error) as exc:  # e.g. NotImplementedError "zip file version 16.4" (fuzz)
             fh.close()
-            raise CorruptArchiveError(f"unreadable zip file ({exc})", member=self.label) from None
+            raise CorruptArchiveError(f"unreadable zip file ({exc.__class__.__name__}: {exc})", member=self.label) from None
         try:
             self._members = self._scan()
         except Exception:

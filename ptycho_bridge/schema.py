@@ -20,6 +20,8 @@ SCHEMA_FILES = {
     "params": "params.schema.json",
     "inspect-report": "inspect-report.schema.json",
     "validate-report": "validate-report.schema.json",
+    "diff-report": "diff-report.schema.json",
+    "parity-report": "parity-report.schema.json",
 }
 
 

@@ -34,13 +34,18 @@ FIXED_DATE = (2020, 1, 1, 0, 0, 0)  # deterministic member timestamps
 
 @dataclass
 class ModelToWrite:
-    """One model: its spec, canonical tensors and the legacy payload member it comes with."""
+    """One model: its spec, canonical tensors and the legacy payload member it comes with.
 
-    spec: NetworkSpec
+    A torch-sentinel model (upstream saves ``{'_sentinel': name}`` instead of the autoencoder) has
+    ``spec=None``, no tensors, ``payload_kind='torch-sentinel'`` and the placeholder in ``sentinel``.
+    """
+
+    spec: NetworkSpec | None
     tensors: Mapping[str, np.ndarray]
     payload_kind: str = "none"
     payload_member: str | None = None
     notes: list[str] = field(default_factory=list)
+    sentinel: str | None = None
 
 
 def tensor_layout(array: np.ndarray) -> str:
@@ -97,7 +102,8 @@ def build_members(
     conversion: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """(manifest, members) of a bridge-2 archive, validated but not yet written."""
-    primary = "diffraction_to_obj" if "diffraction_to_obj" in models else next(iter(models))
+    real = [n for n, m in models.items() if m.spec is not None]
+    primary = "diffraction_to_obj" if "diffraction_to_obj" in real else (real or list(models))[0]
     params_arrays: dict[str, np.ndarray] = {}
 
     def store_array(key: str, arr: np.ndarray) -> dict[str, Any]:
@@ -118,6 +124,14 @@ def build_members(
     members: dict[str, bytes] = {"params.json": json.dumps(params_doc, indent=1, sort_keys=False).encode("utf-8")}
     manifest_models: dict[str, Any] = {}
     for name, model in models.items():
+        if model.payload_kind == "torch-sentinel" or model.spec is None:
+            if model.payload_kind != "torch-sentinel" or model.tensors or not model.payload_member or model.sentinel is None:
+                raise ValueError(f"model {name!r}: only a torch-sentinel (member + sentinel, no tensors) may lack a spec")
+            manifest_models[name] = {
+                "payload": {"kind": "torch-sentinel", "member": model.payload_member, "sentinel": model.sentinel},
+                **({"notes": list(model.notes)} if model.notes else {}),
+            }
+            continue
         check_tensors(model.spec, {k: tuple(v.shape) for k, v in model.tensors.items()}, member=f"{name}/weights.h5")
         tensors = {k: np.ascontiguousarray(v) for k, v in model.tensors.items()}
         members[f"{name}/weights.h5"] = _h5_bytes(tensors, params_arrays if name == primary else {})

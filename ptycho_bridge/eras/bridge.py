@@ -23,6 +23,7 @@ import numpy as np
 from .. import schema
 from ..container import SafeZip
 from ..errors import (
+    ArchiveError,
     ArchiveLimitError,
     ChecksumError,
     CorruptArchiveError,
@@ -215,12 +216,18 @@ def _tensor_group(f, *, member: str):  # type: ignore[no-untyped-def]
     """``/tensors``, reached through a hard link (the same rule :func:`get_dataset` applies per level)."""
     import h5py
 
-    link = f.get(TENSOR_GROUP, getlink=True)
-    if link is None:
-        raise FormatError(f"HDF5 group /{TENSOR_GROUP} not found", member=member)
-    if not isinstance(link, h5py.HardLink):
-        raise UnsafeArchiveError(f"HDF5 {type(link).__name__} at /{TENSOR_GROUP} is not allowed", member=member)
-    group = f[TENSOR_GROUP]
+    try:  # a corrupt object header raises assorted h5py errors
+        link = f.get(TENSOR_GROUP, getlink=True)
+        if link is None:
+            raise FormatError(f"HDF5 group /{TENSOR_GROUP} not found", member=member)
+        if not isinstance(link, h5py.HardLink):
+            raise UnsafeArchiveError(f"HDF5 {type(link).__name__} at /{TENSOR_GROUP} is not allowed", member=member)
+        group = f[TENSOR_GROUP]
+    except ArchiveError:
+        raise
+    except Exception as exc:
+        raise CorruptArchiveError(f"cannot open HDF5 group /{TENSOR_GROUP} ({exc.__class__.__name__}: {exc})",
+                                  member=member) from None
     if not isinstance(group, h5py.Group):
         raise FormatError(f"HDF5 object /{TENSOR_GROUP} is not a group", member=member)
     return group
@@ -356,16 +363,21 @@ def read_in_place(store: BufferFile, dset, *, member: str) -> np.ndarray:  # typ
     must lie inside the member. Unaligned data is copied (numpy and torch want aligned arrays).
     """
     check_dataset(dset, member=member)
-    offset = dset.id.get_offset() if dset.chunks is None and not dset.compression else None
+    try:  # layout queries on a corrupt header raise assorted h5py errors
+        offset = dset.id.get_offset() if dset.chunks is None and not dset.compression else None
+        shape = tuple(int(d) for d in dset.shape)
+        storage = dset.id.get_storage_size()
+    except Exception as exc:
+        raise CorruptArchiveError(f"cannot read HDF5 dataset layout {dset.name} ({exc.__class__.__name__}: {exc})",
+                                  member=member) from None
     if offset is None or dset.dtype.hasobject:
         return read_array(dset, member=member)
     dtype = dset.dtype
-    shape = tuple(int(d) for d in dset.shape)
     count = 1
     for d in shape:
         count *= d
     nbytes = count * dtype.itemsize
-    if dset.id.get_storage_size() != nbytes or offset < 0 or offset + nbytes > store.size:
+    if storage != nbytes or offset < 0 or offset + nbytes > store.size:
         raise CorruptArchiveError(
             f"HDF5 dataset {dset.name} claims bytes {offset}..{offset + nbytes} of a {store.size}-byte file", member=member
         )

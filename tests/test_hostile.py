@@ -1,0 +1,630 @@
+"""The hostile-archive corpus: every past or plausible attack on an archive reader, as a named case.
+
+Each case is built in ``tmp_path`` from real fixture members (or the bundled sample) with one thing
+made hostile or corrupt. For every case: reading raises a specific :class:`ArchiveError` subclass
+whose message names the member; ``inspect``, ``validate`` and ``migrate`` exit 1 with one error line;
+no code runs (the payloads would ``touch`` a sentinel file, which never appears); nothing is written
+(the folder is unchanged). Cases whose defect sits in tensor *values* (NaN/Inf, a dtype that lies
+about lazily loaded data, links a lazy reader never follows) are ``stage="load"``: ``inspect`` reads
+metadata only and succeeds, ``validate`` (which loads every tensor) and ``migrate`` fail. See
+docs/security.md for the policy.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import hashlib
+import io
+import json
+import marshal
+import os
+import pickle
+import stat
+import struct
+import subprocess
+import sys
+import warnings
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from ptycho_bridge import read_archive
+from ptycho_bridge.cli import main
+from ptycho_bridge.errors import (
+    ArchiveError,
+    ArchiveLimitError,
+    CorruptArchiveError,
+    FormatError,
+    PickleDecodeError,
+    UnsafeArchiveError,
+    UnsupportedError,
+)
+from ptycho_bridge.sample import write_sample
+
+FIX = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "upstream"
+KERAS = "diffraction_to_obj/model.keras"
+TF_KERNEL = "layers/conv2d/vars/0"  # first encoder conv kernel, (3, 3, 1, 32) float32
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------------
+class _Evil:
+    """Pickles as ``func(*args)``; never called by anyone in these tests."""
+
+    def __init__(self, func: Any, *args: Any) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+    def __call__(self, *args: Any) -> None:  # pickle requires reduce functions to be callable
+        raise AssertionError("never called")
+
+
+def _os_system(cmd: str) -> _Evil:
+    return _Evil(os.system, cmd)
+
+
+def _eval(cmd: str) -> _Evil:
+    return _Evil(builtins.eval, f"__import__('os').system({cmd!r})")
+
+
+def _getattr_chain(cmd: str) -> _Evil:
+    # builtins.getattr(builtins.__import__('os'), 'system')(cmd)
+    return _Evil(_Evil(builtins.getattr, _Evil(builtins.__import__, "os"), "system"), cmd)
+
+
+def _popen(argv: list[str]) -> _Evil:
+    return _Evil(subprocess.Popen, argv)
+
+
+def _dumps(obj: Any, protocol: int = 4) -> bytes:
+    return pickle.dumps(obj, protocol=protocol)
+
+
+def zip_bytes(members: dict[str, bytes], method: int = zipfile.ZIP_STORED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", method) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def zip_members(data: bytes | Path) -> dict[str, bytes]:
+    src = io.BytesIO(data) if isinstance(data, bytes) else data
+    with zipfile.ZipFile(src) as zf:
+        return {i.filename: zf.read(i) for i in zf.infolist()}
+
+
+def with_member(zipped: bytes, name: str, data: bytes | None) -> bytes:
+    """A copy of a zip with one member replaced, added (new name) or removed (None)."""
+    members = zip_members(zipped)
+    if data is None:
+        members.pop(name)
+    else:
+        members[name] = data
+    return zip_bytes(members)
+
+
+def h5_edit(data: bytes, edit: Callable[[h5py.File], None], tmp: Path) -> bytes:
+    path = tmp / "edit.h5"
+    path.write_bytes(data)
+    with h5py.File(path, "r+") as f:
+        edit(f)
+    out = path.read_bytes()
+    path.unlink()
+    return out
+
+
+def _g(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _s(text: str) -> bytes:
+    raw = text.encode()
+    return b"X" + struct.pack("<I", len(raw)) + raw
+
+
+def _i(n: int) -> bytes:
+    return b"J" + struct.pack("<i", n)
+
+
+def _t(*items: bytes) -> bytes:
+    return b"(" + b"".join(items) + b"t"
+
+
+def torch_state_pkl(*, size: tuple[int, ...], stride: tuple[int, ...], key: str = "0", numel: int = 4,
+                    pid: bytes | None = None) -> bytes:
+    """data.pkl of ``OrderedDict(w=_rebuild_tensor_v2(storage, 0, size, stride, False, OrderedDict()))``."""
+    if pid is None:
+        pid = _t(_s("storage"), _g("torch", "FloatStorage"), _s(key), _s("cpu"), _i(numel))
+    tensor = (_g("torch._utils", "_rebuild_tensor_v2") + b"(" + pid + b"Q" + _i(0) + _t(*map(_i, size))
+              + _t(*map(_i, stride)) + b"\x89" + _g("collections", "OrderedDict") + b")R" + b"tR")
+    return b"\x80\x02" + _g("collections", "OrderedDict") + b")R(" + _s("encoder.0.conv1.weight") + tensor + b"u."
+
+
+def torch_zip(pkl: bytes, storages: dict[str, bytes], *, prefix: str = "model", byteorder: bytes = b"little") -> bytes:
+    members = {f"{prefix}/data.pkl": pkl, f"{prefix}/byteorder": byteorder}
+    members.update({f"{prefix}/data/{k}": v for k, v in storages.items()})
+    members[f"{prefix}/version"] = b"3\n"
+    return zip_bytes(members)
+
+
+def torch_pickle_member(obj: Any, *, prefix: str = "model") -> bytes:
+    """A torch zip whose data.pkl is an arbitrary (hostile) pickle."""
+    return torch_zip(_dumps(obj, 2), {}, prefix=prefix)
+
+
+# (central-directory offset, local-header offset, struct format) of the fields we lie about
+_ZIP_FIELDS = {"size": (24, 22, "<I"), "flags": (8, 6, "<H")}
+
+
+def patch_entry(zipped: bytes, name: str, field: str, value: int) -> bytes:
+    """Rewrite one field a zip declares for ``name``, in its central directory and local header."""
+    cd_off, local_off, fmt = _ZIP_FIELDS[field]
+    out = bytearray(zipped)
+    raw = name.encode()
+    cd = out.find(b"PK\x01\x02")
+    while cd != -1:
+        nlen = struct.unpack_from("<H", out, cd + 28)[0]
+        if bytes(out[cd + 46:cd + 46 + nlen]) == raw:
+            struct.pack_into(fmt, out, cd + cd_off, value)
+            local = struct.unpack_from("<I", out, cd + 42)[0]
+            struct.pack_into(fmt, out, local + local_off, value)
+            return bytes(out)
+        cd = out.find(b"PK\x01\x02", cd + 4)
+    raise AssertionError(f"{name} not in central directory")
+
+
+def raw_entry(name: str, data: bytes, *, mode: int | None = None,
+              method: int = zipfile.ZIP_STORED) -> tuple[zipfile.ZipInfo, bytes]:
+    info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
+    info.compress_type = method
+    if mode is not None:
+        info.create_system = 3
+        info.external_attr = mode << 16
+    return info, data
+
+
+def zip_with_entries(base: dict[str, bytes], extra: list[tuple[zipfile.ZipInfo, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # duplicate names are the point of one case
+        with zipfile.ZipFile(buf, "w") as zf:
+            for name, data in base.items():
+                zf.writestr(name, data)
+            for info, data in extra:
+                zf.writestr(info, data)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Base archives (real members, read once)
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class Ctx:
+    tmp: Path
+    sentinel: Path
+    tf: dict[str, bytes]  # tf_N64_gs1, diffraction_to_obj only
+    torch: dict[str, bytes]  # torch_N64_gs1 bundle
+    ckpt: bytes
+
+    @property
+    def cmd(self) -> str:
+        return f"touch {self.sentinel}"
+
+    @property
+    def argv(self) -> list[str]:
+        return ["touch", str(self.sentinel)]
+
+    def write(self, members: dict[str, bytes], name: str = "wts.h5.zip") -> Path:
+        path = self.tmp / "case" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(zip_bytes(members))
+        return path
+
+    def write_raw(self, data: bytes, name: str = "wts.h5.zip") -> Path:
+        path = self.tmp / "case" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        return path
+
+    def tf_with(self, **repl: bytes | None) -> Path:
+        """The TF base with members replaced; short keys ``manifest_dill``, ``params_dill``, ``custom_objects_dill``."""
+        members = dict(self.tf)
+        for key, data in repl.items():
+            name = _SHORT.get(key, key)
+            if data is None:
+                members.pop(name)
+            else:
+                members[name] = data
+        return self.write(members)
+
+    def torch_with(self, name: str, data: bytes) -> Path:
+        return self.write({**self.torch, name: data})
+
+    def keras_with(self, inner: str, data: bytes | None) -> Path:
+        return self.tf_with(**{KERAS: with_member(self.tf[KERAS], inner, data)})
+
+    def keras_weights(self) -> bytes:
+        return zip_members(self.tf[KERAS])["model.weights.h5"]
+
+    def keras_h5_edit(self, edit: Callable[[h5py.File], None]) -> Path:
+        return self.keras_with("model.weights.h5", h5_edit(self.keras_weights(), edit, self.tmp))
+
+    def keras_config_edit(self, edit: Callable[[dict], None]) -> Path:
+        config = json.loads(zip_members(self.tf[KERAS])["config.json"])
+        edit(config)
+        return self.keras_with("config.json", json.dumps(config).encode())
+
+    def ckpt_with(self, inner: str, data: bytes) -> Path:
+        return self.write_raw(with_member(self.ckpt, inner, data), "lightning.ckpt")
+
+    def bridge(self, mutate: Callable[[Ctx, dict, dict[str, bytes]], None], *,
+               smuggle: dict[str, bytes] | None = None) -> Path:
+        """The sample bridge-2 archive with members mutated; checksums recomputed so only the defect remains.
+
+        ``smuggle`` members are added afterwards, unlisted in the manifest.
+        """
+        sample = write_sample(self.tmp / "sample-src.zip")
+        members = zip_members(sample)
+        sample.unlink()
+        manifest = json.loads(members["manifest.json"])
+        mutate(self, manifest, members)
+        manifest["members"] = {k: {"size": len(v), "sha256": hashlib.sha256(v).hexdigest()}
+                               for k, v in members.items() if k != "manifest.json"}
+        members["manifest.json"] = json.dumps(manifest).encode()
+        return self.write({**members, **(smuggle or {})})
+
+
+_SHORT = {"manifest_dill": "manifest.dill", "params_dill": "diffraction_to_obj/params.dill",
+          "custom_objects_dill": "diffraction_to_obj/custom_objects.dill"}
+
+
+@pytest.fixture(scope="module")
+def bases() -> dict[str, Any]:
+    if not FIX.is_dir():
+        pytest.skip(f"upstream fixtures not found at {FIX}")
+    tf_all = zip_members(FIX / "tf_N64_gs1" / "wts.h5.zip")
+    tf = {k: v for k, v in tf_all.items() if k.startswith("diffraction_to_obj/")}
+    tf["manifest.dill"] = _dumps({"models": ["diffraction_to_obj"], "version": "1.0"})
+    return {"tf": tf, "torch": zip_members(FIX / "torch_N64_gs1" / "wts.h5.zip"),
+            "ckpt": (FIX / "torch_N64_gs1" / "lightning.ckpt").read_bytes()}
+
+
+@pytest.fixture
+def ctx(bases: dict[str, Any], tmp_path: Path) -> Ctx:
+    return Ctx(tmp_path, tmp_path / "PWNED", bases["tf"], bases["torch"], bases["ckpt"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The corpus
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Case:
+    id: str
+    build: Callable[[Ctx], Path]
+    member: str  # the error message must name this member (or tensor)
+    error: type[ArchiveError] | tuple[type[ArchiveError], ...] = ArchiveError
+    stage: str = "read"  # "read": read_archive raises; "load": only loading tensor values fails
+    may_hang: bool = False  # read first in a subprocess with a timeout (a regression must fail, not hang)
+
+
+def _lambda_layer(config: dict) -> None:
+    code = base64.b64encode(marshal.dumps(compile("__import__('os').system('id')", "<x>", "eval"))).decode()
+    config["config"]["layers"].append({
+        "module": "keras.layers", "class_name": "Lambda", "name": "evil",
+        "config": {"name": "evil", "function": {"class_name": "__lambda__", "config": {"code": code}}},
+        "inbound_nodes": [],
+    })
+
+
+def _module_import_layer(config: dict) -> None:
+    config["config"]["layers"].append({
+        "module": "os", "class_name": "system", "name": "evil", "config": {"name": "evil"}, "inbound_nodes": [],
+    })
+
+
+def _zero_free_space(data: bytes) -> bytes:
+    """Set the size of the global heap's free-space object to 0: libhdf5 then loops forever on any
+    variable-length read (Keras's layer ``name`` attributes); found by scripts/fuzz.py."""
+    pos = data.find(b"GCOL")
+    end = pos + int.from_bytes(data[pos + 8:pos + 16], "little")
+    p = pos + 16
+    while p + 16 <= end:
+        index, size = int.from_bytes(data[p:p + 2], "little"), int.from_bytes(data[p + 8:p + 16], "little")
+        if index == 0:
+            return data[:p + 8] + bytes(8) + data[p + 16:]
+        p += 16 + -(-size // 8) * 8
+    raise AssertionError("no free-space object in the global heap")
+
+
+def _nan_kernel(f: h5py.File) -> None:
+    f[TF_KERNEL][0, 0, 0, 5] = np.nan
+
+
+def _replace_kernel(make: Callable[[h5py.File, str, tuple[int, ...]], None]) -> Callable[[h5py.File], None]:
+    def edit(f: h5py.File) -> None:
+        shape = f[TF_KERNEL].shape
+        del f[TF_KERNEL]
+        make(f, TF_KERNEL, shape)
+    return edit
+
+
+def _inf_in_torch(ctx: Ctx) -> Path:
+    inner = zip_members(ctx.torch["diffraction_to_obj/model.pth"])
+    inner["model/data/0"] = struct.pack("<f", float("inf")) + inner["model/data/0"][4:]
+    return ctx.torch_with("diffraction_to_obj/model.pth", zip_bytes(inner))
+
+
+def _bridge_dtype_lie(ctx: Ctx, manifest: dict, members: dict[str, bytes]) -> None:
+    def edit(f: h5py.File) -> None:
+        name = "tensors/encoder.0.conv1.weight"
+        data = f[name][()].astype(np.float64)
+        del f[name]
+        f[name] = data
+    members["diffraction_to_obj/weights.h5"] = h5_edit(members["diffraction_to_obj/weights.h5"], edit, ctx.tmp)
+
+
+def _bridge_link(ctx: Ctx, manifest: dict, members: dict[str, bytes]) -> None:
+    def edit(f: h5py.File) -> None:
+        del f["tensors/encoder.0.conv1.weight"]
+        f["tensors/encoder.0.conv1.weight"] = h5py.ExternalLink("/etc/passwd", "/")
+    members["diffraction_to_obj/weights.h5"] = h5_edit(members["diffraction_to_obj/weights.h5"], edit, ctx.tmp)
+
+
+def _bridge_probe_dtype(ctx: Ctx, manifest: dict, members: dict[str, bytes]) -> None:
+    doc = json.loads(members["params.json"])
+    doc["params"]["probe"]["$array"]["dtype"] = "complex128"
+    members["params.json"] = json.dumps(doc).encode()
+
+
+def _bridge_truncated(ctx: Ctx, manifest: dict, members: dict[str, bytes]) -> None:
+    data = members["diffraction_to_obj/weights.h5"]
+    members["diffraction_to_obj/weights.h5"] = data[: len(data) // 3]
+
+
+CASES: list[Case] = [
+    # -- code execution attempts in every pickled member ------------------------------------------
+    Case("tf_manifest_os_system", lambda c: c.tf_with(manifest_dill=_dumps(_os_system(c.cmd))), "manifest.dill", FormatError),
+    Case("tf_manifest_eval", lambda c: c.tf_with(manifest_dill=_dumps(_eval(c.cmd))), "manifest.dill", FormatError),
+    Case("tf_manifest_getattr_chain", lambda c: c.tf_with(manifest_dill=_dumps(_getattr_chain(c.cmd))), "manifest.dill", FormatError),
+    Case("tf_manifest_popen_protocol0", lambda c: c.tf_with(manifest_dill=_dumps(_popen(c.argv), 0)), "manifest.dill", FormatError),
+    Case("tf_manifest_inst_opcode", lambda c: c.tf_with(manifest_dill=b"(S'" + c.cmd.encode() + b"'\nios\nsystem\n."),
+         "manifest.dill", FormatError),
+    Case("tf_params_os_system", lambda c: c.tf_with(params_dill=_dumps(_os_system(c.cmd))),
+         "diffraction_to_obj/params.dill", FormatError),
+    Case("tf_params_field_eval", lambda c: c.tf_with(params_dill=_dumps(
+        {"N": _eval(c.cmd), "gridsize": 1, "intensity_scale": 1.0})), "diffraction_to_obj/params.dill", PickleDecodeError),
+    Case("tf_custom_objects_os_system", lambda c: c.tf_with(custom_objects_dill=_dumps(_os_system(c.cmd))),
+         "diffraction_to_obj/custom_objects.dill", ArchiveError),
+    Case("tf_custom_objects_entry_popen", lambda c: c.tf_with(custom_objects_dill=_dumps(
+        {"ProbeIllumination": _popen(c.argv)})), "diffraction_to_obj/custom_objects.dill", ArchiveError),
+    Case("torch_manifest_getattr_chain", lambda c: c.torch_with("manifest.dill", _dumps(_getattr_chain(c.cmd))),
+         "manifest.dill", FormatError),
+    Case("torch_params_os_system", lambda c: c.torch_with("diffraction_to_obj/params.dill", _dumps(_os_system(c.cmd))),
+         "diffraction_to_obj/params.dill", FormatError),
+    Case("torch_model_pth_os_system", lambda c: c.torch_with("diffraction_to_obj/model.pth", torch_pickle_member(_os_system(c.cmd))),
+         "diffraction_to_obj/model.pth", FormatError),
+    Case("torch_model_pth_getattr_chain", lambda c: c.torch_with("diffraction_to_obj/model.pth",
+                                                                 torch_pickle_member(_getattr_chain(c.cmd))),
+         "diffraction_to_obj/model.pth", FormatError),
+    Case("torch_state_dict_value_eval", lambda c: c.torch_with("diffraction_to_obj/model.pth", torch_pickle_member(
+        {"encoder.0.conv1.weight": _eval(c.cmd)})), "diffraction_to_obj/model.pth", FormatError),
+    Case("torch_sentinel_popen", lambda c: c.torch_with("autoencoder/model.pth", torch_pickle_member({"_sentinel": _popen(c.argv)})),
+         "autoencoder/model.pth", ArchiveError),
+    Case("torch_metadata_popen", lambda c: c.torch_with("torch_scaling_metadata.pt", torch_pickle_member(_popen(c.argv), prefix="archive")),
+         "torch_scaling_metadata.pt", FormatError),
+    Case("torch_metadata_model_config_eval", lambda c: c.torch_with("torch_scaling_metadata.pt", torch_pickle_member(
+        {"model_config": _eval(c.cmd), "data_config": {}}, prefix="archive")), "torch_scaling_metadata.pt", FormatError),
+    Case("ckpt_data_pkl_os_system", lambda c: c.ckpt_with("lightning/data.pkl", _dumps(_os_system(c.cmd), 2)),
+         "lightning.ckpt", FormatError),
+    Case("ckpt_hyper_parameters_eval", lambda c: c.ckpt_with("lightning/data.pkl", _dumps(
+        {"state_dict": {}, "hyper_parameters": _eval(c.cmd)}, 2)), "lightning.ckpt", FormatError),
+    # -- pickle resource attacks ------------------------------------------------------------------
+    Case("pickle_deep_nesting", lambda c: c.tf_with(manifest_dill=b"\x80\x02" + b"]" * 100_000 + b"a" * 99_999 + b"."),
+         "manifest.dill", ArchiveLimitError),
+    Case("pickle_deep_dict_in_params", lambda c: c.torch_with("diffraction_to_obj/params.dill",
+                                                              b"\x80\x02" + b"}(X\x01\x00\x00\x00a" * 5_000 + b"N" + b"u" * 5_000 + b"."),
+         "diffraction_to_obj/params.dill", ArchiveLimitError),
+    Case("pickle_self_reference", lambda c: c.tf_with(manifest_dill=b"\x80\x02]q\x00h\x00a."), "manifest.dill", PickleDecodeError),
+    # -- zip container attacks --------------------------------------------------------------------
+    Case("zip_bomb_nested_in_model_keras", lambda c: c.tf_with(**{KERAS: zip_bytes(
+        {**zip_members(c.tf[KERAS]), "model.weights.h5": bytes(64 * 1024 * 1024)}, zipfile.ZIP_DEFLATED)}),
+        "model.keras:model.weights.h5", ArchiveLimitError),
+    Case("zip_bomb_outer_member", lambda c: c.write_raw(zip_bytes({**c.torch, "diffraction_to_obj/params.dill": bytes(32 << 20)},
+                                                                  zipfile.ZIP_DEFLATED)),
+         "diffraction_to_obj/params.dill", ArchiveLimitError),
+    Case("zip_slip_nested_in_model_keras", lambda c: c.keras_with("../../../tmp/evil.py", b"import os"),
+         "model.keras:../../../tmp/evil.py", UnsafeArchiveError),
+    Case("zip_slip_outer", lambda c: c.write({**c.torch, "../evil.dill": b"x"}), "../evil.dill", UnsafeArchiveError),
+    Case("zip_absolute_path", lambda c: c.write({**c.torch, "/tmp/evil.dill": b"x"}), "/tmp/evil.dill", UnsafeArchiveError),
+    Case("zip_backslash_path", lambda c: c.write({**c.torch, "..\\evil.dill": b"x"}), "evil.dill", UnsafeArchiveError),
+    Case("zip_symlink_outer", lambda c: c.write_raw(zip_with_entries(c.torch, [raw_entry(
+        "diffraction_to_obj/link", b"/etc/passwd", mode=stat.S_IFLNK | 0o777)])), "diffraction_to_obj/link", UnsafeArchiveError),
+    Case("zip_symlink_nested_in_model_keras", lambda c: c.tf_with(**{KERAS: zip_with_entries(
+        zip_members(c.tf[KERAS]), [raw_entry("model.weights.h5.link", b"/etc/shadow", mode=stat.S_IFLNK | 0o777)])}),
+        "model.keras:model.weights.h5.link", UnsafeArchiveError),
+    Case("zip_declared_size_too_small", lambda c: c.write_raw(patch_entry(
+        zip_bytes(c.torch, zipfile.ZIP_DEFLATED), "diffraction_to_obj/params.dill", "size", 100)),
+        "diffraction_to_obj/params.dill", CorruptArchiveError),
+    Case("zip_declared_size_huge", lambda c: c.write_raw(patch_entry(
+        zip_bytes(c.torch), "torch_scaling_metadata.pt", "size", 0xFFFFFFF0)), "torch_scaling_metadata.pt", ArchiveLimitError),
+    Case("zip_duplicate_member", lambda c: c.write_raw(zip_with_entries(c.torch, [raw_entry("manifest.dill", _dumps(
+        {"models": ["evil"], "version": "2.0-pytorch"}))])), "manifest.dill", UnsafeArchiveError),
+    Case("zip_encrypted_member", lambda c: c.write_raw(patch_entry(zip_bytes({**c.torch, "secret.bin": b"x"}), "secret.bin",
+                                                                   "flags", 0x1)),
+         "secret.bin", UnsafeArchiveError),
+    Case("zip_lzma_member", lambda c: c.write_raw(zip_with_entries(c.torch, [raw_entry("odd.bin", b"x" * 100,
+                                                                                       method=zipfile.ZIP_LZMA)])),
+         "odd.bin", UnsafeArchiveError),
+    Case("zip_too_many_members", lambda c: c.write({**c.torch, **{f"junk/{i}": b"" for i in range(4100)}}),
+         "wts.h5.zip", ArchiveLimitError),
+    Case("not_a_zip", lambda c: c.write_raw(b"\x89HDF\r\n\x1a\n" + bytes(200)), "wts.h5.zip", CorruptArchiveError),
+    Case("truncated_zip", lambda c: c.write_raw(zip_bytes(c.torch)[:300_000]), "wts.h5.zip", CorruptArchiveError),
+    Case("empty_file", lambda c: c.write_raw(b""), "wts.h5.zip", CorruptArchiveError),
+    # -- torch storages ---------------------------------------------------------------------------
+    Case("torch_storage_smaller_than_tensor", lambda c: c.torch_with("diffraction_to_obj/model.pth", torch_zip(
+        torch_state_pkl(size=(32, 1, 3, 3), stride=(9, 9, 3, 1), numel=4), {"0": bytes(16)})),
+        "diffraction_to_obj/model.pth", PickleDecodeError),
+    Case("torch_persistent_id_names_no_storage", lambda c: c.torch_with("diffraction_to_obj/model.pth", torch_zip(
+        torch_state_pkl(size=(2, 2), stride=(2, 1), key="999"), {"0": bytes(16)})), "diffraction_to_obj/model.pth",
+        PickleDecodeError),
+    Case("torch_persistent_id_not_a_storage", lambda c: c.torch_with("diffraction_to_obj/model.pth", torch_zip(
+        torch_state_pkl(size=(2, 2), stride=(2, 1), pid=_s("/etc/passwd")), {})), "diffraction_to_obj/model.pth",
+        PickleDecodeError),
+    Case("torch_storage_size_lie", lambda c: c.torch_with("diffraction_to_obj/model.pth", torch_zip(
+        torch_state_pkl(size=(2, 2), stride=(2, 1), numel=1_000_000), {"0": bytes(16)})), "diffraction_to_obj/model.pth",
+        PickleDecodeError),
+    Case("torch_big_endian", lambda c: c.torch_with("diffraction_to_obj/model.pth", torch_zip(
+        torch_state_pkl(size=(2, 2), stride=(2, 1)), {"0": bytes(16)}, byteorder=b"big")), "diffraction_to_obj/model.pth",
+        UnsupportedError),
+    # -- era confusion ----------------------------------------------------------------------------
+    Case("era_torch_manifest_with_keras_payload", lambda c: c.tf_with(manifest_dill=_dumps(
+        {"models": ["diffraction_to_obj"], "version": "2.0-pytorch"})), "diffraction_to_obj/model.pth", FormatError),
+    Case("era_tf_manifest_with_torch_payload", lambda c: c.torch_with("manifest.dill", _dumps(
+        {"models": ["diffraction_to_obj"], "version": "1.0"})), "diffraction_to_obj/model.keras", FormatError),
+    Case("era_keras_zip_named_model_pth", lambda c: c.torch_with("diffraction_to_obj/model.pth", c.tf[KERAS]),
+         "diffraction_to_obj/model.pth", FormatError),
+    Case("era_unknown_manifest_version", lambda c: c.tf_with(manifest_dill=_dumps({"models": ["diffraction_to_obj"], "version": "9.9"})),
+         "manifest.dill", UnsupportedError),
+    Case("manifest_model_name_traversal", lambda c: c.tf_with(manifest_dill=_dumps({"models": ["../../etc"], "version": "1.0"})),
+         "manifest.dill", FormatError),
+    # -- Keras config: code and imports -----------------------------------------------------------
+    Case("keras_lambda_bytecode", lambda c: c.keras_config_edit(_lambda_layer), "config.json", UnsafeArchiveError),
+    Case("keras_module_import", lambda c: c.keras_config_edit(_module_import_layer), "config.json", UnsafeArchiveError),
+    # -- HDF5 -------------------------------------------------------------------------------------
+    Case("hdf5_global_heap_infinite_loop", lambda c: c.keras_with("model.weights.h5", _zero_free_space(c.keras_weights())),
+         "model.keras:model.weights.h5", CorruptArchiveError, may_hang=True),
+    Case("hdf5_truncated", lambda c: c.keras_with("model.weights.h5", c.keras_weights()[:100_000]),
+         "model.keras:model.weights.h5", CorruptArchiveError),
+    Case("hdf5_external_link", lambda c: c.keras_h5_edit(_replace_kernel(
+        lambda f, p, s: f.__setitem__(p, h5py.ExternalLink("/etc/passwd", "/")))), "model.weights.h5", UnsafeArchiveError),
+    Case("hdf5_soft_link", lambda c: c.keras_h5_edit(_replace_kernel(
+        lambda f, p, s: f.__setitem__(p, h5py.SoftLink("/layers/conv2d_1/vars/0")))), "model.weights.h5", UnsafeArchiveError),
+    Case("hdf5_virtual_dataset", lambda c: c.keras_h5_edit(_replace_kernel(_vds)), "model.weights.h5", UnsafeArchiveError),
+    Case("hdf5_external_storage", lambda c: c.keras_h5_edit(_replace_kernel(
+        lambda f, p, s: f.create_dataset(p, shape=s, dtype="f4", external=[("/etc/passwd", 0, 4 * int(np.prod(s)))]))),
+        "model.weights.h5", UnsafeArchiveError),
+    Case("hdf5_string_dtype", lambda c: c.keras_h5_edit(_replace_kernel(
+        lambda f, p, s: f.create_dataset(p, data=np.array([b"evil"] * int(np.prod(s))).reshape(s)))),
+        "model.weights.h5", FormatError),
+    # -- values and lazily read data ----------------------------------------------------------------
+    Case("nan_weights_tf", lambda c: c.keras_h5_edit(_nan_kernel), "encoder.0.conv1.weight", stage="load"),
+    Case("inf_weights_torch", _inf_in_torch, "non-finite", stage="load"),
+    # -- bridge-2 ---------------------------------------------------------------------------------
+    Case("bridge_dtype_lie", lambda c: c.bridge(_bridge_dtype_lie), "encoder.0.conv1.weight", stage="load"),
+    Case("bridge_external_link", lambda c: c.bridge(_bridge_link), "weights.h5", stage="load"),
+    Case("bridge_params_dtype_lie", lambda c: c.bridge(_bridge_probe_dtype), "params.json", FormatError),
+    Case("bridge_truncated_weights", lambda c: c.bridge(_bridge_truncated), "diffraction_to_obj/weights.h5", CorruptArchiveError),
+    Case("bridge_smuggled_member", lambda c: c.bridge(lambda *_: None, smuggle={"evil.dill": _dumps(_os_system(c.cmd))}),
+         "evil.dill", FormatError),
+    Case("bridge_nan_literal_in_manifest", lambda c: c.write({**zip_members(write_sample(c.tmp / "s.zip")),
+                                                              "manifest.json": b'{"format": "ptycho-bridge", "x": NaN}'}),
+         "manifest.json", FormatError),
+    Case("bridge_newer_major_version", lambda c: c.bridge(lambda _, m, __: m.__setitem__("format_version", "3.0.0")),
+         "manifest.json", UnsupportedError),
+]
+
+
+def _vds(f: h5py.File, path: str, shape: tuple[int, ...]) -> None:
+    layout = h5py.VirtualLayout(shape=shape, dtype="f4")
+    layout[...] = h5py.VirtualSource("/etc/passwd", "data", shape=shape)
+    f.create_virtual_dataset(path, layout, fillvalue=0)
+
+
+def test_corpus_size() -> None:
+    assert len(CASES) >= 30
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+def _cli(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _listing(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_hostile_archive(case: Case, ctx: Ctx) -> None:
+    path = case.build(ctx)
+    before = _listing(ctx.tmp)
+    if case.may_hang:
+        probe = f"from ptycho_bridge import read_archive\ntry:\n read_archive(r'{path}')\nexcept Exception: pass"
+        subprocess.run([sys.executable, "-c", probe], timeout=120, check=True)
+
+    if case.stage == "read":
+        with pytest.raises(case.error) as info:
+            read_archive(path)
+        assert case.member in str(info.value), str(info.value)
+    else:
+        read_archive(path)  # metadata is fine; the values are not (validate loads them below)
+
+    code, out, err = _cli("inspect", str(path))
+    if case.stage == "read":
+        assert code == 1 and case.member in err and err.startswith("error: ") and err.count("\n") == 1, err
+    else:
+        assert code == 0, err  # inspect reads metadata only (docs/security.md)
+
+    code, out, err = _cli("validate", str(path), "--json")
+    assert code == 1, out
+    report = json.loads(out)["archives"][0]
+    assert not report["valid"] and case.member in " ".join(report["errors"]), report["errors"]
+
+    out_dir = ctx.tmp / "migrated"
+    code, out, err = _cli("migrate", str(path), "-o", str(out_dir))
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1, (out, err)
+    if not case.id.startswith("bridge"):  # a bridge-2 source is refused before its content matters
+        assert case.member in err, err
+
+    assert not out_dir.exists()
+    assert _listing(ctx.tmp) == before  # nothing written anywhere
+    assert not ctx.sentinel.exists()  # nothing executed
+
+
+def test_payloads_are_real_attacks(ctx: Ctx) -> None:
+    """The corpus pickles really name the dangerous callables (checked by our inert reader, never run)."""
+    from ptycho_bridge.safepickle import decode, find_opaque, load_inert
+
+    seen = set()
+    for obj in (_os_system(ctx.cmd), _eval(ctx.cmd), _getattr_chain(ctx.cmd), _popen(ctx.argv)):
+        data = _dumps(obj)
+        seen |= set(find_opaque(decode(load_inert(data, member="x"), member="x")))
+    assert {"posix.system", "builtins.eval", "builtins.getattr", "builtins.__import__", "subprocess.Popen"} <= seen
+    assert not ctx.sentinel.exists()
+
+
+def test_security_doc_matches_the_code() -> None:
+    """docs/security.md lists every limit with its default, and the corpus size, as the code has them."""
+    import dataclasses
+    import re
+
+    from ptycho_bridge.container import Limits
+    from ptycho_bridge.safepickle import PickleLimits
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "security.md").read_text(encoding="utf-8")
+
+    def shown(value: float) -> str:
+        for unit, size in (("GiB", 1024**3), ("MiB", 1024**2)):
+            if value >= size and value % size == 0:
+                return f"{int(value) // size} {unit}"
+        value = int(value) if float(value).is_integer() else value
+        return f"{value:,}" if isinstance(value, int) and value >= 10_000 else str(value)
+
+    for limits in (Limits(), PickleLimits()):
+        for f in dataclasses.fields(limits):
+            row = re.search(rf"^\| `{f.name}` \| ([^|]+)\|", text, re.MULTILINE)
+            assert row, f"{f.name} missing from docs/security.md"
+            assert row.group(1).strip().startswith(shown(getattr(limits, f.name))), (f.name, row.group(1))
+    assert f"{len(CASES)} cases" in text
