@@ -50,11 +50,21 @@ def open_container(path: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS
     return SafeZip(p, label=p.name, limits=limits)
 
 
-def read_archive(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS) -> BridgeArchive:
-    """Read any supported archive (a ``wts.h5.zip``, its folder, or a Lightning ``.ckpt``)."""
+def read_archive(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS, verify: bool = False) -> BridgeArchive:
+    """Read any supported archive (a ``wts.h5.zip``, its folder, or a Lightning ``.ckpt``).
+
+    ``verify=True`` (archives with checksums, i.e. bridge-2): before returning, read every member with
+    its CRC-32 and check its sha256, and every tensor's sha256 and ``offset`` (what ``validate`` does).
+    Plain reads skip this: the bridge-2 tensor fast path trusts the manifest's offsets within bounds.
+    """
     zf = open_container(path, limits)
     try:
         reader = detect_reader(zf)
-        return reader().read(zf, str(path))
+        arch = reader().read(zf, str(path))
+        if verify and reader.has_checksums:
+            from .eras.bridge import verify_checksums
+
+            verify_checksums(zf, arch.manifest)
+        return arch
     finally:
         zf.close()

@@ -80,6 +80,25 @@ def _h5_bytes(tensors: Mapping[str, np.ndarray], params_arrays: Mapping[str, np.
     return buf.getvalue()
 
 
+def tensor_offsets(image: bytes) -> dict[str, int]:
+    """Byte offset of every ``/tensors/<name>`` dataset's raw data inside an HDF5 image (manifest ``offset``).
+
+    Why: the manifest records where each contiguous tensor's bytes start, so readers can take views of
+    the member without parsing HDF5 (safetensors-style); ``validate`` cross-checks it against HDF5.
+    """
+    import h5py
+
+    with h5py.File(io.BytesIO(image), "r") as f:
+        group = f[TENSOR_GROUP]
+        out = {}
+        for name in group:
+            offset = group[name].id.get_offset()
+            if offset is None:  # the writer makes contiguous datasets; a None here is a writer bug
+                raise ValueError(f"tensor {name!r} has no contiguous data offset")
+            out[name] = int(offset)
+        return out
+
+
 def _aligned_info(name: str, offset: int) -> zipfile.ZipInfo:
     info = zipfile.ZipInfo(name, date_time=FIXED_DATE)
     info.compress_type = zipfile.ZIP_STORED
@@ -135,6 +154,7 @@ def build_members(
         check_tensors(model.spec, {k: tuple(v.shape) for k, v in model.tensors.items()}, member=f"{name}/weights.h5")
         tensors = {k: np.ascontiguousarray(v) for k, v in model.tensors.items()}
         members[f"{name}/weights.h5"] = _h5_bytes(tensors, params_arrays if name == primary else {})
+        offsets = tensor_offsets(members[f"{name}/weights.h5"])
         inputs, outputs = signatures(model.spec)
         entry: dict[str, Any] = {
             "network": model.spec.to_dict(),
@@ -143,7 +163,7 @@ def build_members(
             "outputs": outputs,
             "tensors": {
                 k: {"dtype": str(v.dtype), "shape": [int(d) for d in v.shape], "layout": tensor_layout(v),
-                    "sha256": tensor_sha256(v)}
+                    "sha256": tensor_sha256(v), "offset": offsets[k]}
                 for k, v in tensors.items()
             },
             "payload": {"kind": model.payload_kind, **({"member": model.payload_member} if model.payload_member else {})},

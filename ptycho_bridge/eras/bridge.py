@@ -7,8 +7,12 @@ indexes every member with size + sha256 and every canonical tensor with dtype, s
 (``validate`` runs it; plain reads skip it for speed).
 
 Reads are in place: ``weights.h5`` is stored uncompressed in the zip, so tensors are views of one
-CRC-checked read of the member's bytes at their file offset (:func:`read_member_buffer`,
-:func:`read_in_place`), and params arrays (the probe) are read through a window on the member
+read of the member's bytes at their file offset (:func:`read_member_buffer`). When the manifest
+records every tensor's ``offset`` (the safetensors-style index) the views are taken straight from it
+(:func:`tensors_at_offsets`): no HDF5 parsing and no CRC-32 — bridge-2 integrity is the sha256 index,
+which ``validate`` (and ``read_archive(verify=True)``) checks together with every ``offset``. Without
+offsets, or for deflated members and in-memory containers, h5py parses the metadata of a CRC-checked
+buffer (:func:`read_in_place`). Params arrays (the probe) are read through a window on the member
 (:class:`MemberWindow`), so ``inspect`` reads HDF5 metadata and the probe, never the tensors.
 """
 
@@ -42,6 +46,9 @@ FORMAT = "ptycho-bridge"
 FORMAT_VERSION = "2.0.0"
 TENSOR_GROUP = "tensors"
 PARAMS_GROUP = "params"
+# the manifest schema's tensor dtypes ($defs/tensor); the offset fast path reads only these
+TENSOR_DTYPES = frozenset({"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool",
+                           "complex64", "complex128"})
 
 
 def tensor_sha256(array: np.ndarray) -> str:
@@ -100,16 +107,16 @@ class BridgeReader(EraReader):
 
         weights_cache: dict[str, np.ndarray] = {}
 
-        def weights_buffer(member: str) -> np.ndarray:
+        def weights_buffer(member: str, check_crc: bool = True) -> np.ndarray:
             # tensors load lazily, after read() returned and the container was closed: reopen by path
             if member not in weights_cache:
                 if member not in zf:
                     raise FormatError("weights member listed in manifest.json is absent", member=zf.member_label(member))
                 if zf.closed and zf.path is not None:
                     with SafeZip(zf.path, label=zf.label, limits=zf.limits) as again:
-                        weights_cache[member] = read_member_buffer(again, member)
+                        weights_cache[member] = read_member_buffer(again, member, check_crc=check_crc)
                 else:
-                    weights_cache[member] = read_member_buffer(zf, member)
+                    weights_cache[member] = read_member_buffer(zf, member, check_crc=check_crc)
             return weights_cache[member]
 
         models: dict[str, ModelEntry] = {}
@@ -131,10 +138,14 @@ class BridgeReader(EraReader):
                 k: TensorInfo(k, tuple(v["shape"]), v["dtype"], source_name=f"/{TENSOR_GROUP}/{k}", sha256=v["sha256"])
                 for k, v in index.items()
             }
+            offsets = {k: v["offset"] for k, v in index.items() if "offset" in v}
+            weights = entry["weights"]
+            in_place = (len(offsets) == len(index) and zf.path is not None and weights in zf
+                        and zf.info(weights).stored)
             models[name] = ModelEntry(
                 name,
                 spec,
-                LazyTensors(infos, _tensor_loader(zf, entry["weights"], infos, weights_buffer)),
+                LazyTensors(infos, _tensor_loader(zf, weights, infos, weights_buffer, offsets if in_place else None)),
                 infos,
                 payload=dict(entry["payload"], weights=entry["weights"]),
                 warnings=list(entry.get("notes", [])),
@@ -188,10 +199,14 @@ class BridgeReader(EraReader):
         )
 
 
-def _tensor_loader(zf: SafeZip, member: str, infos: dict[str, TensorInfo], weights_buffer):  # type: ignore[no-untyped-def]
+def _tensor_loader(zf: SafeZip, member: str, infos: dict[str, TensorInfo], weights_buffer,  # type: ignore[no-untyped-def]
+                   offsets: dict[str, int] | None = None):
+    """The loader of one model's tensors: views at the manifest's offsets when given, else via h5py."""
     label = zf.member_label(member)
 
     def load() -> dict[str, np.ndarray]:
+        if offsets is not None:  # stored member in a file, every tensor indexed with its offset
+            return tensors_at_offsets(weights_buffer(member, check_crc=False), infos, offsets, member=label)
         store = BufferFile(weights_buffer(member))
         f = open_h5(store, member=label)
         try:
@@ -234,13 +249,46 @@ def _tensor_group(f, *, member: str):  # type: ignore[no-untyped-def]
 
 
 # -- in-place reads of stored weights.h5 members ----------------------------------------------------
-def read_member_buffer(zf: SafeZip, member: str) -> np.ndarray:
-    """A member's bytes as one uint8 array, CRC-checked.
+def tensors_at_offsets(buf: np.ndarray, infos: dict[str, TensorInfo], offsets: dict[str, int], *,
+                       member: str) -> dict[str, np.ndarray]:
+    """Every tensor as a view of the member buffer at its manifest ``offset`` (no HDF5, no copy).
+
+    Why: parsing HDF5 costs 50-100 µs per tensor; the manifest already says dtype, shape and where the
+    bytes are. Bounds hold whatever the manifest says: a byte range outside the member is refused
+    naming the tensor, so a lying offset can never read past the member. A lying offset *inside* the
+    member yields wrong values, which the sha256 index catches (``validate`` also cross-checks every
+    offset against HDF5). Unaligned data is copied (numpy and torch want aligned arrays).
+    """
+    size = int(buf.size)
+    out: dict[str, np.ndarray] = {}
+    for name, info in infos.items():
+        offset = offsets[name]
+        if info.dtype not in TENSOR_DTYPES:  # the schema enforces this; kept so no other dtype is ever viewed
+            raise FormatError(f"tensor {name!r} has dtype {info.dtype!r}, not a manifest tensor dtype", member=member)
+        dtype = np.dtype(info.dtype).newbyteorder("<")  # bridge-2 tensors are little-endian
+        count = 1
+        for d in info.shape:
+            count *= int(d)
+        nbytes = count * dtype.itemsize
+        if not isinstance(offset, int) or offset < 0 or offset + nbytes > size:
+            raise CorruptArchiveError(
+                f"tensor {name!r}: manifest.json offset {offset} + {nbytes} bytes lies outside the {size}-byte member",
+                member=member,
+            )
+        arr = np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(info.shape)
+        out[name] = arr if arr.flags.aligned else arr.copy()
+    return out
+
+
+def read_member_buffer(zf: SafeZip, member: str, *, check_crc: bool = True) -> np.ndarray:
+    """A member's bytes as one uint8 array, CRC-checked unless ``check_crc`` is false.
 
     Why: the writer stores ``weights.h5`` uncompressed and 64-byte aligned, so its bytes sit in the
     zip file as they are. We read them straight from their offset with one ``readinto`` (no zipfile
     stream, no inflating, no chunk joins) and tensors become views of this buffer
-    (:func:`read_in_place`). Deflated members and in-memory containers fall back to ``SafeZip.read``.
+    (:func:`tensors_at_offsets`, :func:`read_in_place`). Deflated members and in-memory containers
+    fall back to ``SafeZip.read`` (always CRC-checked). The offset fast path skips the CRC-32 (it
+    would double the read's cost); bridge-2 content is covered by its sha256 index instead.
     """
     info = zf.info(member)
     where = zf.member_label(member)
@@ -265,7 +313,7 @@ def read_member_buffer(zf: SafeZip, member: str) -> np.ndarray:
             got += n
     if got != info.size:
         raise CorruptArchiveError(f"member truncated: {got} of {info.size} bytes present", member=where)
-    if zlib.crc32(view) & 0xFFFFFFFF != info.crc:
+    if check_crc and zlib.crc32(view) & 0xFFFFFFFF != info.crc:
         raise CorruptArchiveError("CRC-32 mismatch (corrupt data)", member=where)
     return buf
 
@@ -386,7 +434,8 @@ def read_in_place(store: BufferFile, dset, *, member: str) -> np.ndarray:  # typ
 
 
 def verify_checksums(zf: SafeZip, manifest: dict[str, Any]) -> list[str]:
-    """Every member's size + sha256 and every tensor's sha256; returns what was checked, raises on the first mismatch."""
+    """Every member's size + sha256 and every tensor's ``offset`` and sha256; returns what was checked,
+    raises on the first mismatch (naming the member and tensor)."""
     import hashlib
 
     checked = []
@@ -409,7 +458,17 @@ def verify_checksums(zf: SafeZip, manifest: dict[str, Any]) -> list[str]:
             if extra:
                 raise FormatError(f"tensors not indexed in manifest.json: {sorted(extra)}", member=label)
             for tname, meta in entry["tensors"].items():
-                arr = read_array(get_dataset(f, f"/{TENSOR_GROUP}/{tname}", member=label), member=label)
+                dset = get_dataset(f, f"/{TENSOR_GROUP}/{tname}", member=label)
+                if "offset" in meta:
+                    try:
+                        actual = dset.id.get_offset() if dset.chunks is None and not dset.compression else None
+                    except Exception as exc:
+                        raise CorruptArchiveError(f"tensor {tname!r}: cannot read HDF5 data offset ({exc})",
+                                                  member=label) from None
+                    if actual != meta["offset"]:
+                        raise ChecksumError(f"tensor {tname!r} offset {meta['offset']} in manifest.json, HDF5 data "
+                                            f"offset is {actual}", member=label)
+                arr = read_array(dset, member=label)
                 if tensor_sha256(arr) != meta["sha256"]:
                     raise ChecksumError(f"tensor {tname!r} sha256 does not match manifest.json", member=label)
                 checked.append(f"{model}:{tname}")
