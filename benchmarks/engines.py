@@ -91,9 +91,9 @@ def _onnx_variant(spec, tensors, threads: int, variant: str):  # type: ignore[no
     import onnxruntime as ort
 
     from converters.onnx import build_onnx, run_session
-    from ptycho_bridge.engines import ort_session_options
+    from converters.onnx import session_options
 
-    opts = ort_session_options(threads)  # the engine's tuned options, then one change
+    opts = session_options(threads)  # the engine's tuned options, then one change
     if variant == "basic":
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     elif variant == "spin":  # ORT's default: idle workers busy-wait

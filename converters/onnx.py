@@ -535,18 +535,33 @@ def _model_bytes(model: "onnx.ModelProto | bytes | str | os.PathLike[str]") -> b
     return model.SerializeToString()
 
 
-def make_session(
-    model: "onnx.ModelProto | bytes | str | os.PathLike[str]", *, threads: int | None = None
-) -> "onnxruntime.InferenceSession":
-    """An ONNX Runtime CPU session (ORT_ENABLE_ALL); reusable across calls, e.g. by benchmarks."""
+def session_options(threads: int | None) -> "onnxruntime.SessionOptions":
+    """ORT options measured best on small CPUs (docs/performance.md, "Engines").
+
+    ORT_ENABLE_ALL, sequential execution, ``intra_op_num_threads = threads`` (default: all cores)
+    and **no spinning**: idle ORT workers otherwise busy-wait between the graph's many small ops,
+    which on a shared 2-core box steals the core another process needs (one loaded run: 1.3-2.7x
+    faster without; a quieter run: within noise either way).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads is not None:
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-    return ort.InferenceSession(_model_bytes(model), sess_options=opts, providers=["CPUExecutionProvider"])
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = int(threads) if threads is not None else (os.cpu_count() or 1)
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
+def make_session(
+    model: "onnx.ModelProto | bytes | str | os.PathLike[str]", *, threads: int | None = None
+) -> "onnxruntime.InferenceSession":
+    """An ONNX Runtime CPU session with :func:`session_options`; reusable across calls (run, parity, benchmarks)."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(_model_bytes(model), sess_options=session_options(threads),
+                                providers=["CPUExecutionProvider"])
 
 
 def run_session(

@@ -39,32 +39,8 @@ class EngineUnavailable(BridgeError):
 
 
 # -- per-engine build / run functions (the module is passed in, already imported) -----------------
-def ort_session_options(threads: int | None) -> Any:
-    """ORT options measured best on small CPUs (docs/performance.md, "Engines").
-
-    ORT_ENABLE_ALL, sequential execution, ``intra_op_num_threads = threads`` (default: all cores)
-    and **no spinning**: idle ORT workers otherwise busy-wait between the graph's many small ops,
-    which on a shared 2-core box steals the core another process needs (one loaded run: 1.3-2.7x
-    faster without; a quieter run: within noise either way).
-    """
-    import os
-
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = int(threads) if threads is not None else (os.cpu_count() or 1)
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return opts
-
-
 def _onnx_build(mod: Any, spec: NetworkSpec, tensors: Mapping[str, np.ndarray], threads: int | None) -> Any:
-    import onnxruntime as ort
-
-    model = mod.build_onnx(spec, tensors).SerializeToString()
-    return ort.InferenceSession(model, sess_options=ort_session_options(threads), providers=["CPUExecutionProvider"])
+    return mod.make_session(mod.build_onnx(spec, tensors), threads=threads)
 
 
 def _onnx_run(mod: Any, session: Any, x_norm: np.ndarray) -> np.ndarray:
