@@ -263,6 +263,13 @@ def _plan_torch_to_tf(arch: BridgeArchive, entry: ModelEntry) -> Plan:
                        "callers multiply by the same s, so the network input is unchanged)")
     legacy["intensity_scale"] = float(scale)
     legacy["backend"] = "tensorflow"
+    if not isinstance(legacy.get("probe"), np.ndarray):
+        # upstream's TF factory builds the autoencoder (and its ProbeIllumination, initialised from
+        # params.cfg['probe']) beside diffraction_to_obj, so its loader needs a probe to exist
+        legacy["probe"] = np.ones((target.N, target.N, 1), dtype=np.complex64)
+        choices.append("no probe in the source (torch takes it as an input): params.dill gets a placeholder probe "
+                       "ones((N, N, 1)) complex64 so upstream's TF model factory can build; diffraction_to_obj never "
+                       "uses the probe, and params.json keeps the source parameters unchanged")
     for key, value in (("N", target.N), ("gridsize", target.gridsize), ("n_filters_scale", target.n_filters_scale),
                        ("object.big", target.object_big), ("probe.big", target.probe_big), ("pad_object", True),
                        ("amp_activation", target.amp_activation)):

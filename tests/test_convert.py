@@ -333,3 +333,20 @@ def test_cli_convert_json_and_refusal(fixtures_dir: Path, tmp_path: Path) -> Non
 
     usage = runner.invoke(main, ["convert", str(out), "--to", "onnx", "-o", str(tmp_path / "x.zip")])
     assert usage.exit_code == 2
+
+
+def test_torch_bundle_without_probe_gets_a_recorded_placeholder_probe_for_tf(
+    converted: dict[str, dict[str, Path]], tmp_path: Path
+) -> None:
+    """A plain torch bundle carries no probe; upstream's TF factory needs params['probe'] to build its models."""
+    bundle = _legacy_only(converted["tf_N64_gs1"]["torch"], tmp_path / "bundle.zip")
+    source = read_archive(bundle)
+    assert source.era == "torch-bundle-2" and "probe" not in source.params
+    out = convert_archive(bundle, "tensorflow", tmp_path / "tf.zip")
+    result = read_archive(out)
+    assert any("placeholder probe" in c for c in result.manifest["conversion"]["choices"])
+    assert "probe" not in result.params  # params.json keeps the source parameters unchanged
+    legacy = read_archive(_legacy_only(out, tmp_path / "tf-legacy.zip"))
+    probe = legacy.params["probe"]
+    N = result.primary.spec.N
+    assert probe.dtype == np.complex64 and probe.shape == (N, N, 1) and np.all(probe == 1)
