@@ -64,6 +64,21 @@ def test_migrated_equals_source_and_validates(fixtures_dir: Path, migrated: dict
     assert report["era"] == "bridge-2" and report["source_era"] == read_archive(src).era
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_parity_original_vs_migrated_passes(fixtures_dir: Path, migrated: dict[str, Path], case: str) -> None:
+    """`parity ORIGINAL MIGRATED` on the fixture's golden input: same outputs, and both match the golden."""
+    pytest.importorskip("onnxruntime")
+    golden = fixtures_dir / case.split("/")[0] / "golden.npz"
+    code, stdout, stderr = _cli("parity", str(fixtures_dir / case), str(migrated[case]), "--engines", "onnx",
+                                "--input", str(golden), "--json")
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["ok"] is True
+    pairs = {(c["reference"], c["actual"]) for c in report["comparisons"]}
+    assert ("A:onnx", "B:onnx") in pairs and ("golden", "B:onnx") in pairs, pairs
+    assert all(c["ok"] for c in report["comparisons"])
+
+
 @pytest.mark.parametrize("case", [c for c in CASES if not c.endswith(".ckpt")])
 def test_legacy_members_kept_byte_for_byte(fixtures_dir: Path, migrated: dict[str, Path], case: str) -> None:
     source = _members(fixtures_dir / case / "wts.h5.zip")
