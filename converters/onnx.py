@@ -24,16 +24,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from ptycho_bridge.conventions import ri_to_complex
-from ptycho_bridge.errors import ConversionRefused, OutputExistsError
+from ptycho_bridge.errors import ConversionRefused, SpecError
 from ptycho_bridge.reassembly import BATCH_COLLAPSE_PATCHES, NORM_EPSILON, centre_mask
-from ptycho_bridge.spec import CBAM_SPATIAL_KERNEL, NetworkSpec, expected_tensors
+from ptycho_bridge.spec import CBAM_SPATIAL_KERNEL, NetworkSpec, check_tensors, resolve_padded_size
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import onnx
@@ -278,7 +277,12 @@ class _Network:
 
 def _check_spec(spec: NetworkSpec, tensors: Mapping[str, np.ndarray]) -> None:
     """Refuse, with the reason, every variant this builder cannot reproduce exactly."""
-    spec.check()
+    try:
+        spec.check()
+    except SpecError as exc:  # the head invariants have always been this exporter's refusals
+        if exc.field not in ("narrow_head", "outer_tensors"):
+            raise
+        raise OnnxExportError(exc.reason, field=exc.field) from None
     if not spec.use_polar:
         raise OnnxExportError(
             "use_polar=False (legacy CombineComplexLayer: object = A + i·φ) is not supported by the "
@@ -292,19 +296,10 @@ def _check_spec(spec: NetworkSpec, tensors: Mapping[str, np.ndarray]) -> None:
             field="amp_activation",
             value=spec.amp_activation,
         )
-    if spec.pad_object and not spec.narrow_head:
-        raise OnnxExportError("pad_object=True requires the narrow head conv (narrow_head=True)")
-    if spec.pad_object and spec.probe_big and not spec.outer_tensors:
-        raise OnnxExportError("probe_big=True with pad_object=True requires the outer-branch tensors")
-    if not spec.pad_object and not spec.outer_tensors:
-        raise OnnxExportError("pad_object=False requires the outer-branch tensors (its only head)")
-    missing = [n for n in expected_tensors(spec) if n not in tensors]
-    if missing:
-        raise OnnxExportError(f"missing tensor(s) {missing[:5]}{' …' if len(missing) > 5 else ''} for this spec")
-    for name, shape in expected_tensors(spec).items():
-        got = tuple(np.shape(tensors[name]))
-        if got != tuple(shape):
-            raise OnnxExportError(f"tensor {name!r} has shape {list(got)}, the spec requires {list(shape)}")
+    try:  # extra tensors are vetted by _check_batch_norm_coverage once the graph is built
+        check_tensors(spec, {n: tuple(np.shape(t)) for n, t in tensors.items()}, member="tensors", check_extra=False)
+    except SpecError as exc:
+        raise OnnxExportError(exc.reason) from None
 
 
 def _check_batch_norm_coverage(net: _Network) -> None:
@@ -458,13 +453,10 @@ def build_onnx(
         )
     _check_spec(spec, tensors)
     if reassembly:
-        padded_size = spec.padded_size if padded_size is None else int(padded_size)
-        if padded_size is None:
-            raise OnnxExportError(
-                "reassembly=True needs the TF canvas size: the spec has no padded_size, pass padded_size="
-            )
-        if padded_size < spec.N:
-            raise OnnxExportError(f"padded_size={padded_size} is smaller than N={spec.N}")
+        try:
+            padded_size = resolve_padded_size(spec, padded_size, what="reassembly=True (pass padded_size=)")
+        except SpecError as exc:
+            raise OnnxExportError(exc.reason, field=exc.field, value=padded_size) from None
 
     g = _GraphBuilder(opset)
     g._names.update({INPUT_NAME, POSITIONS_NAME})
@@ -603,41 +595,16 @@ def run_onnx(
 
 
 def save_onnx(model: "onnx.ModelProto | bytes", path: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
-    """Write atomically: temp file in the target directory, fsync, ``os.replace``.
+    """Write atomically (``ptycho_bridge.atomic.atomic_write``: temp file, fsync, rename).
 
     Readers see either the old file or the complete new one, never a partial write. With
-    ``overwrite=False`` an existing ``path`` raises :class:`OutputExistsError` (checked atomically by
-    hard-linking the temp file into place, so a file appearing meanwhile is not clobbered either).
+    ``overwrite=False`` an existing ``path`` raises :class:`OutputExistsError`, also when it appears
+    during the write (the commit is then a hard link, which never clobbers).
     """
+    from ptycho_bridge.atomic import atomic_write
+
     target = Path(path)
     data = _model_bytes(model)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp creates 0600; the result is an ordinary shareable file
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if overwrite:
-            os.replace(tmp, target)
-        else:
-            try:
-                os.link(tmp, target)
-            except FileExistsError:
-                raise OutputExistsError(f"{target} exists; refusing to overwrite it") from None
-            os.unlink(tmp)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable where the platform allows it
-        dfd = os.open(target.parent or ".", os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    with atomic_write(target, force=overwrite) as fh:
+        fh.write(data)
     return target

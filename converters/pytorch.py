@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from converters.pytorch_archive import state_dict_from_canonical  # numpy-only; re-exported here
-from ptycho_bridge.errors import ConversionRefused, SpecError
-from ptycho_bridge.mapping import TORCH_AUX_PREFIX, torch_to_canonical
+from ptycho_bridge.errors import ConversionRefused, FormatError, SpecError
+from ptycho_bridge.mapping import TORCH_AUX_PREFIX
 from ptycho_bridge.spec import (
     CBAM_REDUCTION,
     CBAM_SPATIAL_KERNEL,
@@ -231,12 +231,6 @@ def _refuse_unsupported(spec: NetworkSpec) -> None:
             value=True,
         )
     _amp_activation(spec.amp_activation)  # raises ConversionRefused on a name we cannot express
-    if spec.pad_object and not spec.narrow_head:
-        raise SpecError("pad_object=True requires the narrow head conv (narrow_head=True)", field="narrow_head")
-    if (spec.probe_big or not spec.pad_object) and not spec.outer_tensors:
-        raise SpecError(
-            "the outer branch is used (probe_big or not pad_object) but outer_tensors=False", field="outer_tensors"
-        )
 
 
 def build_module(spec: NetworkSpec, tensors: Mapping[str, np.ndarray] | None = None) -> PtychoPinnCnn:
@@ -293,16 +287,22 @@ def run(module: PtychoPinnCnn, x_norm: np.ndarray, *, batch_size: int | None = N
 
 
 def canonical_from_state_dict(sd: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Canonical tensors of an upstream torch ``state_dict`` (torch tensors or arrays)."""
-    out: dict[str, np.ndarray] = {}
-    for key, value in sd.items():
-        name = torch_to_canonical(key)
-        if name in out:
-            raise SpecError(f"state_dict keys collide on canonical tensor {name!r} (second key {key!r})")
-        if isinstance(value, torch.Tensor):
-            value = value.detach().cpu().numpy()
-        out[name] = np.array(value, copy=True)
-    return out
+    """Canonical tensors of an upstream torch ``state_dict`` (torch tensors or arrays), as copies.
+
+    The key mapping is the archive reader's (:func:`ptycho_bridge.eras.torch_bundle.canonical_state_dict`);
+    two keys mapping onto one canonical tensor raise :class:`SpecError`.
+    """
+    from ptycho_bridge.eras.torch_bundle import canonical_state_dict
+
+    arrays = {
+        key: np.array(value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value, copy=True)
+        for key, value in sd.items()
+    }
+    try:
+        tensors, _ = canonical_state_dict(arrays, member="state_dict")
+    except FormatError as exc:
+        raise SpecError(exc.reason, field=exc.field) from None
+    return tensors
 
 
 __all__ = [

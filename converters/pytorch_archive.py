@@ -30,7 +30,7 @@ import numpy as np
 
 from ptycho_bridge.errors import ConversionRefused, SpecError
 from ptycho_bridge.mapping import TORCH_AUX_PREFIX, canonical_to_torch
-from ptycho_bridge.spec import NetworkSpec, check_tensors, expected_tensors
+from ptycho_bridge.spec import NetworkSpec, check_tensors, expected_tensors, torch_legacy_c_outer
 
 TORCH_VERSION = "2.0-pytorch"
 METADATA_MEMBER = "torch_scaling_metadata.pt"
@@ -336,7 +336,7 @@ def c_outer_override(spec: NetworkSpec) -> dict[str, Any]:
     fraction = spec.c_outer / latent
     if int(latent * fraction) != spec.c_outer:  # float rounding below the integer: aim at its middle
         fraction = (spec.c_outer + 0.5) / latent
-    if not (0.0 <= fraction <= 0.5) or max(1, int(latent * min(max(fraction, 0.0), 0.5))) != spec.c_outer:
+    if not (0.0 <= fraction <= 0.5) or torch_legacy_c_outer(spec.n_filters_scale, fraction) != spec.c_outer:
         raise ConversionRefused(
             f"c_outer={spec.c_outer}: torch's legacy override can route at most {latent // 2} of {latent} latent "
             "channels to the outer branch",

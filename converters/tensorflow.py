@@ -43,7 +43,7 @@ import numpy as np
 from ptycho_bridge.errors import SpecError
 from ptycho_bridge.mapping import canonical_to_tf_array
 from ptycho_bridge.reassembly import BATCH_COLLAPSE_PATCHES, centre_mask
-from ptycho_bridge.spec import HEADS, NetworkSpec, check_tensors
+from ptycho_bridge.spec import HEADS, NetworkSpec, check_tensors, resolve_padded_size
 
 CORE_NAME = "ptychopinn_core"
 SCALED_NAME = "ptychopinn_obj"
@@ -246,10 +246,6 @@ def _check_expressible(spec: NetworkSpec) -> None:
         raise SpecError("the TF network has no batch normalisation", field="batch_norm")
     if spec.amp_activation not in _AMP_ACTIVATIONS:
         raise SpecError(f"amp_activation {spec.amp_activation!r} is not one of {_AMP_ACTIVATIONS}", field="amp_activation")
-    if spec.pad_object and not spec.narrow_head:
-        raise SpecError("pad_object=True needs the narrow head conv (narrow_head)", field="narrow_head")
-    if (spec.probe_big or not spec.pad_object) and not spec.outer_tensors:
-        raise SpecError("this head uses the outer branch but the spec has no outer tensors", field="outer_tensors")
 
 
 def _conv(k: SimpleNamespace, filters: int, name: str, relu: bool) -> Any:
@@ -357,11 +353,8 @@ def build_diffraction_to_obj(
     pos = k.keras.Input(shape=(1, 2, C), name="input_positions", dtype="float32")
     obj = obj_model(inp)
     if spec.object_big:
-        if spec.padded_size is None:
-            raise SpecError("object_big needs padded_size for the reassembly stage", field="padded_size")
-        if spec.padded_size < spec.N:
-            raise SpecError(f"padded_size={spec.padded_size} < N={spec.N}", field="padded_size")
-        out = k.ReassembleTrim(spec.N, spec.padded_size, spec.channels_out, name="trimmed_obj")([obj, pos])
+        padded = resolve_padded_size(spec, what="the Keras reassembly stage")
+        out = k.ReassembleTrim(spec.N, padded, spec.channels_out, name="trimmed_obj")([obj, pos])
     else:
         out = k.PadTrimIdentity(name="trimmed_obj")([obj, pos])
     return k.keras.Model([inp, pos], out, name=D2O_NAME)

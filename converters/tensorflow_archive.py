@@ -55,7 +55,15 @@ from ptycho_bridge.eras.specs import torch_amp_activation
 from ptycho_bridge.errors import ConversionRefused, SpecError
 from ptycho_bridge.keras_graph import analyse_config
 from ptycho_bridge.mapping import canonical_to_tf_array
-from ptycho_bridge.spec import FAMILY, TF_AMP_ACTIVATIONS, NetworkSpec, check_tensors, tf_padded_size, tf_spec
+from ptycho_bridge.spec import (
+    FAMILY,
+    TF_AMP_ACTIVATIONS,
+    NetworkSpec,
+    check_tensors,
+    resolve_padded_size,
+    tf_padded_size,
+    tf_spec,
+)
 
 KERAS_VERSION = "3.15.1"  # what upstream's CI installs and what wrote the fixtures
 TF_MANIFEST_VERSION = "1.0"
@@ -441,20 +449,6 @@ def check_tf_expressible(spec: NetworkSpec) -> None:
             )
 
 
-def _resolve_padded_size(spec: NetworkSpec, padded_size: int | None) -> int:
-    if padded_size is not None and spec.padded_size is not None and padded_size != spec.padded_size:
-        raise SpecError(f"padded_size {padded_size} contradicts the network spec's {spec.padded_size}", field="padded_size")
-    value = padded_size if padded_size is not None else spec.padded_size
-    if value is None:
-        raise SpecError(
-            "padded_size is unknown: the spec has none and none was given (upstream: N + (gridsize-1)·offset + jitter)",
-            field="padded_size",
-        )
-    if value < spec.N:
-        raise SpecError(f"padded_size {value} is smaller than N={spec.N}", field="padded_size")
-    return int(value)
-
-
 def keras_config(
     spec: NetworkSpec,
     *,
@@ -472,7 +466,7 @@ def keras_config(
             f"model {model_name!r}: only {SUPPORTED_MODELS} can be written as TF-era members", field="model", value=model_name
         )
     check_tf_expressible(spec)
-    factory = _Factory(spec, _resolve_padded_size(spec, padded_size), shared_object_id)
+    factory = _Factory(spec, resolve_padded_size(spec, padded_size, what="the Keras config", strict=True), shared_object_id)
     factory.auto_name("Functional")  # upstream builds the autoencoder Model first: it is "functional"
     model_keras_name = factory.auto_name("Functional")
     inputs, outputs = factory.diffraction_to_obj()

@@ -30,12 +30,22 @@ def _umask() -> int:
     return mask
 
 
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], *, force: bool = False) -> Iterator[IO[bytes]]:
-    """Yield a binary file; on success it atomically becomes ``path``; on error nothing is left."""
+def refuse_existing(path: str | os.PathLike[str], *, force: bool) -> None:
+    """Fail early (before slow work) when ``path`` exists and the caller did not say ``force``."""
     target = Path(path)
     if target.exists() and not force:
         raise OutputExistsError(f"{target} exists; pass --force to replace it")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], *, force: bool = False) -> Iterator[IO[bytes]]:
+    """Yield a binary file; on success it atomically becomes ``path``; on error nothing is left.
+
+    Without ``force`` the commit is a hard link, which fails if ``path`` appeared meanwhile, so a
+    file created by someone else during the write is never clobbered either.
+    """
+    target = Path(path)
+    refuse_existing(target, force=force)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     tmp = Path(tmp_name)
@@ -45,7 +55,14 @@ def atomic_write(path: str | os.PathLike[str], *, force: bool = False) -> Iterat
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        if force:
+            os.replace(tmp, target)
+        else:
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                raise OutputExistsError(f"{target} exists; pass --force to replace it") from None
+            tmp.unlink()
         tmp = None  # type: ignore[assignment]
         dir_fd = os.open(target.parent, os.O_RDONLY)
         try:

@@ -34,10 +34,6 @@ def nhwc_to_nchw(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2)))
 
 
-def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1)))
-
-
 def tf_input_to_canonical(input_nhwc: np.ndarray, intensity_scale: float) -> np.ndarray:
     """TF ``diffraction_to_obj`` input (``X·s``, NHWC) → canonical ``x_norm`` (NCHW)."""
     x = np.asarray(input_nhwc, dtype=np.float32) / tf_scale_divisor(intensity_scale)
@@ -67,11 +63,6 @@ def golden_canonical_input(golden: Mapping[str, np.ndarray], backend: str, inten
     if backend in ("pytorch", "torch"):
         return torch_input_to_canonical(golden["input"], golden["input_scale_factor"])
     raise ValueError(f"unknown backend {backend!r}")
-
-
-def complex_to_ri(z: np.ndarray) -> np.ndarray:
-    """complex64 ``[...]`` → float32 ``[..., 2]`` (real, imag), ONNX's DFT convention."""
-    return np.stack([z.real, z.imag], axis=-1).astype(np.float32)
 
 
 def ri_to_complex(x: np.ndarray) -> np.ndarray:

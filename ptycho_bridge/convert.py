@@ -22,11 +22,20 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .atomic import resolve_output
-from .errors import ConversionRefused, OutputExistsError, SpecError
+from .atomic import refuse_existing, resolve_output
+from .errors import ConversionRefused, SpecError
 from .mapping import TORCH_AUX_PREFIX
 from .model import BridgeArchive, ModelEntry
-from .spec import SUPPORTED_N, TF_C_OUTER, NetworkSpec, expected_tensors, tf_padded_size, tf_spec
+from .spec import (
+    SUPPORTED_N,
+    TF_C_OUTER,
+    NetworkSpec,
+    expected_tensors,
+    tf_outer_width,
+    tf_padded_size,
+    tf_spec,
+    torch_spec,
+)
 
 BACKENDS = ("tensorflow", "pytorch")
 PRIMARY = "diffraction_to_obj"
@@ -35,15 +44,10 @@ TF_DEFAULT_OFFSET = 4
 TF_DEFAULT_JITTER = 10
 
 
-def tf_outer_width(spec: NetworkSpec) -> int:
-    """TF's outer up-block width ``nfs·2048/N`` (torch's is always ``32·nfs``)."""
-    return spec.n_filters_scale * (2048 // spec.N)
-
-
 def _facts(spec: NetworkSpec) -> dict[str, Any]:
     """Spec fields plus derived sizes, for the reason templates."""
     return {**spec.to_dict(), "channels": spec.channels, "latent_width": spec.latent_width,
-            "tf_outer_width": tf_outer_width(spec), "torch_outer_width": spec.latent_width}
+            "tf_outer_width": tf_outer_width(spec.N, spec.n_filters_scale), "torch_outer_width": spec.latent_width}
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ REFUSALS: tuple[Refusal, ...] = (
     Refusal(TORCH_TO_TF, "c_outer", lambda s: s.c_outer != TF_C_OUTER,
             "c_outer={c_outer}: TF routes exactly 4 latent channels to the outer branch (hard-coded), this torch "
             "network routes {c_outer}; the networks are not equivalent"),
-    Refusal(TORCH_TO_TF, "outer_width", lambda s: s.probe_big and s.outer_width != tf_outer_width(s),
+    Refusal(TORCH_TO_TF, "outer_width", lambda s: s.probe_big and s.outer_width != tf_outer_width(s.N, s.n_filters_scale),
             "probe_big=True with N={N}: torch's outer up-block is {outer_width} wide, TF's is "
             "n_filters_scale·2048/N = {tf_outer_width}; the networks are not equivalent"),
     Refusal(TORCH_TO_TF, "object_big", lambda s: not s.object_big and s.gridsize > 1,
@@ -160,12 +164,9 @@ def _plan_tf_to_torch(arch: BridgeArchive, entry: ModelEntry) -> Plan:
     src = entry.spec
     assert src is not None
     check_refusals(src, TF_TO_TORCH)
-    channels = src.channels
-    target = NetworkSpec(
+    target = torch_spec(
         N=src.N, gridsize=src.gridsize, n_filters_scale=src.n_filters_scale, object_big=src.object_big,
-        probe_big=src.probe_big, pad_object=True, amp_activation=src.amp_activation,
-        channels_in=channels if src.object_big else 1, channels_out=src.channels_out, c_outer=src.c_outer,
-        outer_width=src.latent_width, outer_tensors=True, narrow_head=True, use_polar=True,
+        probe_big=src.probe_big, amp_activation=src.amp_activation, c_outer=src.c_outer,
         padded_size=src.padded_size,
     )
     target.check()
@@ -360,8 +361,7 @@ def convert_archive(src_path: str | os.PathLike[str], to: str, out_path: str | o
     from .reader import read_archive
 
     target = resolve_output(out_path)
-    if target.exists() and not force:
-        raise OutputExistsError(f"{target} exists; pass --force to replace it")
+    refuse_existing(target, force=force)
     arch = read_archive(src_path)
     plan = plan_conversion(arch, to)
     return write_conversion(arch, plan, target, force=force)

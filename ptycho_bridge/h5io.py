@@ -67,15 +67,16 @@ def check_global_heaps(image: bytes | memoryview, *, member: str) -> int:
     return checked
 
 
-def open_h5(data: bytes | io.BufferedIOBase, *, member: str):  # -> h5py.File
+def open_h5(data: bytes | io.BufferedIOBase, *, member: str, checked: bool = False):  # -> h5py.File
     """Open an HDF5 image held in memory (or a file object) read-only.
 
-    Images given as bytes have their global heaps checked first (:func:`check_global_heaps`); file
-    objects are the bridge-2 in-place path, which reads numeric datasets only (no heap access).
+    Images given as bytes have their global heaps checked first (:func:`check_global_heaps`) unless
+    ``checked`` says this very image already passed that check; file objects are the bridge-2
+    in-place path, which reads numeric datasets only (no heap access).
     """
     import h5py
 
-    if isinstance(data, (bytes, bytearray, memoryview)):
+    if not checked and isinstance(data, (bytes, bytearray, memoryview)):
         check_global_heaps(data, member=member)
 
     fileobj = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data

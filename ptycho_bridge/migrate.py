@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import refuse_existing
 from .errors import FormatError, OutputExistsError, UnsupportedError
-from .model import BridgeArchive
+from .model import BridgeArchive, primary_name
 from .writer import ModelToWrite, build_members, write_members
 
 LEGACY_ERAS = ("tf-modelmanager-1", "torch-bundle-2", "torch-json-1", "lightning-ckpt")
@@ -138,7 +139,7 @@ def plan_migration(source: str | os.PathLike[str], output: str | os.PathLike[str
         models[name] = ModelToWrite(entry.spec, dict(entry.tensors), kind, member if kept else None,
                                     notes=[f"source reader warning: {w}" for w in entry.warnings])
     real = [n for n, m in models.items() if m.spec is not None]
-    primary = "diffraction_to_obj" if "diffraction_to_obj" in real else real[0]
+    primary = primary_name(real)
     models[primary].notes = notes + models[primary].notes
 
     manifest, members = build_members(
@@ -160,8 +161,7 @@ def migrate(
 ) -> tuple[MigrationPlan, dict[str, Any] | None]:
     """Plan, then (unless ``dry_run``) write atomically and verify; returns the plan and the check summary."""
     target = Path(output)
-    if target.exists() and not force:
-        raise OutputExistsError(f"{target} exists; pass --force to replace it")
+    refuse_existing(target, force=force)
     if target.exists() and target.resolve() == Path(source).resolve():
         raise OutputExistsError(f"{target} is the source archive: migrate to a new path, check it, then replace the "
                                 "source yourself (an unverified in-place migration could lose the only copy)")

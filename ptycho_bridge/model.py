@@ -9,11 +9,16 @@ only needs their shapes, dtypes and byte counts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from .spec import NetworkSpec
+
+
+def primary_name(names: Sequence[str]) -> str:
+    """The primary (inference) model among ``names``: ``diffraction_to_obj`` when present, else the first."""
+    return "diffraction_to_obj" if "diffraction_to_obj" in names else names[0]
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,10 @@ import numpy as np
 
 from .conventions import golden_canonical_input, normalisation_scale
 from .engines import GOLDEN, EngineUnavailable, availability, load_engine
-from .errors import ConversionRefused, FormatError
+from .errors import ConversionRefused, FormatError, SpecError
 from .model import BridgeArchive
 from .reassembly import centre_border_masks, reassemble, torch_positions_to_tf, trimmed_to_canonical
-from .spec import NetworkSpec
+from .spec import NetworkSpec, resolve_padded_size
 
 DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL_FACTOR = 1e-5  # × max|ref| of the region when --atol is not given
@@ -148,9 +148,10 @@ def trimmed_object(obj: np.ndarray, positions_tf: np.ndarray | None, spec: Netwo
     """TF ``trimmed_obj`` ``[B, N, N, 1]`` of per-patch objects (the whole batch as one upstream call)."""
     size = spec.padded_size if padded_size is None else padded_size
     if spec.object_big:
-        if size is None:
-            raise ConversionRefused("reassembly needs padded_size, which this network spec does not carry",
-                                    field="padded_size")
+        try:
+            size = resolve_padded_size(spec, padded_size, what="reassembly")
+        except SpecError as exc:
+            raise ConversionRefused(exc.reason, field=exc.field) from None
         if positions_tf is None:
             raise ConversionRefused("reassembly needs positions [B, 1, 2, C]", field="positions")
     return reassemble(obj, positions_tf if positions_tf is not None else np.zeros((len(obj), 1, 2, 1), np.float32),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from .container import DEFAULT_LIMITS, Limits, SafeZip
 from .errors import CorruptArchiveError, FormatError, UnsupportedError
@@ -16,12 +17,13 @@ from .eras.base import type_name
 from .model import BridgeArchive
 
 
-def detect_reader(zf: SafeZip) -> type[EraReader]:
-    """The reader class for an open container, or :class:`UnsupportedError` saying what was seen."""
-    hints: dict[str, object] = {}
+def detect_reader(zf: SafeZip) -> tuple[type[EraReader], dict[str, Any]]:
+    """The reader class for an open container and the manifests detection decoded (pass them to
+    ``read``), or :class:`UnsupportedError` saying what was seen."""
+    hints: dict[str, Any] = {}
     for reader in READERS:
         if reader.detect(zf, hints):
-            return reader
+            return reader, hints
     names = zf.names()
     if "manifest.json" in names:
         raise UnsupportedError("manifest.json is neither a ptycho-bridge manifest nor a torch-manifest-v1", member=zf.member_label("manifest.json"))
@@ -59,8 +61,8 @@ def read_archive(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMIT
     """
     zf = open_container(path, limits)
     try:
-        reader = detect_reader(zf)
-        arch = reader().read(zf, str(path))
+        reader, hints = detect_reader(zf)
+        arch = reader().read(zf, str(path), hints)
         if verify and reader.has_checksums:
             from .eras.bridge import verify_checksums
 

@@ -32,6 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from .errors import SpecError
+from .spec import check_padded_size
+
 NORM_EPSILON = np.float32(0.001)
 BATCH_COLLAPSE_PATCHES = 64
 
@@ -132,8 +135,10 @@ def translate_bilinear(images: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 # -- the stage -------------------------------------------------------------------------------------
 def _pad_width(N: int, padded_size: int) -> int:
-    if padded_size < N:
-        raise ValueError(f"padded_size={padded_size} is smaller than N={N}")
+    try:
+        check_padded_size(N, padded_size)
+    except SpecError as exc:
+        raise ValueError(exc.reason) from None
     return (padded_size - N) // 2
 
 
@@ -194,18 +199,6 @@ def reassemble(
     res.real[..., 0] = out_re[:, crop, crop]
     res.imag[..., 0] = out_im[:, crop, crop]
     return res
-
-
-def reassemble_canonical(
-    obj: np.ndarray,
-    positions_tf: np.ndarray,
-    *,
-    N: int,
-    padded_size: int,
-    object_big: bool = True,
-) -> np.ndarray:
-    """:func:`reassemble` with the result in the canonical layout ``[B, 1, N, N]``."""
-    return trimmed_to_canonical(reassemble(obj, positions_tf, N=N, padded_size=padded_size, object_big=object_big))
 
 
 # -- comparison ------------------------------------------------------------------------------------

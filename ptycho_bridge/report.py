@@ -99,9 +99,9 @@ def validate_path(path: str | Path, *, limits: Limits = DEFAULT_LIMITS) -> dict[
         checks.append({"check": "container", "ok": True,
                        "detail": f"{len(zf.names())} members, {zf.total_size} bytes uncompressed, within limits"})
         try:
-            reader = detect_reader(zf)
+            reader, hints = detect_reader(zf)
             result["era"] = reader.era
-            arch = reader().read(zf, str(path))
+            arch = reader().read(zf, str(path), hints)
         except ArchiveError as exc:
             return fail(_check_of(exc), exc)
         if reader.has_checksums:

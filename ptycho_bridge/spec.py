@@ -114,6 +114,23 @@ class NetworkSpec:
                 f"{self.gridsize} means {expect_out}",
                 field="channels_out",
             )
+        if self.pad_object and not self.narrow_head:
+            raise SpecError("pad_object=True requires the narrow head conv (narrow_head=True)", field="narrow_head")
+        if (self.probe_big or not self.pad_object) and not self.outer_tensors:
+            raise SpecError(
+                "the outer branch is used (probe_big or not pad_object) but outer_tensors=False",
+                field="outer_tensors",
+            )
+
+
+def tf_outer_width(N: int, n_filters_scale: int) -> int:
+    """TF's outer up-block width ``nfs·2048/N`` (torch's is always ``32·nfs``)."""
+    return n_filters_scale * (2048 // N)
+
+
+def torch_legacy_c_outer(n_filters_scale: int, fraction: float) -> int:
+    """Torch's ``c_outer`` under ``use_legacy_decoder_channel_override``: ``max(1, int(32·nfs·clamp(f, 0, 0.5)))``."""
+    return max(1, int(32 * n_filters_scale * min(max(fraction, 0.0), 0.5)))
 
 
 def tf_spec(
@@ -142,12 +159,80 @@ def tf_spec(
         channels_in=channels,
         channels_out=channels if object_big else 1,
         c_outer=TF_C_OUTER,
-        outer_width=n_filters_scale * (2048 // N),
+        outer_width=tf_outer_width(N, n_filters_scale),
         outer_tensors=outer_used,
         narrow_head=pad_object,
         use_polar=use_polar,
         padded_size=padded_size,
     )
+
+
+def torch_spec(
+    *,
+    N: int,
+    gridsize: int,
+    n_filters_scale: int,
+    object_big: bool,
+    probe_big: bool,
+    amp_activation: str,
+    c_outer: int | None = None,
+    cbam_encoder: bool = False,
+    cbam_bottleneck: bool = False,
+    batch_norm: bool = False,
+    padded_size: int | None = None,
+) -> NetworkSpec:
+    """The spec of the network upstream's torch factory builds: always the padded head, both branches,
+    polar combine, an outer up-block ``32·nfs`` wide; ``c_outer`` defaults to the head channel count."""
+    channels = gridsize * gridsize
+    cout = channels if object_big else 1
+    return NetworkSpec(
+        N=N,
+        gridsize=gridsize,
+        n_filters_scale=n_filters_scale,
+        object_big=object_big,
+        probe_big=probe_big,
+        pad_object=True,
+        amp_activation=amp_activation,
+        channels_in=cout,
+        channels_out=cout,
+        c_outer=cout if c_outer is None else c_outer,
+        outer_width=32 * n_filters_scale,
+        outer_tensors=True,
+        narrow_head=True,
+        cbam_encoder=cbam_encoder,
+        cbam_bottleneck=cbam_bottleneck,
+        batch_norm=batch_norm,
+        use_polar=True,
+        padded_size=padded_size,
+    )
+
+
+def check_padded_size(N: int, padded_size: int) -> int:
+    """TF's canvas holds at least one patch: ``padded_size >= N``; raises :class:`SpecError` otherwise."""
+    if padded_size < N:
+        raise SpecError(f"padded_size={padded_size} is smaller than N={N}", field="padded_size")
+    return int(padded_size)
+
+
+def resolve_padded_size(
+    spec: NetworkSpec, override: int | None = None, *, what: str, strict: bool = False
+) -> int:
+    """The TF canvas size: ``override`` when given, else the spec's; then :func:`check_padded_size`.
+
+    ``what`` names the caller's need in the "unknown" message. With ``strict`` an override that
+    contradicts the spec's own ``padded_size`` is an error rather than a replacement.
+    Raises :class:`SpecError` (``field="padded_size"``).
+    """
+    if strict and override is not None and spec.padded_size is not None and override != spec.padded_size:
+        raise SpecError(f"padded_size {override} contradicts the network spec's {spec.padded_size}", field="padded_size")
+    value = spec.padded_size if override is None else int(override)
+    if value is None:
+        raise SpecError(
+            f"{what} needs padded_size (TF's canvas, upstream N + (gridsize-1)·offset + jitter), which the "
+            "network spec does not carry and none was given",
+            field="padded_size",
+        )
+    return check_padded_size(spec.N, value)
 
 
 def tf_padded_size(N: int, gridsize: int, offset: int, max_position_jitter: int) -> int:
@@ -222,12 +307,14 @@ def check_tensors(
     *,
     member: str,
     allow_extra_prefixes: tuple[str, ...] = ("training.", "extra."),
+    check_extra: bool = True,
 ) -> None:
     """Strict comparison of found tensor shapes with the spec: missing, extra or mis-shaped → error.
 
     Tensors under ``allow_extra_prefixes`` are auxiliary (training-only parameters) and not checked.
     With ``batch_norm`` the decoder/head batch-norm tensors upstream adds are accepted by name
-    (``.bn``) since the spec cannot enumerate them exactly.
+    (``.bn``) since the spec cannot enumerate them exactly. ``check_extra=False`` checks only that
+    every expected tensor is present with its shape (a caller that vets the rest itself).
     """
     expected = expected_tensors(spec)
     for name, shape in expected.items():
@@ -240,6 +327,8 @@ def check_tensors(
                 f"n_filters_scale={spec.n_filters_scale}, c_outer={spec.c_outer}) requires {list(shape)}",
                 member=member,
             )
+    if not check_extra:
+        return
     for name in shapes:
         if name in expected or name.startswith(allow_extra_prefixes):
             continue

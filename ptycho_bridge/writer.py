@@ -24,6 +24,7 @@ import numpy as np
 from . import __version__, schema
 from .atomic import atomic_write
 from .eras.bridge import FORMAT, FORMAT_VERSION, PARAMS_GROUP, TENSOR_GROUP, tensor_sha256
+from .model import primary_name
 from .paramsjson import encode_value
 from .spec import NetworkSpec, check_tensors
 
@@ -122,7 +123,7 @@ def build_members(
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """(manifest, members) of a bridge-2 archive, validated but not yet written."""
     real = [n for n, m in models.items() if m.spec is not None]
-    primary = "diffraction_to_obj" if "diffraction_to_obj" in real else (real or list(models))[0]
+    primary = primary_name(real) if real else list(models)[0]
     params_arrays: dict[str, np.ndarray] = {}
 
     def store_array(key: str, arr: np.ndarray) -> dict[str, Any]:

@@ -7,7 +7,6 @@ and the round trip compares ``run`` outputs with upstream's goldens.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap

@@ -26,14 +26,12 @@ from ..cliutil import emit_json, guarded
 @guarded
 def command(archive: Path, to: str, out: Path, force: bool, as_json: bool) -> None:
     """Convert a model archive to the other backend, or refuse with the reason the networks differ."""
-    from ..atomic import resolve_output
+    from ..atomic import refuse_existing, resolve_output
     from ..convert import plan_conversion, write_conversion
-    from ..errors import OutputExistsError
     from ..reader import read_archive
 
     target = resolve_output(out)
-    if target.exists() and not force:
-        raise OutputExistsError(f"{target} exists; pass --force to replace it")
+    refuse_existing(target, force=force)
     arch = read_archive(archive)
     plan = plan_conversion(arch, to)
     path = write_conversion(arch, plan, target, force=force)

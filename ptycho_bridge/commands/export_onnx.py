@@ -31,13 +31,11 @@ def command(archive: Path, out: Path, model: str, opset: int | None, reassembly:
     from converters.onnx import MIN_OPSET, build_onnx, save_onnx
 
     from .. import __version__
-    from ..atomic import resolve_output
-    from ..errors import OutputExistsError
+    from ..atomic import refuse_existing, resolve_output
     from ..parity import archive_under_test
 
     target = resolve_output(out, "model.onnx")
-    if target.exists() and not force:  # fail before the (slower) build; save_onnx re-checks atomically
-        raise OutputExistsError(f"{target} exists; pass --force to replace it")
+    refuse_existing(target, force=force)
     aut = archive_under_test(archive, model=model)
     metadata = {
         "source_archive": archive.name,
@@ -51,6 +49,5 @@ def command(archive: Path, out: Path, model: str, opset: int | None, reassembly:
         metadata["intensity_scale"] = repr(float(aut.archive.intensity_scale))
     onnx_model = build_onnx(aut.spec, aut.tensors, opset=MIN_OPSET if opset is None else opset,
                             metadata=metadata, reassembly=reassembly)
-    target.parent.mkdir(parents=True, exist_ok=True)
     save_onnx(onnx_model, target, overwrite=force)
     click.echo(str(target))

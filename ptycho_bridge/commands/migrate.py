@@ -30,6 +30,7 @@ def command(archive: Path, out: Path, dry_run: bool, force: bool, as_json: bool)
 
     target = resolve_output(out)
     plan, verified = migrate(archive, target, force=force, dry_run=dry_run)
+    members = plan.member_table()
     doc: dict[str, Any] = {
         "source": str(archive),
         "source_era": plan.source_era,
@@ -37,8 +38,8 @@ def command(archive: Path, out: Path, dry_run: bool, force: bool, as_json: bool)
         "output": str(target),
         "dry_run": dry_run,
         "written": not dry_run,
-        "members": plan.member_table(),
-        "total_bytes": sum(r["size"] for r in plan.member_table()),
+        "members": members,
+        "total_bytes": sum(r["size"] for r in members),
         "notes": plan.notes,
         "verified": verified,
     }

@@ -55,15 +55,13 @@ def _with_progress(chunks: Iterator[np.ndarray], total: int, label: str) -> Iter
 @guarded
 def command(archive: Path, input_path: Path, out: Path, engine: str, batch_size: int, model: str, force: bool) -> None:
     """Run ARCHIVE's network on --input with one engine; write the object to OUT."""
-    from ..atomic import atomic_write, resolve_output
+    from ..atomic import atomic_write, refuse_existing, resolve_output
     from ..engines import load_engine
-    from ..errors import OutputExistsError
     from ..parity import archive_under_test, load_input, trimmed_object
     from ..reassembly import BATCH_COLLAPSE_PATCHES
 
     target = resolve_output(out, "output.npz")
-    if target.exists() and not force:
-        raise OutputExistsError(f"{target} exists; pass --force to replace it")
+    refuse_existing(target, force=force)
     aut = archive_under_test(archive, model=model)
     spec = aut.spec
     inp = load_input(input_path, aut.archive, spec)

@@ -35,8 +35,9 @@ class EraReader(ABC):
         """Whether this reader recognises the container (``hints`` caches decoded manifests)."""
 
     @abstractmethod
-    def read(self, zf: SafeZip, path: str) -> BridgeArchive:
-        """The neutral archive; tensors may be loaded lazily."""
+    def read(self, zf: SafeZip, path: str, hints: dict[str, Any] | None = None) -> BridgeArchive:
+        """The neutral archive; tensors may be loaded lazily. ``hints`` is what :meth:`detect` cached
+        (decoded manifests), so a manifest is decoded once per open; ``None`` reads afresh."""
 
 
 def read_json(zf: SafeZip, name: str) -> Any:
@@ -63,6 +64,22 @@ def read_json(zf: SafeZip, name: str) -> Any:
         raise FormatError(f"invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", member=where) from None
     except RecursionError:
         raise FormatError("JSON nested too deeply", member=where) from None
+
+
+def cached_json(zf: SafeZip, name: str, hints: dict[str, Any] | None) -> Any:
+    """:func:`read_json` of ``name``, decoded once per open archive (cached in ``hints``)."""
+    if hints is None:
+        return read_json(zf, name)
+    if name not in hints:
+        hints[name] = read_json(zf, name)
+    return hints[name]
+
+
+def require_model_names(models: list[Any], *, member: str) -> list[str]:
+    """A manifest's ``models``: a non-empty list of plain names (no ``/``, no ``..``)."""
+    if not models or not all(isinstance(m, str) and m and "/" not in m and ".." not in m for m in models):
+        raise FormatError(f"models must be a non-empty list of names, found {models!r}"[:200], member=member, field="models")
+    return list(models)
 
 
 def read_pickle(zf: SafeZip, name: str) -> Any:

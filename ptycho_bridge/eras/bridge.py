@@ -40,7 +40,7 @@ from ..h5io import check_dataset, get_dataset, open_h5, read_array, walk_dataset
 from ..model import BridgeArchive, LazyTensors, ModelEntry, TensorInfo
 from ..paramsjson import decode_value
 from ..spec import NetworkSpec, check_tensors
-from .base import EraReader, read_json
+from .base import EraReader, cached_json, read_json
 
 FORMAT = "ptycho-bridge"
 FORMAT_VERSION = "2.0.0"
@@ -84,14 +84,12 @@ class BridgeReader(EraReader):
     def detect(cls, zf: SafeZip, hints: dict[str, Any]) -> bool:
         if "manifest.json" not in zf:
             return False
-        if "manifest.json" not in hints:
-            hints["manifest.json"] = read_json(zf, "manifest.json")
-        m = hints["manifest.json"]
+        m = cached_json(zf, "manifest.json", hints)
         return isinstance(m, dict) and m.get("format") == FORMAT
 
-    def read(self, zf: SafeZip, path: str) -> BridgeArchive:
+    def read(self, zf: SafeZip, path: str, hints: dict[str, Any] | None = None) -> BridgeArchive:
         where = zf.member_label("manifest.json")
-        manifest = read_json(zf, "manifest.json")
+        manifest = cached_json(zf, "manifest.json", hints)
         if isinstance(manifest, dict) and isinstance(manifest.get("format_version"), str):
             try:
                 check_format_version(manifest["format_version"], member=where)
@@ -439,6 +437,8 @@ def verify_checksums(zf: SafeZip, manifest: dict[str, Any]) -> list[str]:
     import hashlib
 
     checked = []
+    weights_members = {entry["weights"] for entry in manifest["models"].values() if "weights" in entry}
+    weights_data: dict[str, bytes] = {}  # kept from the sha256 pass, parsed below without a second read
     for name, meta in manifest["members"].items():
         data = zf.read(name)
         if len(data) != meta["size"]:
@@ -447,11 +447,14 @@ def verify_checksums(zf: SafeZip, manifest: dict[str, Any]) -> list[str]:
         if digest != meta["sha256"]:
             raise ChecksumError(f"sha256 {digest[:16]}…, manifest says {meta['sha256'][:16]}…", member=zf.member_label(name))
         checked.append(name)
+        if name in weights_members:
+            weights_data[name] = data
     for model, entry in manifest["models"].items():
         if "weights" not in entry:  # a torch-sentinel placeholder: its member is covered above
             continue
         label = zf.member_label(entry["weights"])
-        f = open_h5(zf.read(entry["weights"]), member=label)
+        data = weights_data.get(entry["weights"])
+        f = open_h5(zf.read(entry["weights"]) if data is None else data, member=label)
         try:
             names = {p.split("/", 2)[2] for p, _ in walk_datasets(f, member=label) if p.startswith(f"/{TENSOR_GROUP}/")}
             extra = names - set(entry["tensors"])

@@ -11,7 +11,16 @@ from typing import Any, Mapping
 
 from ..errors import SpecError, UnsupportedError
 from ..keras_graph import KerasGraphInfo
-from ..spec import SUPPORTED_N, TF_AMP_ACTIVATIONS, NetworkSpec, check_tensors, tf_padded_size, tf_spec
+from ..spec import (
+    SUPPORTED_N,
+    TF_AMP_ACTIVATIONS,
+    NetworkSpec,
+    check_tensors,
+    tf_padded_size,
+    tf_spec,
+    torch_legacy_c_outer,
+    torch_spec,
+)
 from .base import require_field
 
 
@@ -143,7 +152,7 @@ def spec_from_torch(
     c_outer = cout
     if mc.get("use_legacy_decoder_channel_override"):
         frac = float(mc.get("decoder_last_c_outer_fraction", 0.0))
-        c_outer = max(1, int(32 * nfs * min(max(frac, 0.0), 0.5)))
+        c_outer = torch_legacy_c_outer(nfs, frac)
         amp_channels = int(mc.get("decoder_last_amp_channels", cout))
         if amp_channels != cout:
             raise UnsupportedError(
@@ -151,20 +160,14 @@ def spec_from_torch(
                 member=member,
                 field="decoder_last_amp_channels",
             )
-    spec = NetworkSpec(
+    spec = torch_spec(
         N=N,
         gridsize=gridsize,
         n_filters_scale=nfs,
         object_big=object_big,
         probe_big=probe_big,
-        pad_object=True,
         amp_activation=amp,
-        channels_in=channels if object_big else 1,
-        channels_out=cout,
         c_outer=c_outer,
-        outer_width=32 * nfs,
-        outer_tensors=True,
-        narrow_head=True,
         cbam_encoder=cbam_encoder,
         cbam_bottleneck=cbam_bottleneck,
         batch_norm=batch_norm,

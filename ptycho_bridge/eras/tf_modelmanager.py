@@ -9,7 +9,6 @@ Conv roles come from ``config.json`` alone (:mod:`ptycho_bridge.keras_graph`).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
@@ -19,8 +18,17 @@ from ..errors import FormatError, PickleDecodeError, SpecError
 from ..h5io import get_attr, get_dataset, open_h5, read_array, walk_datasets
 from ..keras_graph import analyse_config
 from ..mapping import tf_to_canonical_array
-from ..model import BridgeArchive, LazyTensors, ModelEntry, TensorInfo
-from .base import EraReader, opaque_names, positive_float, read_json, read_pickle, require_dict, require_field
+from ..model import BridgeArchive, LazyTensors, ModelEntry, TensorInfo, primary_name
+from .base import (
+    EraReader,
+    opaque_names,
+    positive_float,
+    read_json,
+    read_pickle,
+    require_dict,
+    require_field,
+    require_model_names,
+)
 from .specs import spec_from_tf
 
 MAX_KERAS_CONFIG = 16 * 1024 * 1024
@@ -40,9 +48,7 @@ def check_legacy_manifest(manifest: Any, zf: SafeZip, version: str) -> list[str]
     got = require_field(manifest, "version", str, member=where)
     if got != version:
         raise FormatError(f"version {got!r}, expected {version!r}", member=where, field="version")
-    if not models or not all(isinstance(m, str) and m and "/" not in m and ".." not in m for m in models):
-        raise FormatError(f"models must be a non-empty list of names, found {models!r}"[:200], member=where, field="models")
-    return list(models)
+    return require_model_names(models, member=where)
 
 
 def legacy_manifest_warnings(manifest: dict[str, Any]) -> list[str]:
@@ -96,12 +102,13 @@ def read_keras_payload(zf: SafeZip, member: str, *, model_name: str, params: dic
         for index, param in (("0", "weight"), ("1", "bias")):
             path = f"{group_path}/{index}"
             dset = get_dataset(h5, path, member=weights_label)
-            stored_name = get_attr(h5[group_path], "name", member=weights_label)
-            if stored_name is not None and str(stored_name) != role.layer_name:
-                raise SpecError(
-                    f"weight group {group_path} belongs to layer {stored_name!r}, config.json says {role.layer_name!r}",
-                    member=weights_label,
-                )
+            if param == "weight":  # the group's layer name, once per conv (get_dataset has vetted its links)
+                stored_name = get_attr(h5[group_path], "name", member=weights_label)
+                if stored_name is not None and str(stored_name) != role.layer_name:
+                    raise SpecError(
+                        f"weight group {group_path} belongs to layer {stored_name!r}, config.json says {role.layer_name!r}",
+                        member=weights_label,
+                    )
             name = f"{role.canonical}.{param}"
             shape = tuple(int(d) for d in dset.shape)
             if param == "weight":
@@ -127,7 +134,7 @@ def read_keras_payload(zf: SafeZip, member: str, *, model_name: str, params: dic
     h5.close()
 
     def load() -> dict[str, np.ndarray]:
-        f = open_h5(weights_bytes, member=weights_label)
+        f = open_h5(weights_bytes, member=weights_label, checked=True)  # heaps checked when read() opened it
         try:
             return {
                 name: tf_to_canonical_array(name, read_array(get_dataset(f, path, member=weights_label), member=weights_label))
@@ -179,9 +186,8 @@ class TfModelManagerReader(EraReader):
         manifest = read_legacy_manifest(zf, hints)
         return isinstance(manifest, dict) and manifest.get("version") == "1.0"
 
-    def read(self, zf: SafeZip, path: str) -> BridgeArchive:
-        hints: dict[str, Any] = {}
-        manifest = read_legacy_manifest(zf, hints)
+    def read(self, zf: SafeZip, path: str, hints: dict[str, Any] | None = None) -> BridgeArchive:
+        manifest = read_legacy_manifest(zf, {} if hints is None else hints)
         names = check_legacy_manifest(manifest, zf, "1.0")
         models: dict[str, ModelEntry] = {}
         params_by_model: dict[str, dict[str, Any]] = {}
@@ -203,10 +209,10 @@ class TfModelManagerReader(EraReader):
                     objs, member=zf.member_label(f"{name}/custom_objects.dill"))
             if f"{name}/model.h5" in zf:
                 models[name].payload["model_h5_intensity_scale"] = _model_h5_scale(zf, f"{name}/model.h5")
-        primary = "diffraction_to_obj" if "diffraction_to_obj" in params_by_model else names[0]
+        primary = primary_name(names)
         params = params_by_model[primary]
         for other, p in params_by_model.items():
-            if other != primary and _comparable(p) != _comparable(params):
+            if other != primary and _params_differ(p, params):
                 warnings.append(f"{other}/params.dill differs from {primary}/params.dill")
         scale = positive_float(
             require_field(params, "intensity_scale", (int, float), member=zf.member_label(f"{primary}/params.dill")),
@@ -232,11 +238,24 @@ class TfModelManagerReader(EraReader):
         )
 
 
-def _comparable(params: dict[str, Any]) -> str:
-    """A stable text form of params for equality checks (arrays by content)."""
-    def default(o: Any) -> Any:
-        if isinstance(o, np.ndarray):
-            return [str(o.dtype), list(o.shape), o.tobytes().hex()[:64]]
-        return repr(o)
+def _comparable(value: Any) -> Any:
+    """``value`` with the safe reader's inert objects (which compare by identity) as plain tuples."""
+    from ..safepickle import Opaque, Record
 
-    return json.dumps(params, sort_keys=True, default=default)
+    if isinstance(value, dict):
+        return {k: _comparable(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_comparable(v) for v in value)
+    if isinstance(value, Opaque):
+        return ("<opaque>", value.type_name, value.kind)
+    if isinstance(value, Record):
+        return ("<record>", value.type_name, _comparable(value.fields))
+    return value
+
+
+def _params_differ(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two params snapshots differ at all (arrays by their whole content, as ``diff`` compares)."""
+    from ..diff import diff_mappings
+
+    report = diff_mappings(_comparable(a), _comparable(b), atol=0.0)
+    return bool(report["added"] or report["removed"] or report["changed"])

@@ -15,8 +15,19 @@ import numpy as np
 from ..container import SafeZip
 from ..errors import FormatError, SpecError, UnsupportedError
 from ..mapping import torch_to_canonical
-from ..model import BridgeArchive, ModelEntry, TensorInfo
-from .base import EraReader, opaque_names, read_json, read_pickle, read_torch, require_dict, require_field, type_name
+from ..model import BridgeArchive, ModelEntry, TensorInfo, primary_name
+from .base import (
+    EraReader,
+    cached_json,
+    opaque_names,
+    read_json,
+    read_pickle,
+    read_torch,
+    require_dict,
+    require_field,
+    require_model_names,
+    type_name,
+)
 from .specs import spec_from_torch
 from .tf_modelmanager import check_legacy_manifest, legacy_manifest_warnings, read_legacy_manifest
 
@@ -136,22 +147,28 @@ class TorchBundleReader(EraReader):
         manifest = read_legacy_manifest(zf, hints)
         return isinstance(manifest, dict) and manifest.get("version") == "2.0-pytorch"
 
-    def read(self, zf: SafeZip, path: str) -> BridgeArchive:
-        manifest = read_legacy_manifest(zf, {})
+    def read(self, zf: SafeZip, path: str, hints: dict[str, Any] | None = None) -> BridgeArchive:
+        manifest = read_legacy_manifest(zf, {} if hints is None else hints)
         names = check_legacy_manifest(manifest, zf, "2.0-pytorch")
-        arch = _read_torch_models(zf, path, names, self.era, params_member="params.dill",
+        arch = _read_torch_models(zf, path, names, self.era, _read_metadata(zf), params_member="params.dill",
                                   manifest={"models": names, "version": "2.0-pytorch"})
         arch.warnings[:0] = legacy_manifest_warnings(manifest)
         return arch
 
 
+def _read_metadata(zf: SafeZip) -> Any:
+    """``torch_scaling_metadata.pt`` decoded (once per read), or None when the bundle has none."""
+    return read_torch(zf, METADATA_MEMBER) if METADATA_MEMBER in zf else None
+
+
 def _read_torch_models(
-    zf: SafeZip, path: str, names: list[str], era: str, *, params_member: str, manifest: dict[str, Any]
+    zf: SafeZip, path: str, names: list[str], era: str, metadata: Any, *, params_member: str, manifest: dict[str, Any]
 ) -> BridgeArchive:
+    """The models of a torch bundle; ``metadata`` is :func:`_read_metadata` of ``zf``."""
     warnings: list[str] = []
     config = None
     if METADATA_MEMBER in zf:
-        config = torch_config_from(read_torch(zf, METADATA_MEMBER), member=zf.member_label(METADATA_MEMBER))
+        config = torch_config_from(metadata, member=zf.member_label(METADATA_MEMBER))
     else:
         warnings.append(f"no {METADATA_MEMBER}: CBAM/batch-norm inferred from state_dict keys (upstream needs it for strict loads)")
     model_config = config.get("model_config") if config else None
@@ -181,7 +198,7 @@ def _read_torch_models(
             name, state, member=zf.member_label(weights), N=N, gridsize=g, params=params, model_config=model_config
         )
         models[name].payload["member"] = weights
-    primary = "diffraction_to_obj" if "diffraction_to_obj" in params_by_model else names[0]
+    primary = primary_name(names)
     params = params_by_model[primary]
     warnings.extend(plain_loader_warnings(params, model_config))
     scale = params.get("intensity_scale")
@@ -217,28 +234,24 @@ class TorchJsonReader(EraReader):
     def detect(cls, zf: SafeZip, hints: dict[str, Any]) -> bool:
         if "manifest.json" not in zf:
             return False
-        if "manifest.json" not in hints:
-            hints["manifest.json"] = read_json(zf, "manifest.json")
-        m = hints["manifest.json"]
+        m = cached_json(zf, "manifest.json", hints)
         return isinstance(m, dict) and m.get("manifest_version") == "torch-manifest-v1"
 
-    def read(self, zf: SafeZip, path: str) -> BridgeArchive:
+    def read(self, zf: SafeZip, path: str, hints: dict[str, Any] | None = None) -> BridgeArchive:
         where = zf.member_label("manifest.json")
-        manifest = require_dict(read_json(zf, "manifest.json"), member=where, what="manifest.json")
+        manifest = require_dict(cached_json(zf, "manifest.json", hints), member=where, what="manifest.json")
         names = require_field(manifest, "models", list, member=where)
         if manifest.get("backend", "pytorch") != "pytorch":
             raise FormatError(f"backend {manifest.get('backend')!r}, expected 'pytorch'", member=where, field="backend")
-        if not names or not all(isinstance(n, str) and n and "/" not in n for n in names):
-            raise FormatError(f"models must be a non-empty list of names, found {names!r}"[:200], member=where, field="models")
-        if METADATA_MEMBER in zf:
-            meta = read_torch(zf, METADATA_MEMBER)
-            if isinstance(meta, dict) and "model_config" not in meta:
-                raise UnsupportedError(
-                    f"torch metadata schema {meta.get('schema_version')!r} has no model_config; its model_spec payload "
-                    "is not documented, so the network cannot be derived safely",
-                    member=zf.member_label(METADATA_MEMBER),
-                )
-        return _read_torch_models(zf, path, list(names), self.era, params_member="params.json", manifest=manifest)
+        names = require_model_names(names, member=where)
+        meta = _read_metadata(zf)  # decoded once: checked here, then handed to _read_torch_models
+        if isinstance(meta, dict) and "model_config" not in meta:
+            raise UnsupportedError(
+                f"torch metadata schema {meta.get('schema_version')!r} has no model_config; its model_spec payload "
+                "is not documented, so the network cannot be derived safely",
+                member=zf.member_label(METADATA_MEMBER),
+            )
+        return _read_torch_models(zf, path, names, self.era, meta, params_member="params.json", manifest=manifest)
 
 
 class LightningCheckpointReader(EraReader):
@@ -253,7 +266,7 @@ class LightningCheckpointReader(EraReader):
 
         return is_torch_zip(zf)
 
-    def read(self, zf: SafeZip, path: str) -> BridgeArchive:
+    def read(self, zf: SafeZip, path: str, hints: dict[str, Any] | None = None) -> BridgeArchive:
         from ..torchzip import load_torch_zip
 
         data = require_dict(load_torch_zip(zf, member_label=zf.label), member=zf.label, what="checkpoint")
