@@ -114,7 +114,7 @@ def machine_facts() -> dict[str, Any]:
 def migrate_fixture(source: Path, out: Path) -> Path:
     """A bridge-2 archive holding the fixture's models, params and scale (written with the real writer)."""
     from ptycho_bridge import read_archive
-    from ptycho_bridge.writer import ModelToWrite, write_archive
+    from ptycho_bridge.formats.bridge2.write import ModelToWrite, write_archive
 
     arch = read_archive(source)
     models = {name: ModelToWrite(m.spec, dict(m.tensors)) for name, m in arch.models.items() if m.spec is not None}
@@ -126,9 +126,9 @@ def migrate_fixture(source: Path, out: Path) -> Path:
 
 def synthetic_large(out: Path, n_filters_scale: int = 4) -> Path:
     """A bridge-2 archive with the N=128 TF network widened ``n_filters_scale`` times (seeded weights)."""
-    from ptycho_bridge.sample import sample_params, sample_tensors
-    from ptycho_bridge.spec import tf_padded_size, tf_spec
-    from ptycho_bridge.writer import ModelToWrite, write_archive
+    from ptycho_bridge.ops.sample import sample_params, sample_tensors
+    from ptycho_bridge.spec.network import tf_padded_size, tf_spec
+    from ptycho_bridge.formats.bridge2.write import ModelToWrite, write_archive
 
     params = dict(sample_params(N=128), n_filters_scale=n_filters_scale)
     spec = tf_spec(N=128, gridsize=1, n_filters_scale=n_filters_scale, object_big=True, probe_big=True,

@@ -32,7 +32,7 @@ ENGINES = ("onnx", "torch", "keras")
 
 
 def _spec(case: str):  # type: ignore[no-untyped-def]
-    from ptycho_bridge.spec import tf_spec
+    from ptycho_bridge.spec.network import tf_spec
 
     c = CASES[case]
     return tf_spec(N=c["N"], gridsize=c["gridsize"], n_filters_scale=1, object_big=True, probe_big=True,
@@ -42,7 +42,7 @@ def _spec(case: str):  # type: ignore[no-untyped-def]
 def _tensors(spec, seed: int = 0):  # type: ignore[no-untyped-def]
     import numpy as np
 
-    from ptycho_bridge.spec import expected_tensors
+    from ptycho_bridge.spec.network import expected_tensors
 
     rng = np.random.default_rng(seed)
     out = {}
@@ -56,7 +56,7 @@ def worker(engine: str, case: str, batches: list[int], repeats: int, threads: in
     """Runs inside the subprocess: build once, warm up, time each batch size."""
     import numpy as np
 
-    from ptycho_bridge.engines import load_engine
+    from ptycho_bridge.ops.engines import load_engine
 
     spec = _spec(case)
     tensors = _tensors(spec)
@@ -90,8 +90,8 @@ def _onnx_variant(spec, tensors, threads: int, variant: str):  # type: ignore[no
     """ORT session-option variants that were tried (see docs/performance.md)."""
     import onnxruntime as ort
 
-    from converters.onnx import build_onnx, run_session
-    from converters.onnx import session_options
+    from converters.onnx.export import build_onnx, run_session
+    from converters.onnx.export import session_options
 
     opts = session_options(threads)  # the engine's tuned options, then one change
     if variant == "basic":

@@ -63,8 +63,8 @@ def torch_pth(case: str, out: Path) -> Path:
     """The fixture's ``model.pth`` state dict, decoded safely and re-saved by ``torch.save``."""
     import torch
 
-    from ptycho_bridge.container import SafeZip
-    from ptycho_bridge.eras.base import read_torch
+    from ptycho_bridge.io.safezip import SafeZip
+    from ptycho_bridge.formats.base import read_torch
 
     with SafeZip(fixture(case)) as zf:
         sd = read_torch(zf, "diffraction_to_obj/model.pth")
@@ -75,7 +75,7 @@ def torch_pth(case: str, out: Path) -> Path:
 def tf_breakdown(path: Path, repeat: int) -> dict[str, float]:
     """In-process parts of a TF-era inspect: inflating each model.keras dominates the work."""
     from ptycho_bridge import read_archive
-    from ptycho_bridge.container import SafeZip
+    from ptycho_bridge.io.safezip import SafeZip
 
     def inflate(member: str) -> None:
         with SafeZip(path) as zf:
@@ -95,7 +95,7 @@ def main() -> None:
     args = ap.parse_args()
     r = args.repeat
     from ptycho_bridge import read_archive
-    from ptycho_bridge.report import inspect_report
+    from ptycho_bridge.ops.report import inspect_report
 
     tmp = Path(tempfile.mkdtemp(prefix="pb-bench-"))
     emit("machine", [machine_facts()], args.json)

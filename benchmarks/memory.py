@@ -83,7 +83,7 @@ def main() -> None:
     emit("peak RSS: inspect and full tensor read (MB, median)", rows, args.json)
 
     try:
-        from ptycho_bridge.convert import convert_archive  # noqa: F401
+        from ptycho_bridge.ops.convert import convert_archive  # noqa: F401
     except ImportError:
         print("convert: ptycho_bridge.convert.convert_archive not available, skipped")
         return

@@ -52,7 +52,7 @@ def member_bytes_only(path: Path) -> int:
     """Ablation: the in-place read of every weights.h5 member without its CRC-32 (no HDF5, no views)."""
     import numpy as np
 
-    from ptycho_bridge.container import SafeZip
+    from ptycho_bridge.io.safezip import SafeZip
 
     total = 0
     with SafeZip(path) as zf:
@@ -76,9 +76,9 @@ _MEMBERS: dict[Path, list[bytes]] = {}
 def previous_loader(path: Path) -> int:
     """The pre-in-place bridge-2 loader: inflate-free zip read into bytes, h5py over BytesIO, copy out."""
     from ptycho_bridge import read_archive
-    from ptycho_bridge.container import SafeZip
-    from ptycho_bridge.eras.bridge import TENSOR_GROUP
-    from ptycho_bridge.h5io import get_dataset, open_h5, read_array
+    from ptycho_bridge.io.safezip import SafeZip
+    from ptycho_bridge.formats.bridge2.read import TENSOR_GROUP
+    from ptycho_bridge.io.h5 import get_dataset, open_h5, read_array
 
     arch = read_archive(path)  # same manifest/params work as load_all
     total = 0
@@ -127,7 +127,7 @@ def main() -> None:
                          "tensor MB": tensor_bytes / MB, "plain read MB/s": size / MB / plain,
                          "read+tensors ms": prev * 1e3, "tensor MB/s": tensor_bytes / MB / prev,
                          "% of plain": 100 * (tensor_bytes / prev) / (size / plain)})
-            from ptycho_bridge.container import SafeZip
+            from ptycho_bridge.io.safezip import SafeZip
 
             with SafeZip(path) as zf:
                 _MEMBERS[path] = [zf.read(n) for n in zf.names() if n.endswith("weights.h5")]

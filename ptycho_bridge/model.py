@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .spec import NetworkSpec
+from ptycho_bridge.spec.network import NetworkSpec
 
 
 def primary_name(names: Sequence[str]) -> str:

@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import SchemaError
+from ptycho_bridge.errors import SchemaError
 
 SCHEMA_FILES = {
     "manifest": "manifest.schema.json",

@@ -88,7 +88,7 @@ class Target:
 
 def load_bases(fixtures: Path) -> dict[str, dict[str, bytes]]:
     """Member dicts of the base archives (all real, except the bundled bridge-2 sample)."""
-    from ptycho_bridge.sample import write_sample
+    from ptycho_bridge.ops.sample import write_sample
 
     tf_all = zip_members(fixtures / "tf_N64_gs1" / "wts.h5.zip")
     tf = {k: v for k, v in tf_all.items() if k.startswith("diffraction_to_obj/")}
@@ -209,7 +209,7 @@ def run_case(path: Path) -> tuple[str, BaseException] | None:
     """None when the readers behaved; else (stage, exception)."""
     from ptycho_bridge import read_archive
     from ptycho_bridge.errors import ArchiveError
-    from ptycho_bridge.report import validate_path
+    from ptycho_bridge.ops.report import validate_path
 
     signal.setitimer(signal.ITIMER_REAL, CASE_TIMEOUT_S)
     try:

@@ -124,6 +124,6 @@ def evil_payloads(sentinel: Path) -> dict[str, Any]:
 
 def decoded_params(archive: Path, model: str = "diffraction_to_obj") -> dict[str, Any]:
     """A fixture's ``params.dill`` as plain data via the safe reader (probe → ndarray) to edit and re-pickle."""
-    from ptycho_bridge.safepickle import load
+    from ptycho_bridge.io.safepickle import load
 
     return load(read_member(archive, f"{model}/params.dill"), member=f"{model}/params.dill")

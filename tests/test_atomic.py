@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from ptycho_bridge.atomic import atomic_write
+from ptycho_bridge.io.atomic import atomic_write
 from ptycho_bridge.errors import OutputExistsError
-from ptycho_bridge.report import validate_path
-from ptycho_bridge.sample import write_sample
+from ptycho_bridge.ops.report import validate_path
+from ptycho_bridge.ops.sample import write_sample
 
 REPO = Path(__file__).resolve().parents[1]
 BLOB = 32 * 1024 * 1024
@@ -32,9 +32,9 @@ BLOB = 32 * 1024 * 1024
 WRITER = f"""
 import sys
 import numpy as np
-from ptycho_bridge.sample import sample_params, sample_tensors
-from ptycho_bridge.spec import tf_padded_size, tf_spec
-from ptycho_bridge.writer import ModelToWrite, write_archive
+from ptycho_bridge.ops.sample import sample_params, sample_tensors
+from ptycho_bridge.spec.network import tf_padded_size, tf_spec
+from ptycho_bridge.formats.bridge2.write import ModelToWrite, write_archive
 
 dest = sys.argv[1]
 params = sample_params()

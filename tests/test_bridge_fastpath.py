@@ -19,9 +19,9 @@ from conftest import read_member, rewrite_zip
 
 from ptycho_bridge import read_archive
 from ptycho_bridge.errors import ChecksumError, CorruptArchiveError, SchemaError
-from ptycho_bridge.migrate import migrate
-from ptycho_bridge.report import validate_path
-from ptycho_bridge.sample import write_sample
+from ptycho_bridge.ops.migrate import migrate
+from ptycho_bridge.ops.report import validate_path
+from ptycho_bridge.ops.sample import write_sample
 
 WEIGHTS = "diffraction_to_obj/weights.h5"
 

@@ -382,7 +382,7 @@ def _torch_state_edit(change: Callable[[dict[str, Any]], None]):
 
 
 def _sample(out: Path) -> Path:
-    from ptycho_bridge.sample import write_sample
+    from ptycho_bridge.ops.sample import write_sample
 
     return write_sample(out / "sample.zip")
 
@@ -588,7 +588,7 @@ def test_bridge_newer_minor_is_accepted(tmp_path: Path) -> None:
 
 
 def test_bridge_inspect_report(tmp_path: Path) -> None:
-    from ptycho_bridge.sample import sample_params
+    from ptycho_bridge.ops.sample import sample_params
 
     sample = _sample(tmp_path)
     doc = json.loads(run_cli("inspect", "--json", "--tensors", sample).stdout)

@@ -19,8 +19,8 @@ from click.testing import CliRunner
 onnx = pytest.importorskip("onnx")
 
 from ptycho_bridge.cli import main  # noqa: E402
-from ptycho_bridge.parity import file_sha256  # noqa: E402
-from ptycho_bridge.reassembly import centre_border_masks  # noqa: E402
+from ptycho_bridge.ops.parity import file_sha256  # noqa: E402
+from ptycho_bridge.ops.reassembly import centre_border_masks  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import patch_central_directory, read_member
 
 from ptycho_bridge import read_archive
-from ptycho_bridge.container import DEFAULT_LIMITS, Limits, SafeZip
+from ptycho_bridge.io.safezip import DEFAULT_LIMITS, Limits, SafeZip
 from ptycho_bridge.errors import ArchiveLimitError, CorruptArchiveError, UnsafeArchiveError
 
 MiB = 1024 * 1024

@@ -23,7 +23,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from converters.onnx import (  # noqa: E402
+from converters.onnx.export import (  # noqa: E402
     INPUT_NAME,
     OUTPUT_NAME,
     POSITIONS_NAME,
@@ -36,11 +36,11 @@ from converters.onnx import (  # noqa: E402
     run_session,
     save_onnx,
 )
-from ptycho_bridge import reassembly  # noqa: E402
-from ptycho_bridge.conventions import golden_canonical_input  # noqa: E402
+from ptycho_bridge.ops import reassembly  # noqa: E402
+from ptycho_bridge.spec.conventions import golden_canonical_input  # noqa: E402
 from ptycho_bridge.errors import ConversionRefused, OutputExistsError  # noqa: E402
-from ptycho_bridge.reader import read_archive  # noqa: E402
-from ptycho_bridge.spec import NetworkSpec, expected_tensors, tf_spec  # noqa: E402
+from ptycho_bridge.formats.detect import read_archive  # noqa: E402
+from ptycho_bridge.spec.network import NetworkSpec, expected_tensors, tf_spec  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TF_CASES = ("tf_N64_gs1", "tf_N64_gs2", "tf_N128_gs1")
@@ -168,8 +168,8 @@ def test_no_framework_imported(fixtures_dir: Path) -> None:
         f"""
         import sys
         import numpy as np
-        from ptycho_bridge.reader import read_archive
-        from converters.onnx import build_onnx, run_onnx
+        from ptycho_bridge.formats.detect import read_archive
+        from converters.onnx.export import build_onnx, run_onnx
         for case, reassemble in (("tf_N64_gs2", True), ("torch_N64_gs1", False)):
             arch = read_archive({str(fixtures_dir)!r} + "/" + case + "/wts.h5.zip")
             spec = arch.primary.spec

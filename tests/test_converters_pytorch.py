@@ -13,10 +13,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from converters import pytorch as pt  # noqa: E402
-from ptycho_bridge.conventions import golden_canonical_input  # noqa: E402
+from converters.pytorch import engine as pt  # noqa: E402
+from ptycho_bridge.spec.conventions import golden_canonical_input  # noqa: E402
 from ptycho_bridge.errors import ConversionRefused, SpecError  # noqa: E402
-from ptycho_bridge.spec import NetworkSpec, expected_tensors, tf_spec  # noqa: E402
+from ptycho_bridge.spec.network import NetworkSpec, expected_tensors, tf_spec  # noqa: E402
 
 TORCH_CASES = ("torch_N64_gs1", "torch_N64_gs2")
 TF_CASES = ("tf_N64_gs1", "tf_N128_gs1", "tf_N64_gs2")

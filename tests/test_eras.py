@@ -20,11 +20,11 @@ import pytest
 from conftest import CASES, TF_CASES, TORCH_CASES, read_member
 
 from ptycho_bridge import read_archive
-from ptycho_bridge.container import SafeZip
-from ptycho_bridge.eras.bridge import tensor_sha256, verify_checksums
-from ptycho_bridge.mapping import canonical_to_torch
+from ptycho_bridge.io.safezip import SafeZip
+from ptycho_bridge.formats.bridge2.read import tensor_sha256, verify_checksums
+from ptycho_bridge.spec.mapping import canonical_to_torch
 from ptycho_bridge.model import LazyTensors
-from ptycho_bridge.spec import check_tensors, expected_tensors
+from ptycho_bridge.spec.network import check_tensors, expected_tensors
 
 MODELS = ("diffraction_to_obj", "autoencoder")
 
@@ -261,7 +261,7 @@ def test_checkpoint_and_bundle_hold_the_same_weights(fixtures_dir: Path) -> None
 # bridge-2 (our own format) via the deterministic sample
 # ---------------------------------------------------------------------------------------------------
 def test_bridge_sample_round_trip(tmp_path: Path) -> None:
-    from ptycho_bridge.sample import sample_params, sample_tensors, write_sample
+    from ptycho_bridge.ops.sample import sample_params, sample_tensors, write_sample
 
     path = write_sample(tmp_path / "wts.h5.zip")
     arch = read_archive(path)

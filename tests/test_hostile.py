@@ -47,7 +47,7 @@ from ptycho_bridge.errors import (
     UnsafeArchiveError,
     UnsupportedError,
 )
-from ptycho_bridge.sample import write_sample
+from ptycho_bridge.ops.sample import write_sample
 
 FIX = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "upstream"
 KERAS = "diffraction_to_obj/model.keras"
@@ -595,7 +595,7 @@ def test_hostile_archive(case: Case, ctx: Ctx) -> None:
 
 def test_payloads_are_real_attacks(ctx: Ctx) -> None:
     """The corpus pickles really name the dangerous callables (checked by our inert reader, never run)."""
-    from ptycho_bridge.safepickle import decode, find_opaque, load_inert
+    from ptycho_bridge.io.safepickle import decode, find_opaque, load_inert
 
     seen = set()
     for obj in (_os_system(ctx.cmd), _eval(ctx.cmd), _getattr_chain(ctx.cmd), _popen(ctx.argv)):
@@ -610,8 +610,8 @@ def test_security_doc_matches_the_code() -> None:
     import dataclasses
     import re
 
-    from ptycho_bridge.container import Limits
-    from ptycho_bridge.safepickle import PickleLimits
+    from ptycho_bridge.io.safezip import Limits
+    from ptycho_bridge.io.safepickle import PickleLimits
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "security.md").read_text(encoding="utf-8")
 

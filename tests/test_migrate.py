@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from ptycho_bridge import read_archive, schema_errors
 from ptycho_bridge.cli import main
-from ptycho_bridge.sample import write_sample
+from ptycho_bridge.ops.sample import write_sample
 
 CASES = ["tf_N64_gs1", "tf_N64_gs2", "tf_N128_gs1", "torch_N64_gs1", "torch_N64_gs2", "torch_N64_gs1/lightning.ckpt"]
 
@@ -260,7 +260,7 @@ def test_tensor_checksum_names_the_tensor(migrated: dict[str, Path], tmp_path: P
 
 def test_legacy_pickles_in_output_hold_no_code(migrated: dict[str, Path]) -> None:
     """The kept torch pickles are what upstream wrote: plain data, no global references at all."""
-    from ptycho_bridge.safepickle import globals_in
+    from ptycho_bridge.io.safepickle import globals_in
 
     members = _members(migrated["torch_N64_gs1"])
     for name in ("manifest.dill", "diffraction_to_obj/params.dill"):
@@ -272,11 +272,12 @@ def test_lightning_with_a_known_scale_gets_torch_bundle_members(fixtures_dir: Pa
     """Real checkpoints record no intensity_scale; when one is known, the torch writer adds a bundle."""
     import numpy as np
 
-    from ptycho_bridge import migrate, reader
-    from ptycho_bridge.eras.torch_bundle import canonical_state_dict
-    from ptycho_bridge.torchzip import load_torch_bytes
+    from ptycho_bridge.ops import migrate
+    from ptycho_bridge.formats import detect as reader
+    from converters.pytorch.read import canonical_state_dict
+    from converters.pytorch.torchzip import load_torch_bytes
 
-    pytest.importorskip("converters.pytorch_archive")
+    pytest.importorskip("converters.pytorch.write")
     real = reader.read_archive
 
     def with_scale(path, **kwargs):

@@ -19,14 +19,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ptycho_bridge import read_archive
-from ptycho_bridge.container import SafeZip
-from ptycho_bridge.eras.base import read_json
+from ptycho_bridge.io.safezip import SafeZip
+from ptycho_bridge.formats.base import read_json
 from ptycho_bridge.errors import ArchiveError
-from ptycho_bridge.h5io import get_attr, open_h5, read_array, walk_datasets
-from ptycho_bridge.keras_graph import analyse_config
-from ptycho_bridge.report import validate_path
-from ptycho_bridge.safepickle import decode, load_inert
-from ptycho_bridge.torchzip import load_torch_bytes
+from ptycho_bridge.io.h5 import get_attr, open_h5, read_array, walk_datasets
+from converters.tensorflow.keras_graph import analyse_config
+from ptycho_bridge.ops.report import validate_path
+from ptycho_bridge.io.safepickle import decode, load_inert
+from converters.pytorch.torchzip import load_torch_bytes
 
 FIX = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "upstream"
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True,

@@ -21,9 +21,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ptycho_bridge.container import SafeZip
+from ptycho_bridge.io.safezip import SafeZip
 from ptycho_bridge.errors import ArchiveError, ArchiveLimitError, PickleDecodeError
-from ptycho_bridge.safepickle import (
+from ptycho_bridge.io.safepickle import (
     Global,
     Opaque,
     PersistentRef,
@@ -122,8 +122,8 @@ def test_reading_every_dill_imports_no_framework(fixtures_dir: Path) -> None:
     """In a fresh interpreter: decoding every .dill of every case imports neither TF, torch, dill nor ptycho."""
     script = f"""
 import sys
-from ptycho_bridge.container import SafeZip
-from ptycho_bridge.safepickle import load
+from ptycho_bridge.io.safezip import SafeZip
+from ptycho_bridge.io.safepickle import load
 for case in {TF_CASES + TORCH_CASES!r}:
     with SafeZip({str(fixtures_dir)!r} + '/' + case + '/wts.h5.zip') as zf:
         for name in zf.names():

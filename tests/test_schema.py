@@ -16,8 +16,8 @@ from jsonschema.exceptions import best_match
 from ptycho_bridge import read_archive
 from ptycho_bridge.cli import main
 from ptycho_bridge.errors import SchemaError
-from ptycho_bridge.report import validate_path
-from ptycho_bridge.sample import write_sample
+from ptycho_bridge.ops.report import validate_path
+from ptycho_bridge.ops.sample import write_sample
 from ptycho_bridge.schema import SCHEMA_FILES, load_schema, schema_errors, schema_names, validate
 
 REPO = Path(__file__).resolve().parents[1]

@@ -28,14 +28,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from converters import tensorflow_archive as ta
+from converters.tensorflow import write as ta
 from ptycho_bridge.errors import ConversionRefused, SpecError
-from ptycho_bridge.keras_graph import analyse_config
-from ptycho_bridge.mapping import canonical_to_tf_array
-from ptycho_bridge.reader import read_archive
-from ptycho_bridge.safepickle import globals_in, load
-from ptycho_bridge.spec import NetworkSpec, expected_tensors, tf_padded_size, tf_spec
-from ptycho_bridge.writer import ModelToWrite, write_archive
+from converters.tensorflow.keras_graph import analyse_config
+from ptycho_bridge.spec.mapping import canonical_to_tf_array
+from ptycho_bridge.formats.detect import read_archive
+from ptycho_bridge.io.safepickle import globals_in, load
+from ptycho_bridge.spec.network import NetworkSpec, expected_tensors, tf_padded_size, tf_spec
+from ptycho_bridge.formats.bridge2.write import ModelToWrite, write_archive
 
 TF_CASES = ("tf_N64_gs1", "tf_N64_gs2", "tf_N128_gs1")
 D2O = "diffraction_to_obj"

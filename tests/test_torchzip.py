@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ptycho_bridge.container import SafeZip
+from ptycho_bridge.io.safezip import SafeZip
 from ptycho_bridge.errors import ArchiveError, CorruptArchiveError, FormatError, PickleDecodeError, UnsupportedError
-from ptycho_bridge.safepickle import Opaque, find_opaque
-from ptycho_bridge.torchzip import is_torch_zip, load_torch_bytes, load_torch_zip
+from ptycho_bridge.io.safepickle import Opaque, find_opaque
+from converters.pytorch.torchzip import is_torch_zip, load_torch_bytes, load_torch_zip
 
 TORCH_CASES = ["torch_N64_gs1", "torch_N64_gs2"]
 REPO = Path(__file__).resolve().parents[1]
@@ -99,8 +99,8 @@ def test_lightning_ckpt(fixtures_dir: Path) -> None:
 def test_reading_torch_files_imports_no_torch(fixtures_dir: Path) -> None:
     script = f"""
 import sys
-from ptycho_bridge.container import SafeZip
-from ptycho_bridge.torchzip import load_torch_bytes, load_torch_zip
+from ptycho_bridge.io.safezip import SafeZip
+from converters.pytorch.torchzip import load_torch_bytes, load_torch_zip
 for case in {TORCH_CASES!r}:
     with SafeZip({str(fixtures_dir)!r} + '/' + case + '/wts.h5.zip') as zf:
         for name in zf.names():

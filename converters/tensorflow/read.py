@@ -1,0 +1,261 @@
+"""Reader for ``tf-modelmanager-1``: archives written by upstream TF ``ModelManager.save_multiple_models``.
+
+Layout (docs/upstream-formats.md §2): root ``manifest.dill`` ``{'models': [...], 'version': '1.0'}``;
+per model ``model.keras`` (Keras 3 zip: ``config.json`` + ``model.weights.h5``), ``params.dill``
+(the whole ``params.cfg``; the probe is a pickled TF eager tensor), ``custom_objects.dill``
+(by-reference classes, never needed) and ``model.h5`` (one ``intensity_scale`` attribute).
+Conv roles come from ``config.json`` alone (:mod:`ptycho_bridge.keras_graph`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ptycho_bridge.io.safezip import SafeZip
+from ptycho_bridge.errors import FormatError, PickleDecodeError, SpecError
+from ptycho_bridge.io.h5 import get_attr, get_dataset, open_h5, read_array, walk_datasets
+from converters.tensorflow.keras_graph import analyse_config
+from ptycho_bridge.spec.mapping import tf_to_canonical_array
+from ptycho_bridge.model import BridgeArchive, LazyTensors, ModelEntry, TensorInfo, primary_name
+from ptycho_bridge.formats.base import (
+    EraReader,
+    opaque_names,
+    positive_float,
+    read_json,
+    read_pickle,
+    require_dict,
+    require_field,
+    require_model_names,
+)
+from ptycho_bridge.spec.derive import spec_from_tf
+
+MAX_KERAS_CONFIG = 16 * 1024 * 1024
+
+
+def read_legacy_manifest(zf: SafeZip, hints: dict[str, Any]) -> Any:
+    """``manifest.dill`` decoded once per open archive (cached in ``hints``)."""
+    if "manifest.dill" not in hints:
+        hints["manifest.dill"] = read_pickle(zf, "manifest.dill") if "manifest.dill" in zf else None
+    return hints["manifest.dill"]
+
+
+def check_legacy_manifest(manifest: Any, zf: SafeZip, version: str) -> list[str]:
+    where = zf.member_label("manifest.dill")
+    manifest = require_dict(manifest, member=where, what="manifest.dill")
+    models = require_field(manifest, "models", list, member=where)
+    got = require_field(manifest, "version", str, member=where)
+    if got != version:
+        raise FormatError(f"version {got!r}, expected {version!r}", member=where, field="version")
+    return require_model_names(models, member=where)
+
+
+def legacy_manifest_warnings(manifest: dict[str, Any]) -> list[str]:
+    """Unknown pickled objects anywhere in ``manifest.dill`` are reported by name (they were never run)."""
+    opaque = opaque_names(manifest)
+    return [f"manifest.dill holds values of unknown type {opaque} (kept inert, never executed)"] if opaque else []
+
+
+def check_custom_objects(objs: Any, *, member: str) -> int:
+    """``custom_objects.dill`` must map names to by-reference classes/functions, never to calls.
+
+    Why: upstream's loader unpickles it with dill, so a call (``os.system(...)``) stored there would
+    run in every Ptychodus that opens the archive; we refuse such an archive instead of carrying it on.
+    """
+    from ptycho_bridge.io.safepickle import Opaque
+
+    objs = require_dict(objs, member=member, what="custom_objects.dill")
+    for key, value in objs.items():
+        if not (isinstance(value, Opaque) and value.kind == "global"):
+            what = f"a call to {value.type_name}" if isinstance(value, Opaque) else type(value).__name__
+            raise PickleDecodeError(f"entry {key!r} is {what}, expected a class or function reference; it was not executed",
+                                    member=member, field=str(key))
+    return len(objs)
+
+
+def read_keras_payload(zf: SafeZip, member: str, *, model_name: str, params: dict[str, Any]) -> ModelEntry:
+    """One ``model.keras``: graph analysis, spec cross-check, lazy canonical tensors."""
+    keras = zf.open_nested(member)
+    for required in ("config.json", "model.weights.h5"):
+        if required not in keras:
+            raise FormatError(f"Keras archive lacks {required!r}", member=keras.label)
+    config = read_json(keras, "config.json")
+    graph = analyse_config(require_dict(config, member=keras.member_label("config.json"), what="config.json"),
+                           member=keras.member_label("config.json"))
+    spec = spec_from_tf(params, graph, member=zf.member_label(f"{model_name}/params.dill"),
+                        config_member=keras.member_label("config.json"))
+    weights_label = keras.member_label("model.weights.h5")
+    weights_bytes = keras.read("model.weights.h5")
+    metadata: dict[str, Any] = {}
+    if "metadata.json" in keras:
+        meta = read_json(keras, "metadata.json")
+        metadata = meta if isinstance(meta, dict) else {}
+    keras.close()
+
+    h5 = open_h5(weights_bytes, member=weights_label)
+    infos: dict[str, TensorInfo] = {}
+    paths: dict[str, str] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for role in graph.convs:
+        group_path = f"layers/{role.alias}/vars"
+        for index, param in (("0", "weight"), ("1", "bias")):
+            path = f"{group_path}/{index}"
+            dset = get_dataset(h5, path, member=weights_label)
+            if param == "weight":  # the group's layer name, once per conv (get_dataset has vetted its links)
+                stored_name = get_attr(h5[group_path], "name", member=weights_label)
+                if stored_name is not None and str(stored_name) != role.layer_name:
+                    raise SpecError(
+                        f"weight group {group_path} belongs to layer {stored_name!r}, config.json says {role.layer_name!r}",
+                        member=weights_label,
+                    )
+            name = f"{role.canonical}.{param}"
+            shape = tuple(int(d) for d in dset.shape)
+            if param == "weight":
+                if len(shape) != 4:
+                    raise SpecError(f"{path} has shape {list(shape)}, expected a 4-D HWIO kernel", member=weights_label)
+                shape = (shape[3], shape[2], shape[0], shape[1])
+            shapes[name] = shape
+            paths[name] = path
+            infos[name] = TensorInfo(name, shape, str(dset.dtype), source_name=path)
+    from ptycho_bridge.spec.network import check_tensors
+
+    check_tensors(spec, shapes, member=weights_label)
+    conv_paths = set(paths.values())
+    optimizer = 0
+    for path, _dset in walk_datasets(h5, member=weights_label):
+        rel = path.lstrip("/")
+        if rel in conv_paths:
+            continue
+        if rel.startswith("optimizer/"):
+            optimizer += 1
+            continue
+        raise SpecError(f"weight file holds {rel!r}, which no layer of the network owns", member=weights_label)
+    h5.close()
+
+    def load() -> dict[str, np.ndarray]:
+        f = open_h5(weights_bytes, member=weights_label, checked=True)  # heaps checked when read() opened it
+        try:
+            return {
+                name: tf_to_canonical_array(name, read_array(get_dataset(f, path, member=weights_label), member=weights_label))
+                for name, path in paths.items()
+            }
+        finally:
+            f.close()
+
+    payload = {
+        "kind": "keras",
+        "member": member,
+        "keras_version": metadata.get("keras_version"),
+        "optimizer_tensors": optimizer,
+        "layers": len(graph.layer_classes),
+        "outputs": list(graph.outputs),
+        "phase_scale": graph.phase_scale,
+    }
+    warnings = []
+    if optimizer:
+        warnings.append(f"{optimizer} optimizer tensors in {member} (training state; not needed for inference)")
+    if not graph.use_polar:
+        warnings.append("CombineComplexLayer use_polar=False (legacy A + iφ output): conversions refuse it")
+    return ModelEntry(model_name, spec, LazyTensors(infos, load), infos, payload=payload, warnings=warnings)
+
+
+def _model_h5_scale(zf: SafeZip, member: str) -> float | None:
+    f = open_h5(zf.read(member, max_size=1024 * 1024), member=zf.member_label(member))
+    try:
+        value = get_attr(f, "intensity_scale", member=zf.member_label(member))
+        if value is None:
+            return None
+        arr = np.asarray(value)
+        if arr.size != 1 or arr.dtype.kind not in "iuf":
+            raise FormatError(f"intensity_scale attribute is {arr.dtype}{list(arr.shape)}, expected a number",
+                              member=zf.member_label(member), field="intensity_scale")
+        return float(arr.reshape(()))
+    finally:
+        f.close()
+
+
+class TfModelManagerReader(EraReader):
+    era = "tf-modelmanager-1"
+    backend = "tensorflow"
+
+    @classmethod
+    def detect(cls, zf: SafeZip, hints: dict[str, Any]) -> bool:
+        if "manifest.json" in zf or "manifest.dill" not in zf:
+            return False
+        manifest = read_legacy_manifest(zf, hints)
+        return isinstance(manifest, dict) and manifest.get("version") == "1.0"
+
+    def read(self, zf: SafeZip, path: str, hints: dict[str, Any] | None = None) -> BridgeArchive:
+        manifest = read_legacy_manifest(zf, {} if hints is None else hints)
+        names = check_legacy_manifest(manifest, zf, "1.0")
+        models: dict[str, ModelEntry] = {}
+        params_by_model: dict[str, dict[str, Any]] = {}
+        warnings: list[str] = legacy_manifest_warnings(manifest)
+        for name in names:
+            for part in ("params.dill", "model.keras"):
+                if f"{name}/{part}" not in zf:
+                    raise FormatError(f"model {name!r} listed in manifest.dill has no {part}", member=zf.member_label(f"{name}/{part}"))
+            pmember = zf.member_label(f"{name}/params.dill")
+            params = require_dict(read_pickle(zf, f"{name}/params.dill"), member=pmember, what="params.dill")
+            opaque = opaque_names(params)
+            if opaque:
+                warnings.append(f"{name}/params.dill holds values of unknown type {opaque} (kept inert, never executed)")
+            params_by_model[name] = params
+            models[name] = read_keras_payload(zf, f"{name}/model.keras", model_name=name, params=params)
+            if f"{name}/custom_objects.dill" in zf:
+                objs = read_pickle(zf, f"{name}/custom_objects.dill")
+                models[name].payload["custom_objects"] = check_custom_objects(
+                    objs, member=zf.member_label(f"{name}/custom_objects.dill"))
+            if f"{name}/model.h5" in zf:
+                models[name].payload["model_h5_intensity_scale"] = _model_h5_scale(zf, f"{name}/model.h5")
+        primary = primary_name(names)
+        params = params_by_model[primary]
+        for other, p in params_by_model.items():
+            if other != primary and _params_differ(p, params):
+                warnings.append(f"{other}/params.dill differs from {primary}/params.dill")
+        scale = positive_float(
+            require_field(params, "intensity_scale", (int, float), member=zf.member_label(f"{primary}/params.dill")),
+            member=zf.member_label(f"{primary}/params.dill"),
+            field="intensity_scale",
+        )
+        h5_scale = models[primary].payload.get("model_h5_intensity_scale")
+        if h5_scale is not None and not np.isclose(h5_scale, scale, rtol=1e-6):
+            warnings.append(f"model.h5 intensity_scale {h5_scale} differs from params.dill {scale} (upstream reads params.dill)")
+        probe = params.get("probe")
+        if probe is not None and not isinstance(probe, np.ndarray):
+            warnings.append("params.dill 'probe' is not an array the safe reader understands")
+        return BridgeArchive(
+            path=path,
+            era=self.era,
+            backend=self.backend,
+            params=params,
+            models=models,
+            intensity_scale=scale,
+            manifest={"models": names, "version": "1.0"},
+            warnings=warnings,
+            members={m.name: m.size for m in zf.iter_members()},
+        )
+
+
+def _comparable(value: Any) -> Any:
+    """``value`` with the safe reader's inert objects (which compare by identity) as plain tuples."""
+    from ptycho_bridge.io.safepickle import Opaque, Record
+
+    if isinstance(value, dict):
+        return {k: _comparable(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_comparable(v) for v in value)
+    if isinstance(value, Opaque):
+        return ("<opaque>", value.type_name, value.kind)
+    if isinstance(value, Record):
+        return ("<record>", value.type_name, _comparable(value.fields))
+    return value
+
+
+def _params_differ(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two params snapshots differ at all (arrays by their whole content, as ``diff`` compares)."""
+    from ptycho_bridge.ops.diff import diff_mappings
+
+    report = diff_mappings(_comparable(a), _comparable(b), atol=0.0)
+    return bool(report["added"] or report["removed"] or report["changed"])

@@ -1,0 +1,83 @@
+"""``ptycho-bridge diff A B``: what differs between two archives (params, configs, specs, tensors).
+
+Exit 0 when the archives are equivalent within ``--atol`` (default 0: bit-identical), 1 otherwise.
+Neither TensorFlow nor PyTorch is imported: both sides go through the safe readers.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ptycho_bridge.cli.util import console as _console
+from ptycho_bridge.cli.util import emit_json, guarded
+
+
+@click.command("diff")
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report (schemas/diff-report.schema.json).")
+@click.option("--atol", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+              help="Largest absolute difference still counted as equal (arrays and floats); 0 means bit-identical.")
+@guarded
+def command(a: Path, b: Path, as_json: bool, atol: float) -> None:
+    """Compare two archives (any eras) through their canonical tensors and parameters."""
+    from ptycho_bridge.ops.diff import diff_archives
+    from ptycho_bridge.formats.detect import read_archive
+
+    report = diff_archives(read_archive(a), read_archive(b), atol=atol)
+    if as_json:
+        emit_json(report)
+    else:
+        print_report(report)
+    sys.exit(0 if report["equivalent"] else 1)
+
+
+def _fmt(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """The human form: one table of differences, or one line saying there are none."""
+    from rich.table import Table
+
+    console = _console()
+    if not console.is_terminal:
+        console.width = max(console.width, 160)  # pipes and logs: keep tensor names on one line
+    console.print(f"a: {report['a']['path']} ({report['a']['era']}, {report['a']['backend']})")
+    console.print(f"b: {report['b']['path']} ({report['b']['era']}, {report['b']['backend']})")
+    rows: list[tuple[str, str, str, str, str]] = []
+    for c in report["header"]:
+        rows.append(("archive", c["key"], _fmt(c["a"]), _fmt(c["b"]), c["detail"]))
+    for section in ("params", "torch_config"):
+        part = report[section]
+        rows += [(section, k, "—", "present", "added") for k in part["added"]]
+        rows += [(section, k, "present", "—", "removed") for k in part["removed"]]
+        rows += [(section, c["key"], _fmt(c["a"]), _fmt(c["b"]), c["detail"]) for c in part["changed"]]
+    for m in report["models"]:
+        where = f"model {m['name']}"
+        if m["status"] in ("only in a", "only in b"):
+            rows.append((where, "", "present" if m["status"] == "only in a" else "—",
+                         "present" if m["status"] == "only in b" else "—", m["status"]))
+            continue
+        rows += [(where, f"network.{c['key']}", _fmt(c["a"]), _fmt(c["b"]), c["detail"]) for c in m["network"]]
+        rows += [(where, t, "present", "—", "tensor missing in b") for t in m["missing"]]
+        rows += [(where, t, "—", "present", "tensor only in b") for t in m["extra"]]
+        rows += [(where, t["name"], str(tuple(t["a"])), str(tuple(t["b"])), "shape") for t in m["shape_mismatch"]]
+        rows += [(where, t["name"], t["a"], t["b"], "dtype") for t in m["dtype_mismatch"]]
+        rows += [(where, t["name"], "", "", f"max abs diff {t['max_abs_diff']:.6g}") for t in m["value_diff"]]
+    compared = sum(m["compared"] for m in report["models"])
+    if not rows:
+        tol = "bit-identical" if report["atol"] == 0 else f"within atol={report['atol']:g}"
+        console.print(f"[green]equivalent[/green]: params, configs, specs and {compared} tensors are {tol}")
+        return
+    table = Table(title=f"{report['differences']} difference(s)", title_justify="left")
+    for col in ("where", "key", "a", "b", "detail"):
+        table.add_column(col, no_wrap=col == "key")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)

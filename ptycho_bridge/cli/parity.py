@@ -1,0 +1,104 @@
+"""``ptycho-bridge parity``: one canonical input through every requested engine; compare; exit 0/1.
+
+The rule, the references and the report live in :mod:`ptycho_bridge.parity`; this module parses
+options, prints a rich table (or ``--json``, schema ``parity-report``) and sets the exit code:
+0 when every comparison passes, 1 when one fails or there was nothing to compare.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ptycho_bridge.cli.util import console as _console
+from ptycho_bridge.cli.util import emit_json, guarded
+from ptycho_bridge.ops.engines import ENGINE_NAMES
+
+
+@click.command("parity")
+@click.argument("archive", type=click.Path(exists=True, path_type=Path))
+@click.argument("other", required=False, type=click.Path(exists=True, path_type=Path))
+@click.option("--engines", "engines_text", default=",".join(ENGINE_NAMES), show_default=True,
+              help="Comma-separated engines; those not installed are skipped and named.")
+@click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Input .npz: 'amplitude' [B,C,N,N] or an upstream golden.npz (its 'output' is compared too).")
+@click.option("--random", "use_random", is_flag=True, help="Use seeded random normalised input instead.")
+@click.option("--batch", type=click.IntRange(min=1), default=4, show_default=True, help="Samples for --random.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --random.")
+@click.option("--rtol", type=click.FloatRange(min=0), default=None, help="Relative tolerance (default 1e-5).")
+@click.option("--atol", type=click.FloatRange(min=0), default=None,
+              help="Absolute tolerance (default 1e-5·max|ref| per region).")
+@click.option("--model", default="diffraction_to_obj", show_default=True, help="Which model of the archives.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report (schemas/parity-report.schema.json).")
+@guarded
+def command(archive: Path, other: Path | None, engines_text: str, input_path: Path | None, use_random: bool,
+            batch: int, seed: int, rtol: float | None, atol: float | None, model: str, as_json: bool) -> None:
+    """Check that engines (and, with OTHER, two archives) give the same object on one input."""
+    from ptycho_bridge.ops.engines import parse_engines
+    from ptycho_bridge.ops.parity import DEFAULT_RTOL, archive_under_test, load_input, parity_report, random_input
+
+    try:
+        engines = parse_engines(engines_text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--engines") from None
+    if (input_path is None) == (not use_random):
+        raise click.UsageError("give exactly one of --input FILE or --random")
+    archives = [archive_under_test(archive, label="A" if other else "", model=model)]
+    if other is not None:
+        archives.append(archive_under_test(other, label="B", model=model))
+    first = archives[0]
+    inp = random_input(first.spec, batch, seed) if use_random else load_input(input_path, first.archive, first.spec)
+    report = parity_report(archives, engines, inp, rtol=DEFAULT_RTOL if rtol is None else rtol, atol=atol)
+    if as_json:
+        emit_json(report)
+    else:
+        _print(report)
+    if not report["ok"]:
+        failed = [c for c in report["comparisons"] if not c["ok"]]
+        if failed:
+            worst = failed[0]
+            region = max(worst["regions"], key=lambda r: worst["regions"][r]["worst_ratio"] or float("inf"))
+            r = worst["regions"][region]
+            click.echo(f"error: parity failed: {worst['actual']} vs {worst['reference']} ({region}): "
+                       f"max abs err {r['max_abs_err']:.3g} > allowed (max|ref| {r['max_ref']:.3g}, "
+                       f"{len(failed)} failing comparison(s))", err=True)
+        else:
+            click.echo(f"error: {'; '.join(report['notes']) or 'parity failed'}", err=True)
+    sys.exit(0 if report["ok"] else 1)
+
+
+def _fmt(v: Any) -> str:
+    return "—" if v is None else f"{v:.3g}"
+
+
+def _print(report: dict[str, Any]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = _console()
+    if not console.is_terminal:  # logs and CI: do not squeeze the table to 80 columns
+        console.width = max(console.width, 150)
+    for a in report["archives"]:
+        console.print(f"[bold]{a['label'] or 'archive'}[/bold] {escape(a['path'])} ({a['era']}, {a['backend']})")
+    inp = report["input"]
+    console.print(f"input: {inp['kind']} {escape(inp['source'])} shape={inp['shape']}"
+                  + (f" expected={inp['expected_output']}" if inp["expected_output"] else ""))
+    table = Table(title=f"parity ({report['tolerance']['rule']}; rtol={report['tolerance']['rtol']:g})",
+                  title_justify="left")
+    for col in ("reference", "actual", "level", "region", "max|ref|", "max abs", "max rel", "rms", "atol", "result"):
+        table.add_column(col, justify="right" if col.startswith(("max", "rms", "atol")) else "left")
+    for c in report["comparisons"]:
+        for region, r in c["regions"].items():
+            table.add_row(c["reference"], c["actual"], c["level"], region, _fmt(r["max_ref"]), _fmt(r["max_abs_err"]),
+                          _fmt(r["max_rel_err"]), _fmt(r["rms_err"]), _fmt(r["atol"]),
+                          "[green]ok[/green]" if r["ok"] else "[red]FAIL[/red]")
+    console.print(table)
+    for run in report["engines"]["ran"]:
+        console.print(f"ran {run['label']} in {run['seconds']:.2f} s")
+    for s in report["engines"]["skipped"]:
+        console.print(f"[yellow]skipped[/yellow] {s['engine']} ({escape(s['archive'])}): {escape(s['reason'])}")
+    for n in report["notes"]:
+        console.print(f"note: {escape(n)}")

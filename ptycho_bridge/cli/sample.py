@@ -1,0 +1,25 @@
+"""``ptycho-bridge sample``: write the bundled deterministic demo archive."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ptycho_bridge.cli.util import console as _console
+from ptycho_bridge.cli.util import emit_json, guarded
+
+@click.command("sample")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="Folder (gets wts.h5.zip) or .zip path.")
+@click.option("--force", is_flag=True, help="Replace an existing file.")
+@guarded
+def command(out: Path, force: bool) -> None:
+    """Write a small deterministic bridge-2 demo archive (no external data needed)."""
+    from ptycho_bridge.io.atomic import resolve_output
+    from ptycho_bridge.ops.sample import write_sample
+
+    path = write_sample(resolve_output(out), force=force)
+    click.echo(str(path))

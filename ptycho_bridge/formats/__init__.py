@@ -1,0 +1,1 @@
+"""Archive formats: era detection, the reader interface, and the bridge-2 format (layout, read, write, verify)."""

@@ -1,0 +1,149 @@
+"""The era-reader interface and the small helpers every era shares.
+
+Why: readers differ only in where they find things; they share how a member is decoded (bounded
+JSON, safe pickle, torch zip) and how a field is required with a precise error. Capability flags
+(``can_write``, ``has_checksums``) let callers ask a reader what it can do instead of testing types,
+as zarr's ``Store`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from ptycho_bridge.io.safezip import SafeZip
+from ptycho_bridge.errors import FormatError, PickleDecodeError
+from ptycho_bridge.model import BridgeArchive
+
+MAX_JSON_BYTES = 32 * 1024 * 1024
+MAX_PICKLE_BYTES = 256 * 1024 * 1024
+
+
+class EraReader(ABC):
+    """Reads one archive era into a :class:`BridgeArchive`."""
+
+    era: ClassVar[str]
+    backend: ClassVar[str]
+    can_write: ClassVar[bool] = False
+    has_checksums: ClassVar[bool] = False
+
+    @classmethod
+    @abstractmethod
+    def detect(cls, zf: SafeZip, hints: dict[str, Any]) -> bool:
+        """Whether this reader recognises the container (``hints`` caches decoded manifests)."""
+
+    @abstractmethod
+    def read(self, zf: SafeZip, path: str, hints: dict[str, Any] | None = None) -> BridgeArchive:
+        """The neutral archive; tensors may be loaded lazily. ``hints`` is what :meth:`detect` cached
+        (decoded manifests), so a manifest is decoded once per open; ``None`` reads afresh."""
+
+
+def read_json(zf: SafeZip, name: str) -> Any:
+    """A bounded JSON member, parsed strictly (no NaN literals, no duplicate keys)."""
+    raw = zf.read(name, max_size=MAX_JSON_BYTES)
+    where = zf.member_label(name)
+
+    def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise FormatError(f"duplicate JSON key {key!r}", member=where)
+            out[key] = value
+        return out
+
+    def no_constants(token: str) -> Any:
+        raise FormatError(f"non-standard JSON constant {token}", member=where)
+
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=no_dupes, parse_constant=no_constants)
+    except UnicodeDecodeError:
+        raise FormatError("not UTF-8 text (expected JSON)", member=where) from None
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", member=where) from None
+    except RecursionError:
+        raise FormatError("JSON nested too deeply", member=where) from None
+
+
+def cached_json(zf: SafeZip, name: str, hints: dict[str, Any] | None) -> Any:
+    """:func:`read_json` of ``name``, decoded once per open archive (cached in ``hints``)."""
+    if hints is None:
+        return read_json(zf, name)
+    if name not in hints:
+        hints[name] = read_json(zf, name)
+    return hints[name]
+
+
+def require_model_names(models: list[Any], *, member: str) -> list[str]:
+    """A manifest's ``models``: a non-empty list of plain names (no ``/``, no ``..``)."""
+    if not models or not all(isinstance(m, str) and m and "/" not in m and ".." not in m for m in models):
+        raise FormatError(f"models must be a non-empty list of names, found {models!r}"[:200], member=member, field="models")
+    return list(models)
+
+
+def read_pickle(zf: SafeZip, name: str) -> Any:
+    """A pickle/dill member decoded to plain data by the safe reader (nothing imported or called)."""
+    from ptycho_bridge.io.safepickle import decode, load_inert
+
+    where = zf.member_label(name)
+    data = zf.read(name, max_size=MAX_PICKLE_BYTES)
+    return decode(load_inert(data, member=where), member=where)
+
+
+def read_torch(zf: SafeZip, name: str) -> Any:
+    """A ``torch.save`` zip member decoded without torch."""
+    from converters.pytorch.torchzip import load_torch_zip
+
+    nested = zf.open_nested(name)
+    try:
+        return load_torch_zip(nested, member_label=nested.label)
+    finally:
+        nested.close()
+
+
+def opaque_names(value: Any) -> list[str]:
+    from ptycho_bridge.io.safepickle import find_opaque
+
+    return sorted(set(find_opaque(value)))
+
+
+def require_dict(value: Any, *, member: str, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise FormatError(f"{what} must be a dict, found {type_name(value)}", member=member)
+    return value
+
+
+def type_name(value: Any) -> str:
+    tn = getattr(value, "type_name", None)
+    if isinstance(tn, str):
+        return f"unknown pickle global {tn}"
+    return type(value).__name__
+
+
+def require_field(mapping: dict[str, Any], key: str, kind: type | tuple[type, ...], *, member: str) -> Any:
+    """``mapping[key]`` of the given type, or a FormatError naming member, field and expectation."""
+    if key not in mapping:
+        raise FormatError(f"required field {key!r} is missing", member=member, field=key)
+    value = mapping[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        ok = False
+    else:
+        ok = isinstance(value, kinds)
+    if not ok:
+        expected = "/".join(k.__name__ for k in kinds)
+        if getattr(value, "type_name", None):
+            raise PickleDecodeError(
+                f"field holds {type_name(value)}, expected {expected}; it was not executed",
+                member=member,
+                field=key,
+            )
+        raise FormatError(f"expected {expected}, found {type_name(value)} {value!r}"[:300], member=member, field=key)
+    return value
+
+
+def positive_float(value: Any, *, member: str, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise FormatError(f"expected a positive finite number, found {value!r}", member=member, field=field)
+    return float(value)

@@ -1,0 +1,72 @@
+"""Open any supported archive: detect its era and hand it to that era's reader.
+
+Why: callers (CLI, converters, tests) ask for "the archive" and get one :class:`BridgeArchive`,
+whatever wrote it. Detection looks only at the central directory and the small root manifest.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ptycho_bridge.io.safezip import DEFAULT_LIMITS, Limits, SafeZip
+from ptycho_bridge.errors import CorruptArchiveError, FormatError, UnsupportedError
+from ptycho_bridge.formats.eras import READERS, EraReader
+from ptycho_bridge.formats.base import type_name
+from ptycho_bridge.model import BridgeArchive
+
+
+def detect_reader(zf: SafeZip) -> tuple[type[EraReader], dict[str, Any]]:
+    """The reader class for an open container and the manifests detection decoded (pass them to
+    ``read``), or :class:`UnsupportedError` saying what was seen."""
+    hints: dict[str, Any] = {}
+    for reader in READERS:
+        if reader.detect(zf, hints):
+            return reader, hints
+    names = zf.names()
+    if "manifest.json" in names:
+        raise UnsupportedError("manifest.json is neither a ptycho-bridge manifest nor a torch-manifest-v1", member=zf.member_label("manifest.json"))
+    if "manifest.dill" in names:
+        manifest = hints.get("manifest.dill")
+        version = manifest.get("version") if isinstance(manifest, dict) else None
+        if isinstance(manifest, dict):
+            shown = f"{type_name(version)} (not executed)" if getattr(version, "type_name", None) else repr(version)
+            raise UnsupportedError(f"unknown archive era: manifest.dill version {shown} (known: '1.0', '2.0-pytorch')",
+                                   member=zf.member_label("manifest.dill"), field="version")
+        raise FormatError(f"manifest.dill must be a dict, found {type_name(manifest)}", member=zf.member_label("manifest.dill"))
+    raise FormatError("no manifest (manifest.json or manifest.dill) and not a Lightning checkpoint", member=zf.label)
+
+
+def open_container(path: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS) -> SafeZip:
+    p = Path(path)
+    if not p.exists():
+        raise CorruptArchiveError("file not found", member=str(p))
+    if p.is_dir():
+        candidate = p / "wts.h5.zip"
+        if not candidate.exists():
+            raise CorruptArchiveError("directory has no wts.h5.zip", member=str(p))
+        p = candidate
+    if p.stat().st_size == 0:
+        raise CorruptArchiveError("empty file (0 bytes), expected a zip archive", member=str(p))
+    return SafeZip(p, label=p.name, limits=limits)
+
+
+def read_archive(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS, verify: bool = False) -> BridgeArchive:
+    """Read any supported archive (a ``wts.h5.zip``, its folder, or a Lightning ``.ckpt``).
+
+    ``verify=True`` (archives with checksums, i.e. bridge-2): before returning, read every member with
+    its CRC-32 and check its sha256, and every tensor's sha256 and ``offset`` (what ``validate`` does).
+    Plain reads skip this: the bridge-2 tensor fast path trusts the manifest's offsets within bounds.
+    """
+    zf = open_container(path, limits)
+    try:
+        reader, hints = detect_reader(zf)
+        arch = reader().read(zf, str(path), hints)
+        if verify and reader.has_checksums:
+            from ptycho_bridge.formats.bridge2.read import verify_checksums
+
+            verify_checksums(zf, arch.manifest)
+        return arch
+    finally:
+        zf.close()

@@ -1,0 +1,193 @@
+"""Migrate a legacy archive to ``bridge-2`` of the same backend, losing nothing.
+
+Why: legacy archives carry no checksums, no versioned metadata and only pickled parameters. A
+migration adds the neutral members (``manifest.json``, ``params.json``, ``<model>/weights.h5``)
+and keeps every legacy member **byte-for-byte** (copied from the source zip, never re-serialised),
+so PtychoPINN's and Ptychodus' loaders still open the result. The one exception is a Lightning
+``.ckpt``: it is not an archive, so there are no legacy members to keep (a torch bundle is written
+only when ``converters.pytorch_archive`` is available).
+
+Everything is built and validated in memory first (:func:`plan_migration`); ``--dry-run`` prints
+that plan, a real run writes it atomically and then re-reads the output to prove it is equivalent
+to the source (:func:`ptycho_bridge.diff.diff_archives`) and valid (``validate``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ptycho_bridge.io.atomic import refuse_existing
+from ptycho_bridge.errors import FormatError, OutputExistsError, UnsupportedError
+from ptycho_bridge.model import BridgeArchive, primary_name
+from ptycho_bridge.formats.bridge2.write import ModelToWrite, build_members, write_members
+
+LEGACY_ERAS = ("tf-modelmanager-1", "torch-bundle-2", "torch-json-1", "lightning-ckpt")
+# a legacy member whose name a bridge-2 archive needs for itself is kept under another name
+RENAMED = {"manifest.json": "torch_manifest.json"}
+
+
+@dataclass
+class MigrationPlan:
+    """Everything a migration would write, validated but not yet on disk."""
+
+    source: str
+    source_era: str
+    backend: str
+    output: Path
+    manifest: dict[str, Any]
+    members: dict[str, bytes]
+    legacy: list[str]
+    notes: list[str] = field(default_factory=list)
+    archive: BridgeArchive | None = field(default=None, repr=False)  # the source as read (for verification)
+
+    def member_table(self) -> list[dict[str, Any]]:
+        """What the archive will hold: manifest.json first, then members in write order."""
+        import json
+
+        rows = [{"name": "manifest.json", "size": len(json.dumps(self.manifest, indent=1).encode("utf-8")),
+                 "role": "neutral"}]
+        for name, data in self.members.items():
+            rows.append({"name": name, "size": len(data), "role": "legacy" if name in self.legacy else "neutral"})
+        return rows
+
+
+def _legacy_members(source: str | os.PathLike[str], names: list[str]) -> dict[str, bytes]:
+    """The source's members, byte-for-byte, read through the bounded container (nothing extracted)."""
+    from ptycho_bridge.formats.detect import open_container
+
+    zf = open_container(source)
+    try:
+        return {RENAMED.get(name, name): zf.read(name) for name in names}
+    finally:
+        zf.close()
+
+
+def _ckpt_legacy_members(arch: BridgeArchive, notes: list[str]) -> dict[str, bytes]:
+    """A torch bundle for a Lightning source when the torch writer exists and can be fed; else say why not."""
+    if arch.intensity_scale is None:
+        notes.append("the checkpoint records no intensity_scale, which upstream's params.dill needs: no torch bundle "
+                     "members written, so upstream's torch bundle loaders cannot open the output; the canonical "
+                     "tensors and configs are complete")
+        return {}
+    try:
+        from converters.pytorch.write import torch_legacy_members  # type: ignore[import-not-found]
+    except ImportError:
+        notes.append("no torch bundle writer (converters.pytorch_archive) available: the output holds no model.pth/"
+                     "params.dill, so upstream's torch bundle loaders cannot open it; the canonical tensors are complete")
+        return {}
+    entry = arch.primary
+    assert entry.spec is not None
+    config = {k: v for k, v in (arch.torch_config or {}).items() if k != "hyper_parameters"} or None
+    members = torch_legacy_members(entry.spec, dict(entry.tensors), arch.params, torch_config=config,
+                                   intensity_scale=arch.intensity_scale, models=("diffraction_to_obj",))
+    notes.append(f"torch bundle members written by converters.pytorch_archive: {', '.join(sorted(members))}")
+    return dict(members)
+
+
+def plan_migration(source: str | os.PathLike[str], output: str | os.PathLike[str]) -> MigrationPlan:
+    """Read ``source`` (any legacy era) and build the bridge-2 archive that would replace it."""
+    from ptycho_bridge.formats.detect import read_archive
+    from ptycho_bridge.ops.report import _finite_problems
+
+    arch = read_archive(source)
+    label = Path(source).name
+    if arch.era not in LEGACY_ERAS:
+        raise UnsupportedError(f"already a {arch.era} archive; nothing to migrate", member=label)
+    problems = _finite_problems(arch)
+    if problems:
+        raise FormatError(f"refusing to migrate non-finite weights: {problems[0]}"
+                          + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""), member=label)
+    notes: list[str] = [f"migrated from {arch.era} ({label}) by ptycho-bridge migrate"]
+    bundle = arch.era != "lightning-ckpt"
+    if bundle:
+        source_names = sorted(arch.members)
+        legacy = _legacy_members(source, source_names)
+        notes.append(f"{len(legacy)} legacy members kept byte-for-byte: {', '.join(sorted(legacy))}")
+        for old, new in RENAMED.items():
+            if old in source_names:
+                notes.append(f"legacy {old} kept as {new} (bridge-2 owns {old})")
+    else:
+        opt = arch.primary.payload.get("optimizer_states") or 0
+        notes.append(f"Lightning checkpoint: optimizer state ({opt} optimizer(s)), loops and callbacks dropped; "
+                     "state_dict kept as canonical tensors, hyper_parameters kept in params.json torch_config")
+        legacy = _ckpt_legacy_members(arch, notes)
+    notes += [f"source reader warning: {w}" for w in arch.warnings]
+    for name, entry in arch.models.items():
+        opt = entry.payload.get("optimizer_tensors")
+        if opt:
+            notes.append(f"{entry.payload.get('member')} kept as-is, including its optimizer state ({opt} tensors)")
+
+    models: dict[str, ModelToWrite] = {}
+    for name, entry in arch.models.items():
+        member = entry.payload.get("member")
+        if not bundle and f"{name}/model.pth" in legacy:
+            member = f"{name}/model.pth"  # written for a Lightning source by the torch bundle writer
+        kept = isinstance(member, str) and member in legacy
+        if entry.sentinel:
+            sentinel = entry.payload.get("sentinel")
+            if not isinstance(sentinel, str) or not kept:
+                raise FormatError(f"sentinel placeholder {sentinel!r:.60} cannot be recorded", member=f"{label}:{member}")
+            models[name] = ModelToWrite(None, {}, "torch-sentinel", member,
+                                        notes=[f"placeholder {{'_sentinel': {sentinel!r}}} saved by upstream instead of weights"],
+                                        sentinel=sentinel)
+            continue
+        assert entry.spec is not None  # readers give every non-sentinel model a spec
+        kind = str(entry.payload.get("kind", "none")) if kept else "none"
+        models[name] = ModelToWrite(entry.spec, dict(entry.tensors), kind, member if kept else None,
+                                    notes=[f"source reader warning: {w}" for w in entry.warnings])
+    real = [n for n, m in models.items() if m.spec is not None]
+    primary = primary_name(real)
+    models[primary].notes = notes + models[primary].notes
+
+    manifest, members = build_members(
+        backend=arch.backend,
+        source_era=arch.era,
+        models=models,
+        params=arch.params,
+        intensity_scale=arch.intensity_scale,
+        torch_config=arch.torch_config,
+        legacy_members=legacy,
+    )
+    return MigrationPlan(str(source), arch.era, arch.backend, Path(output), manifest, members, sorted(legacy), notes,
+                         archive=arch)
+
+
+def migrate(
+    source: str | os.PathLike[str], output: str | os.PathLike[str], *, force: bool = False, dry_run: bool = False,
+    verify: bool = True,
+) -> tuple[MigrationPlan, dict[str, Any] | None]:
+    """Plan, then (unless ``dry_run``) write atomically and verify; returns the plan and the check summary."""
+    target = Path(output)
+    refuse_existing(target, force=force)
+    if target.exists() and target.resolve() == Path(source).resolve():
+        raise OutputExistsError(f"{target} is the source archive: migrate to a new path, check it, then replace the "
+                                "source yourself (an unverified in-place migration could lose the only copy)")
+    plan = plan_migration(source, target)
+    if dry_run:
+        return plan, None
+    write_members(target, plan.manifest, plan.members, force=force)
+    if not verify:
+        return plan, None
+    return plan, verify_migration(plan, target)
+
+
+def verify_migration(plan: MigrationPlan, output: str | os.PathLike[str]) -> dict[str, Any]:
+    """Re-read the written archive: it must validate and be equivalent (bit-identical) to the source."""
+    from ptycho_bridge.ops.diff import diff_archives
+    from ptycho_bridge.formats.detect import read_archive
+    from ptycho_bridge.ops.report import validate_path
+
+    result = validate_path(output)
+    if not result["valid"]:
+        raise FormatError(f"migrated archive fails validation: {result['errors'][0]}", member=str(output))
+    source = plan.archive if plan.archive is not None else read_archive(plan.source)
+    report = diff_archives(source, read_archive(output), atol=0.0)
+    if not report["equivalent"]:
+        raise FormatError(f"migrated archive differs from its source in {report['differences']} place(s); "
+                          f"run `ptycho-bridge diff {plan.source} {output}`", member=str(output))
+    compared = sum(m["compared"] for m in report["models"])
+    return {"valid": True, "equivalent": True, "tensors_compared": compared,
+            "checksums": next((c["detail"] for c in result["checks"] if c["check"] == "checksums"), "")}

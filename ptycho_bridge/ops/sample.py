@@ -1,0 +1,59 @@
+"""A small deterministic demo archive, so the README's first command needs no external data.
+
+Why: the upstream fixtures live outside the repository (``../shared``) and must never be copied in;
+``ptycho-bridge sample`` writes a real bridge-2 archive (N=64, gridsize 1, n_filters_scale 1, TF
+network layout) with seeded He-normal weights and a seeded probe, identical on every machine.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ptycho_bridge.spec.network import expected_tensors, tf_padded_size, tf_spec
+from ptycho_bridge.formats.bridge2.write import ModelToWrite, write_archive
+
+SAMPLE_SEED = 20261128
+
+
+def sample_params(N: int = 64, gridsize: int = 1) -> dict[str, Any]:
+    rng = np.random.default_rng(SAMPLE_SEED + 1)
+    yy, xx = np.mgrid[:N, :N] - (N - 1) / 2
+    disk = (np.hypot(xx, yy) < N / 4).astype(np.float32)
+    phase = 0.5 * (xx**2 + yy**2) / N**2 + 0.05 * rng.standard_normal((N, N))
+    probe = (disk * np.exp(1j * phase)).astype(np.complex64)[..., None]
+    return {
+        "N": N, "gridsize": gridsize, "n_filters_scale": 1, "object.big": True, "probe.big": True,
+        "pad_object": True, "amp_activation": "sigmoid", "offset": 4, "max_position_jitter": 10,
+        "intensity_scale": float(math.sqrt(1e9) / (N / 2)), "intensity_scale.trainable": True,
+        "nphotons": 1e9, "probe": probe, "architecture": "cnn", "_version": "1.0",
+    }
+
+
+def sample_tensors(spec) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(SAMPLE_SEED)
+    out = {}
+    for name, shape in expected_tensors(spec).items():
+        if name.endswith(".weight"):
+            fan_in = int(np.prod(shape[1:]))
+            out[name] = (rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)).astype(np.float32)
+        else:
+            out[name] = (0.05 * rng.standard_normal(shape)).astype(np.float32)
+    return out
+
+
+def write_sample(path: str | Path, *, force: bool = False) -> Path:
+    params = sample_params()
+    spec = tf_spec(
+        N=params["N"], gridsize=params["gridsize"], n_filters_scale=1, object_big=True, probe_big=True,
+        pad_object=True, amp_activation="sigmoid",
+        padded_size=tf_padded_size(params["N"], params["gridsize"], params["offset"], params["max_position_jitter"]),
+    )
+    model = ModelToWrite(spec, sample_tensors(spec), notes=["deterministic demo weights (seeded He-normal), not a trained model"])
+    return write_archive(
+        path, force=force, backend="tensorflow", source_era="sample",
+        models={"diffraction_to_obj": model}, params=params, intensity_scale=params["intensity_scale"],
+    )

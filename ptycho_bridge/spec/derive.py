@@ -1,0 +1,181 @@
+"""Derive a :class:`NetworkSpec` from what each era records, and cross-check it.
+
+Why: the spec is decided by params *and* by the payload (Keras config, tensor shapes, torch
+configs). Every source that speaks about a field must agree; a disagreement is an error naming the
+field and both values — never a silent fallback (upstream's torch loader keeps random weights).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ptycho_bridge.errors import SpecError, UnsupportedError
+from converters.tensorflow.keras_graph import KerasGraphInfo
+from ptycho_bridge.spec.network import (
+    SUPPORTED_N,
+    TF_AMP_ACTIVATIONS,
+    NetworkSpec,
+    check_tensors,
+    tf_padded_size,
+    tf_spec,
+    torch_legacy_c_outer,
+    torch_spec,
+)
+from ptycho_bridge.formats.base import require_field
+
+
+def _agree(field: str, a_name: str, a: Any, b_name: str, b: Any, member: str) -> None:
+    if a != b:
+        raise SpecError(f"{a_name} says {a!r} but {b_name} says {b!r}", member=member, field=field)
+
+
+def spec_from_tf(
+    params: Mapping[str, Any], graph: KerasGraphInfo, *, member: str, config_member: str = "config.json"
+) -> NetworkSpec:
+    """TF ``params.dill`` + ``config.json`` → spec; every overlapping field must agree."""
+    p = dict(params)
+    N = require_field(p, "N", int, member=member)
+    gridsize = require_field(p, "gridsize", int, member=member)
+    nfs = require_field(p, "n_filters_scale", int, member=member)
+    object_big = require_field(p, "object.big", bool, member=member)
+    probe_big = require_field(p, "probe.big", bool, member=member)
+    pad_object = require_field(p, "pad_object", bool, member=member)
+    amp = require_field(p, "amp_activation", str, member=member)
+    if N not in SUPPORTED_N:
+        raise SpecError(f"N={N} is not supported by upstream (expected one of {SUPPORTED_N})", member=member, field="N")
+    cfg = config_member
+    _agree("N", "params.dill", N, cfg, graph.N, member)
+    _agree("gridsize", "params.dill gridsize²", gridsize * gridsize, f"{cfg} input channels", graph.channels, member)
+    _agree("n_filters_scale", "params.dill", nfs, cfg, graph.n_filters_scale, member)
+    _agree("object.big", "params.dill", object_big, f"{cfg} (ReassemblePatchesLayer present)", graph.object_big, member)
+    _agree("pad_object", "params.dill", pad_object, f"{cfg} (channel slices present)", graph.pad_object, member)
+    if pad_object:
+        _agree("probe.big", "params.dill", probe_big, f"{cfg} (outer branch present)", graph.outer_branch, member)
+    _agree("amp_activation", "params.dill", amp, cfg, graph.amp_activation, member)
+    if amp not in TF_AMP_ACTIVATIONS:
+        raise SpecError(f"amp_activation {amp!r} is not one TF builds ({TF_AMP_ACTIVATIONS})", member=member, field="amp_activation")
+    padded = graph.padded_size
+    if "offset" in p and "max_position_jitter" in p and padded is not None:
+        want = tf_padded_size(N, gridsize, int(p["offset"]), int(p["max_position_jitter"]))
+        _agree("padded_size", "params.dill (N + (g-1)·offset + jitter)", want, cfg, padded, member)
+    spec = tf_spec(
+        N=N,
+        gridsize=gridsize,
+        n_filters_scale=nfs,
+        object_big=object_big,
+        probe_big=probe_big,
+        pad_object=pad_object,
+        amp_activation=amp,
+        use_polar=graph.use_polar,
+        padded_size=padded,
+    )
+    spec.check()
+    return spec
+
+
+def torch_amp_activation(name: str) -> tuple[str, list[str]]:
+    """Upstream torch: 'sigmoid' → sigmoid, any other string → SiLU (= TF 'swish')."""
+    if name == "sigmoid":
+        return "sigmoid", []
+    notes = []
+    if name not in ("silu", "swish"):
+        notes.append(f"torch amp_activation {name!r} means SiLU upstream (anything but 'sigmoid' is SiLU)")
+    return "swish", notes
+
+
+def spec_from_torch(
+    *,
+    N: int,
+    gridsize: int,
+    params: Mapping[str, Any],
+    model_config: Mapping[str, Any] | None,
+    shapes: Mapping[str, tuple[int, ...]],
+    member: str,
+) -> tuple[NetworkSpec, list[str]]:
+    """Torch configs (+ params.dill) → spec, then strict tensor-shape check. Returns (spec, warnings)."""
+    warnings: list[str] = []
+    mc = dict(model_config or {})
+
+    def pick(cfg_key: str, param_key: str, kind: type) -> Any:
+        if cfg_key in mc:
+            value = mc[cfg_key]
+            if param_key in params and params[param_key] != value and param_key not in ("amp_activation",):
+                raise SpecError(
+                    f"torch model_config says {value!r} but params says {params[param_key]!r}",
+                    member=member,
+                    field=cfg_key,
+                )
+            return require_field(mc, cfg_key, kind, member=member)
+        return require_field(dict(params), param_key, kind, member=member)
+
+    if N not in SUPPORTED_N:
+        raise SpecError(f"N={N} is not supported (expected one of {SUPPORTED_N})", member=member, field="N")
+    architecture = mc.get("architecture", params.get("architecture", "cnn"))
+    if architecture != "cnn":
+        raise UnsupportedError(f"architecture {architecture!r}: only the 'cnn' family is supported", member=member, field="architecture")
+    mode = mc.get("cnn_output_mode", "amp_phase")
+    if mode != "amp_phase":
+        raise UnsupportedError(f"cnn_output_mode {mode!r}: only 'amp_phase' is supported", member=member, field="cnn_output_mode")
+    if mc.get("use_shared_decoder", False):
+        raise UnsupportedError("use_shared_decoder=True is a different network", member=member, field="use_shared_decoder")
+    nfs = pick("n_filters_scale", "n_filters_scale", int)
+    object_big = pick("object_big", "object.big", bool)
+    probe_big = pick("probe_big", "probe.big", bool)
+    amp_raw = mc.get("amp_activation", params.get("amp_activation"))
+    if not isinstance(amp_raw, str):
+        raise SpecError(f"amp_activation missing or not a string ({amp_raw!r})", member=member, field="amp_activation")
+    amp, notes = torch_amp_activation(amp_raw)
+    warnings.extend(notes)
+    if model_config is None:
+        cbam_encoder = any(".cbam." in k and k.startswith("encoder.") for k in shapes)
+        cbam_bottleneck = any(k.startswith("bottleneck.cbam.") for k in shapes)
+        batch_norm = any(".bn" in k for k in shapes)
+        warnings.append(
+            "no torch model_config in the archive: cbam_encoder/cbam_bottleneck/batch_norm inferred from the "
+            f"state_dict keys ({cbam_encoder}/{cbam_bottleneck}/{batch_norm})"
+        )
+    else:
+        cbam_encoder = bool(mc.get("cbam_encoder", False))
+        cbam_bottleneck = bool(mc.get("cbam_bottleneck", False))
+        batch_norm = bool(mc.get("batch_norm", False))
+        for unused in ("eca_encoder", "cbam_decoder", "eca_decoder", "spatial_decoder"):
+            if mc.get(unused):
+                warnings.append(f"torch {unused}=True: built upstream but never applied (numerically inert)")
+        if mc.get("intensity_scale_trainable"):
+            warnings.append(
+                "torch intensity_scale_trainable=True: forward_predict multiplies by exp(log_scale) instead of input_scale_factor"
+            )
+        if mc.get("parity_scale_mode", "off") not in ("off", None):
+            warnings.append(f"parity_scale_mode={mc.get('parity_scale_mode')!r} changes forward_predict scaling")
+    channels = gridsize * gridsize
+    cout = channels if object_big else 1
+    c_outer = cout
+    if mc.get("use_legacy_decoder_channel_override"):
+        frac = float(mc.get("decoder_last_c_outer_fraction", 0.0))
+        c_outer = torch_legacy_c_outer(nfs, frac)
+        amp_channels = int(mc.get("decoder_last_amp_channels", cout))
+        if amp_channels != cout:
+            raise UnsupportedError(
+                f"decoder_last_amp_channels={amp_channels} differs from the head channels {cout}",
+                member=member,
+                field="decoder_last_amp_channels",
+            )
+    spec = torch_spec(
+        N=N,
+        gridsize=gridsize,
+        n_filters_scale=nfs,
+        object_big=object_big,
+        probe_big=probe_big,
+        amp_activation=amp,
+        c_outer=c_outer,
+        cbam_encoder=cbam_encoder,
+        cbam_bottleneck=cbam_bottleneck,
+        batch_norm=batch_norm,
+    )
+    if mc.get("pad_object") is False or params.get("pad_object") is False:
+        warnings.append("pad_object=False is ignored by upstream torch (it always builds the padded head)")
+    spec.check()
+    # only training-only tensors (outside the autoencoder) may go unchecked; an unknown autoencoder
+    # tensor is an error unless it is a batch-norm tensor of a batch_norm network
+    check_tensors(spec, shapes, member=member, allow_extra_prefixes=("training.",))
+    return spec, warnings
