@@ -12,9 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from ptycho_bridge.cli import main
+from tests._support import REPO  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 
 def _command_lines() -> list[tuple[str, str]]:
@@ -50,13 +51,13 @@ def test_documented_command_line_is_real(doc: str, line: str) -> None:
 
 
 def test_readme_has_exactly_the_two_setup_commands() -> None:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    text = (REPO / "README.md").read_text(encoding="utf-8")
     section = text.split("## Two commands on a fresh machine", 1)[1].split("\n## ", 1)[0]
     commands = re.findall(r"```bash\n(.+?)\n```", section, flags=re.S)
     assert commands == ["bash scripts/demo.sh", "bash scripts/test.sh"]
     for script in ("scripts/demo.sh", "scripts/test.sh"):
-        assert (ROOT / script).is_file()
-    assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+        assert (REPO / script).is_file()
+    assert "scripts/test.sh" in (REPO / ".ci" / "run").read_text(encoding="utf-8")
 
 
 def test_demo_job_runs_on_the_bundled_sample(tmp_path: Path) -> None:
@@ -69,6 +70,6 @@ def test_demo_job_runs_on_the_bundled_sample(tmp_path: Path) -> None:
     for args in (["inspect", str(archive)], ["validate", str(archive)]):
         result = runner.invoke(main, args)
         assert result.exit_code == 0, result.output
-    demo = (ROOT / "scripts" / "demo.sh").read_text(encoding="utf-8")
+    demo = (REPO / "scripts" / "demo.sh").read_text(encoding="utf-8")
     for verb in ("sample", "inspect", "validate"):
         assert f"ptycho-bridge {verb}" in demo

@@ -48,8 +48,9 @@ from ptycho_bridge.errors import (
     UnsupportedError,
 )
 from ptycho_bridge.ops.sample import write_sample
+from tests._support import REPO, FIXTURES_DIR  # noqa: E402
 
-FIX = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "upstream"
+FIX = FIXTURES_DIR
 KERAS = "diffraction_to_obj/model.keras"
 TF_KERNEL = "layers/conv2d/vars/0"  # first encoder conv kernel, (3, 3, 1, 32) float32
 
@@ -613,7 +614,7 @@ def test_security_doc_matches_the_code() -> None:
     from ptycho_bridge.io.safezip import Limits
     from ptycho_bridge.io.safepickle import PickleLimits
 
-    text = (Path(__file__).resolve().parents[1] / "docs" / "security.md").read_text(encoding="utf-8")
+    text = (REPO / "docs" / "security.md").read_text(encoding="utf-8")
 
     def shown(value: float) -> str:
         for unit, size in (("GiB", 1024**3), ("MiB", 1024**2)):

@@ -27,8 +27,9 @@ from converters.tensorflow.keras_graph import analyse_config
 from ptycho_bridge.ops.report import validate_path
 from ptycho_bridge.io.safepickle import decode, load_inert
 from converters.pytorch.torchzip import load_torch_bytes
+from tests._support import FIXTURES_DIR  # noqa: E402
 
-FIX = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "upstream"
+FIX = FIXTURES_DIR
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.function_scoped_fixture])

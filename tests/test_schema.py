@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import read_member, rewrite_zip
+from tests._support import read_member, rewrite_zip
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
@@ -19,8 +19,8 @@ from ptycho_bridge.errors import SchemaError
 from ptycho_bridge.ops.report import validate_path
 from ptycho_bridge.ops.sample import write_sample
 from ptycho_bridge.schema import SCHEMA_FILES, load_schema, schema_errors, schema_names, validate
+from tests._support import REPO  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 SCHEMA_DIR = REPO / "schemas"
 DOC = REPO / "docs" / "archive-format.md"
 DRAFT = "https://json-schema.org/draft/2020-12/schema"

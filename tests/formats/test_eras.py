@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import CASES, TF_CASES, TORCH_CASES, read_member
+from tests._support import CASES, TF_CASES, TORCH_CASES, read_member
 
 from ptycho_bridge import read_archive
 from ptycho_bridge.io.safezip import SafeZip

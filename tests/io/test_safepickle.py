@@ -36,11 +36,11 @@ from ptycho_bridge.io.safepickle import (
     load,
     load_inert,
 )
+from tests._support import REPO  # noqa: E402
 
 TF_CASES = ["tf_N64_gs1", "tf_N64_gs2", "tf_N128_gs1"]
 TORCH_CASES = ["torch_N64_gs1", "torch_N64_gs2"]
 MODELS = ["diffraction_to_obj", "autoencoder"]
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _member(fixtures_dir: Path, case: str, name: str) -> tuple[bytes, str]:

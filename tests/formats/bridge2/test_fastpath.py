@@ -15,7 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import read_member, rewrite_zip
+from tests._support import read_member, rewrite_zip
 
 from ptycho_bridge import read_archive
 from ptycho_bridge.errors import ChecksumError, CorruptArchiveError, SchemaError

@@ -41,8 +41,8 @@ from ptycho_bridge.spec.conventions import golden_canonical_input  # noqa: E402
 from ptycho_bridge.errors import ConversionRefused, OutputExistsError  # noqa: E402
 from ptycho_bridge.formats.detect import read_archive  # noqa: E402
 from ptycho_bridge.spec.network import NetworkSpec, expected_tensors, tf_spec  # noqa: E402
+from tests._support import REPO  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 TF_CASES = ("tf_N64_gs1", "tf_N64_gs2", "tf_N128_gs1")
 TORCH_CASES = ("torch_N64_gs1", "torch_N64_gs2")
 TOL = 1e-5  # × max|golden| (per region for the TF reassembled output)

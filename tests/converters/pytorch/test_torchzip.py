@@ -19,9 +19,9 @@ from ptycho_bridge.io.safezip import SafeZip
 from ptycho_bridge.errors import ArchiveError, CorruptArchiveError, FormatError, PickleDecodeError, UnsupportedError
 from ptycho_bridge.io.safepickle import Opaque, find_opaque
 from converters.pytorch.torchzip import is_torch_zip, load_torch_bytes, load_torch_zip
+from tests._support import REPO  # noqa: E402
 
 TORCH_CASES = ["torch_N64_gs1", "torch_N64_gs2"]
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _bundle_member(fixtures_dir: Path, case: str, name: str) -> tuple[bytes, str]:

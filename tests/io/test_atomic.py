@@ -25,8 +25,8 @@ from ptycho_bridge.io.atomic import atomic_write
 from ptycho_bridge.errors import OutputExistsError
 from ptycho_bridge.ops.report import validate_path
 from ptycho_bridge.ops.sample import write_sample
+from tests._support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 BLOB = 32 * 1024 * 1024
 
 WRITER = f"""

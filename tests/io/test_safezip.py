@@ -12,7 +12,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import patch_central_directory, read_member
+from tests._support import patch_central_directory, read_member
 
 from ptycho_bridge import read_archive
 from ptycho_bridge.io.safezip import DEFAULT_LIMITS, Limits, SafeZip
