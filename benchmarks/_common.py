@@ -126,9 +126,9 @@ def migrate_fixture(source: Path, out: Path) -> Path:
 
 def synthetic_large(out: Path, n_filters_scale: int = 4) -> Path:
     """A bridge-2 archive with the N=128 TF network widened ``n_filters_scale`` times (seeded weights)."""
+    from ptycho_bridge.formats.bridge2.write import ModelToWrite, write_archive
     from ptycho_bridge.ops.sample import sample_params, sample_tensors
     from ptycho_bridge.spec.network import tf_padded_size, tf_spec
-    from ptycho_bridge.formats.bridge2.write import ModelToWrite, write_archive
 
     params = dict(sample_params(N=128), n_filters_scale=n_filters_scale)
     spec = tf_spec(N=128, gridsize=1, n_filters_scale=n_filters_scale, object_big=True, probe_big=True,

@@ -31,7 +31,11 @@ CONVERTIBLE = ("tf_N64_gs1", "tf_N64_gs2")
 
 def phases(src: Path, out: Path, repeat: int) -> dict[str, float]:
     from ptycho_bridge import read_archive
-    from ptycho_bridge.ops.convert import plan_conversion, target_tensors, write_conversion
+    from ptycho_bridge.ops.convert import (
+        plan_conversion,
+        target_tensors,
+        write_conversion,
+    )
 
     samples: dict[str, list[float]] = {"read_archive": [], "plan": [], "tensors": [], "write": []}
     for i in range(repeat + 1):

@@ -63,8 +63,8 @@ def torch_pth(case: str, out: Path) -> Path:
     """The fixture's ``model.pth`` state dict, decoded safely and re-saved by ``torch.save``."""
     import torch
 
-    from ptycho_bridge.io.safezip import SafeZip
     from ptycho_bridge.formats.base import read_torch
+    from ptycho_bridge.io.safezip import SafeZip
 
     with SafeZip(fixture(case)) as zf:
         sd = read_torch(zf, "diffraction_to_obj/model.pth")

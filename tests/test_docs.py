@@ -14,7 +14,6 @@ from click.testing import CliRunner
 from ptycho_bridge.cli import main
 from tests._support import REPO  # noqa: E402
 
-
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 

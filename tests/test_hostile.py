@@ -48,7 +48,7 @@ from ptycho_bridge.errors import (
     UnsupportedError,
 )
 from ptycho_bridge.ops.sample import write_sample
-from tests._support import REPO, FIXTURES_DIR  # noqa: E402
+from tests._support import FIXTURES_DIR, REPO  # noqa: E402
 
 FIX = FIXTURES_DIR
 KERAS = "diffraction_to_obj/model.keras"
@@ -611,8 +611,8 @@ def test_security_doc_matches_the_code() -> None:
     import dataclasses
     import re
 
-    from ptycho_bridge.io.safezip import Limits
     from ptycho_bridge.io.safepickle import PickleLimits
+    from ptycho_bridge.io.safezip import Limits
 
     text = (REPO / "docs" / "security.md").read_text(encoding="utf-8")
 

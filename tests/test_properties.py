@@ -18,15 +18,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ptycho_bridge import read_archive
-from ptycho_bridge.io.safezip import SafeZip
-from ptycho_bridge.formats.base import read_json
-from ptycho_bridge.errors import ArchiveError
-from ptycho_bridge.io.h5 import get_attr, open_h5, read_array, walk_datasets
-from converters.tensorflow.keras_graph import analyse_config
-from ptycho_bridge.ops.report import validate_path
-from ptycho_bridge.io.safepickle import decode, load_inert
 from converters.pytorch.torchzip import load_torch_bytes
+from converters.tensorflow.keras_graph import analyse_config
+from ptycho_bridge import read_archive
+from ptycho_bridge.errors import ArchiveError
+from ptycho_bridge.formats.base import read_json
+from ptycho_bridge.io.h5 import get_attr, open_h5, read_array, walk_datasets
+from ptycho_bridge.io.safepickle import decode, load_inert
+from ptycho_bridge.io.safezip import SafeZip
+from ptycho_bridge.ops.report import validate_path
 from tests._support import FIXTURES_DIR  # noqa: E402
 
 FIX = FIXTURES_DIR

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from tests._support import read_member, rewrite_zip
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
@@ -18,8 +17,18 @@ from ptycho_bridge.cli import main
 from ptycho_bridge.errors import SchemaError
 from ptycho_bridge.ops.report import validate_path
 from ptycho_bridge.ops.sample import write_sample
-from ptycho_bridge.schema import SCHEMA_FILES, load_schema, schema_errors, schema_names, validate
-from tests._support import REPO  # noqa: E402
+from ptycho_bridge.schema import (
+    SCHEMA_FILES,
+    load_schema,
+    schema_errors,
+    schema_names,
+    validate,
+)
+from tests._support import (
+    REPO,  # noqa: E402
+    read_member,
+    rewrite_zip,
+)
 
 SCHEMA_DIR = REPO / "schemas"
 DOC = REPO / "docs" / "archive-format.md"

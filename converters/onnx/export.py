@@ -29,10 +29,19 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from ptycho_bridge.spec.conventions import ri_to_complex
 from ptycho_bridge.errors import ConversionRefused, SpecError
-from ptycho_bridge.ops.reassembly import BATCH_COLLAPSE_PATCHES, NORM_EPSILON, centre_mask
-from ptycho_bridge.spec.network import CBAM_SPATIAL_KERNEL, NetworkSpec, check_tensors, resolve_padded_size
+from ptycho_bridge.ops.reassembly import (
+    BATCH_COLLAPSE_PATCHES,
+    NORM_EPSILON,
+    centre_mask,
+)
+from ptycho_bridge.spec.conventions import ri_to_complex
+from ptycho_bridge.spec.network import (
+    CBAM_SPATIAL_KERNEL,
+    NetworkSpec,
+    check_tensors,
+    resolve_padded_size,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import onnx

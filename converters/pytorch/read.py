@@ -12,10 +12,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ptycho_bridge.io.safezip import SafeZip
+from converters.pytorch.spec import spec_from_torch
+from converters.tensorflow.read import (
+    check_legacy_manifest,
+    legacy_manifest_warnings,
+    read_legacy_manifest,
+)
 from ptycho_bridge.errors import FormatError, SpecError, UnsupportedError
-from ptycho_bridge.spec.mapping import torch_to_canonical
-from ptycho_bridge.model import BridgeArchive, ModelEntry, TensorInfo, primary_name
 from ptycho_bridge.formats.base import (
     EraReader,
     cached_json,
@@ -28,8 +31,9 @@ from ptycho_bridge.formats.base import (
     require_model_names,
     type_name,
 )
-from ptycho_bridge.spec.derive import spec_from_torch
-from converters.tensorflow.read import check_legacy_manifest, legacy_manifest_warnings, read_legacy_manifest
+from ptycho_bridge.io.safezip import SafeZip
+from ptycho_bridge.model import BridgeArchive, ModelEntry, TensorInfo, primary_name
+from ptycho_bridge.spec.mapping import torch_to_canonical
 
 SENTINEL_KEY = "_sentinel"
 METADATA_MEMBER = "torch_scaling_metadata.pt"

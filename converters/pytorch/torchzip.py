@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ptycho_bridge.io.safezip import DEFAULT_LIMITS, Limits, SafeZip
 from ptycho_bridge.errors import FormatError, PickleDecodeError, UnsupportedError
 from ptycho_bridge.io.safepickle import (
     DEFAULT_PICKLE_LIMITS,
@@ -26,6 +25,7 @@ from ptycho_bridge.io.safepickle import (
     load_inert,
     short_repr,
 )
+from ptycho_bridge.io.safezip import DEFAULT_LIMITS, Limits, SafeZip
 
 # torch.<Name>Storage -> torch dtype name (see safepickle.TORCH_DTYPES)
 STORAGE_DTYPES: dict[str, str] = {

@@ -29,8 +29,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ptycho_bridge.errors import ConversionRefused, SpecError
+from ptycho_bridge.spec.expressible import require
 from ptycho_bridge.spec.mapping import TORCH_AUX_PREFIX, canonical_to_torch
-from ptycho_bridge.spec.network import NetworkSpec, check_tensors, expected_tensors, torch_legacy_c_outer
+from ptycho_bridge.spec.network import (
+    NetworkSpec,
+    check_tensors,
+    expected_tensors,
+    torch_legacy_c_outer,
+)
 
 TORCH_VERSION = "2.0-pytorch"
 METADATA_MEMBER = "torch_scaling_metadata.pt"
@@ -349,24 +355,7 @@ def c_outer_override(spec: NetworkSpec) -> dict[str, Any]:
 def check_torch_expressible(spec: NetworkSpec) -> None:
     """Raise :class:`ConversionRefused` unless upstream torch builds exactly this network."""
     spec.check()
-    problems = [
-        ("pad_object", spec.pad_object, True, "torch ignores pad_object and always builds the padded head"),
-        ("use_polar", spec.use_polar, True, "torch always combines amp·exp(iφ)"),
-        ("batch_norm", spec.batch_norm, False, "the canonical tensor index has no batch-norm decoder tensors"),
-        ("outer_tensors", spec.outer_tensors, True, "torch always builds the outer branch"),
-        ("narrow_head", spec.narrow_head, True, "torch always builds the narrow head conv"),
-        ("outer_width", spec.outer_width, spec.latent_width, "torch's outer up-block is 32·n_filters_scale wide"),
-        ("channels_in", spec.channels_in, spec.channels if spec.object_big else 1,
-         "torch's encoder takes gridsize² channels with object_big, else 1"),
-    ]
-    for field_name, got, want, why in problems:
-        if got != want:
-            raise ConversionRefused(f"{field_name}={got!r} (torch needs {want!r}): {why}", field=field_name, value=got)
-    if spec.amp_activation not in ("sigmoid", "swish"):
-        raise ConversionRefused(
-            f"amp_activation={spec.amp_activation!r}: torch has sigmoid, and SiLU (= swish) for any other name",
-            field="amp_activation", value=spec.amp_activation,
-        )
+    require(spec, "pytorch-archive")
 
 
 def _compatible(template: Any, value: Any) -> bool:

@@ -13,12 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ptycho_bridge.io.safezip import SafeZip
-from ptycho_bridge.errors import FormatError, PickleDecodeError, SpecError
-from ptycho_bridge.io.h5 import get_attr, get_dataset, open_h5, read_array, walk_datasets
 from converters.tensorflow.keras_graph import analyse_config
-from ptycho_bridge.spec.mapping import tf_to_canonical_array
-from ptycho_bridge.model import BridgeArchive, LazyTensors, ModelEntry, TensorInfo, primary_name
+from converters.tensorflow.spec import spec_from_tf
+from ptycho_bridge.errors import FormatError, PickleDecodeError, SpecError
 from ptycho_bridge.formats.base import (
     EraReader,
     opaque_names,
@@ -29,7 +26,22 @@ from ptycho_bridge.formats.base import (
     require_field,
     require_model_names,
 )
-from ptycho_bridge.spec.derive import spec_from_tf
+from ptycho_bridge.io.h5 import (
+    get_attr,
+    get_dataset,
+    open_h5,
+    read_array,
+    walk_datasets,
+)
+from ptycho_bridge.io.safezip import SafeZip
+from ptycho_bridge.model import (
+    BridgeArchive,
+    LazyTensors,
+    ModelEntry,
+    TensorInfo,
+    primary_name,
+)
+from ptycho_bridge.spec.mapping import tf_to_canonical_array
 
 MAX_KERAS_CONFIG = 16 * 1024 * 1024
 

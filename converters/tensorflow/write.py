@@ -45,24 +45,22 @@ import pickle
 import re
 import zipfile
 from collections import defaultdict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from ptycho_bridge.spec.derive import torch_amp_activation
-from ptycho_bridge.errors import ConversionRefused, SpecError
 from converters.tensorflow.keras_graph import analyse_config
+from ptycho_bridge.errors import ConversionRefused, SpecError
+from ptycho_bridge.spec.expressible import require
 from ptycho_bridge.spec.mapping import canonical_to_tf_array
 from ptycho_bridge.spec.network import (
-    FAMILY,
-    TF_AMP_ACTIVATIONS,
     NetworkSpec,
     check_tensors,
     resolve_padded_size,
     tf_padded_size,
-    tf_spec,
+    torch_amp_activation,
 )
 
 KERAS_VERSION = "3.15.1"  # what upstream's CI installs and what wrote the fixtures
@@ -426,27 +424,7 @@ def _half(n: int | None) -> int | None:
 # --------------------------------------------------------------------------------------------------
 def check_tf_expressible(spec: NetworkSpec) -> None:
     """Refuse a spec upstream's TF factory cannot build: it must equal ``tf_spec`` of its own fields."""
-    if spec.family != FAMILY:
-        raise ConversionRefused(f"network family {spec.family!r} is not the PtychoPINN CNN", field="family", value=spec.family)
-    try:
-        want = tf_spec(N=spec.N, gridsize=spec.gridsize, n_filters_scale=spec.n_filters_scale, object_big=spec.object_big,
-                       probe_big=spec.probe_big, pad_object=spec.pad_object, amp_activation=spec.amp_activation,
-                       use_polar=spec.use_polar, padded_size=spec.padded_size)
-        want.check()
-    except SpecError as exc:
-        raise ConversionRefused(f"upstream TF cannot build this network: {exc.reason}", field=exc.field) from None
-    if spec.amp_activation not in TF_AMP_ACTIVATIONS:
-        raise ConversionRefused(
-            f"amp_activation {spec.amp_activation!r} is not one upstream TF builds {TF_AMP_ACTIVATIONS}",
-            field="amp_activation", value=spec.amp_activation,
-        )
-    for f in fields(NetworkSpec):
-        have, expect = getattr(spec, f.name), getattr(want, f.name)
-        if have != expect:
-            raise ConversionRefused(
-                f"upstream TF fixes {f.name}={expect!r} for this configuration but the network has {have!r}",
-                field=f.name, value=have,
-            )
+    require(spec, "tensorflow-archive")
 
 
 def keras_config(

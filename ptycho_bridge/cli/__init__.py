@@ -12,6 +12,7 @@ imports nothing; the module is imported only when the verb is invoked (click's l
 from __future__ import annotations
 
 import importlib
+
 import click
 
 from ptycho_bridge import __version__

@@ -25,8 +25,8 @@ from ptycho_bridge.cli.util import emit_json, guarded
 @guarded
 def command(a: Path, b: Path, as_json: bool, atol: float) -> None:
     """Compare two archives (any eras) through their canonical tensors and parameters."""
-    from ptycho_bridge.ops.diff import diff_archives
     from ptycho_bridge.formats.detect import read_archive
+    from ptycho_bridge.ops.diff import diff_archives
 
     report = diff_archives(read_archive(a), read_archive(b), atol=atol)
     if as_json:

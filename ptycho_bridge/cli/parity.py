@@ -38,7 +38,13 @@ def command(archive: Path, other: Path | None, engines_text: str, input_path: Pa
             batch: int, seed: int, rtol: float | None, atol: float | None, model: str, as_json: bool) -> None:
     """Check that engines (and, with OTHER, two archives) give the same object on one input."""
     from ptycho_bridge.ops.engines import parse_engines
-    from ptycho_bridge.ops.parity import DEFAULT_RTOL, archive_under_test, load_input, parity_report, random_input
+    from ptycho_bridge.ops.parity import (
+        DEFAULT_RTOL,
+        archive_under_test,
+        load_input,
+        parity_report,
+        random_input,
+    )
 
     try:
         engines = parse_engines(engines_text)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
-from ptycho_bridge.cli.util import console as _console
-from ptycho_bridge.cli.util import emit_json, guarded
+from ptycho_bridge.cli.util import guarded
+
 
 @click.command("sample")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-from typing import Any
-
 import click
 
-from ptycho_bridge.cli.util import console as _console
-from ptycho_bridge.cli.util import emit_json, guarded
+from ptycho_bridge.cli.util import emit_json
+
 
 @click.command("schema")
 @click.argument("name", required=False)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
 from ptycho_bridge.cli.util import console as _console
 from ptycho_bridge.cli.util import emit_json, guarded
+
 
 @click.command("validate")
 @click.argument("archives", nargs=-1, required=True, type=click.Path(path_type=Path))

@@ -13,8 +13,8 @@ import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+from ptycho_bridge.errors import FormatError, PickleDecodeError, SpecError
 from ptycho_bridge.io.safezip import SafeZip
-from ptycho_bridge.errors import FormatError, PickleDecodeError
 from ptycho_bridge.model import BridgeArchive
 
 MAX_JSON_BYTES = 32 * 1024 * 1024
@@ -147,3 +147,9 @@ def positive_float(value: Any, *, member: str, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise FormatError(f"expected a positive finite number, found {value!r}", member=member, field=field)
     return float(value)
+
+
+def require_agree(field: str, a_name: str, a: Any, b_name: str, b: Any, member: str) -> None:
+    """Two sources that speak about one field must agree; else a :class:`SpecError` naming both."""
+    if a != b:
+        raise SpecError(f"{a_name} says {a!r} but {b_name} says {b!r}", member=member, field=field)

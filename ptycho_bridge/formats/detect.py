@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ptycho_bridge.io.safezip import DEFAULT_LIMITS, Limits, SafeZip
 from ptycho_bridge.errors import CorruptArchiveError, FormatError, UnsupportedError
-from ptycho_bridge.formats.eras import READERS, EraReader
 from ptycho_bridge.formats.base import type_name
+from ptycho_bridge.formats.eras import READERS, EraReader
+from ptycho_bridge.io.safezip import DEFAULT_LIMITS, Limits, SafeZip
 from ptycho_bridge.model import BridgeArchive
 
 

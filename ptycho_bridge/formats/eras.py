@@ -1,9 +1,13 @@
 """Era readers, one module per archive family; :data:`READERS` is the detection order."""
 
+from converters.pytorch.read import (
+    LightningCheckpointReader,
+    TorchBundleReader,
+    TorchJsonReader,
+)
+from converters.tensorflow.read import TfModelManagerReader
 from ptycho_bridge.formats.base import EraReader
 from ptycho_bridge.formats.bridge2.read import BridgeReader
-from converters.tensorflow.read import TfModelManagerReader
-from converters.pytorch.read import LightningCheckpointReader, TorchBundleReader, TorchJsonReader
 
 READERS: tuple[type[EraReader], ...] = (
     BridgeReader,

@@ -19,7 +19,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Iterator
 
-from ptycho_bridge.errors import ArchiveLimitError, CorruptArchiveError, UnsafeArchiveError
+from ptycho_bridge.errors import (
+    ArchiveLimitError,
+    CorruptArchiveError,
+    UnsafeArchiveError,
+)
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

@@ -7,8 +7,8 @@ breaks the equivalence, instead of writing an archive whose outputs silently dif
 the way (CBAM off, the ``c_outer`` override, zero-filled unused tensors) are recorded in the
 manifest's ``conversion`` block.
 
-The equivalence matrix is data (:data:`REFUSALS`): one row per condition, per direction, with the
-reason it breaks equivalence. :func:`plan_conversion` applies it and derives the target spec;
+The equivalence matrix is data, shared with the engines and writers
+(:mod:`ptycho_bridge.spec.expressible`, targets ``"pytorch"`` and ``"tensorflow"``). :func:`plan_conversion` applies it and derives the target spec;
 :func:`write_conversion` re-keys the canonical tensors for that spec and writes a bridge-2 archive
 with the target backend's legacy members.
 """
@@ -18,20 +18,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
-from ptycho_bridge.io.atomic import refuse_existing, resolve_output
 from ptycho_bridge.errors import ConversionRefused, SpecError
-from ptycho_bridge.spec.mapping import TORCH_AUX_PREFIX
+from ptycho_bridge.io.atomic import refuse_existing, resolve_output
 from ptycho_bridge.model import BridgeArchive, ModelEntry
+from ptycho_bridge.spec.expressible import require
+from ptycho_bridge.spec.mapping import TORCH_AUX_PREFIX
 from ptycho_bridge.spec.network import (
-    SUPPORTED_N,
-    TF_C_OUTER,
     NetworkSpec,
     expected_tensors,
-    tf_outer_width,
     tf_padded_size,
     tf_spec,
     torch_spec,
@@ -42,69 +40,6 @@ PRIMARY = "diffraction_to_obj"
 # params.cfg defaults upstream's TF loader falls back on when params.dill lacks a key (DEFAULT_CFG).
 TF_DEFAULT_OFFSET = 4
 TF_DEFAULT_JITTER = 10
-
-
-def _facts(spec: NetworkSpec) -> dict[str, Any]:
-    """Spec fields plus derived sizes, for the reason templates."""
-    return {**spec.to_dict(), "channels": spec.channels, "latent_width": spec.latent_width,
-            "tf_outer_width": tf_outer_width(spec.N, spec.n_filters_scale), "torch_outer_width": spec.latent_width}
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """One row of the equivalence matrix: when ``breaks(spec)``, the target cannot express the source."""
-
-    direction: str  # "tensorflow->pytorch" or "pytorch->tensorflow"
-    field: str
-    breaks: Callable[[NetworkSpec], bool]
-    reason: str  # formatted with :func:`_facts`
-
-    def message(self, spec: NetworkSpec) -> str:
-        return self.reason.format(**_facts(spec), SUPPORTED=list(SUPPORTED_N))
-
-
-TF_TO_TORCH = "tensorflow->pytorch"
-TORCH_TO_TF = "pytorch->tensorflow"
-
-REFUSALS: tuple[Refusal, ...] = (
-    # TF source → torch target
-    Refusal(TF_TO_TORCH, "N", lambda s: s.N not in SUPPORTED_N,
-            "N={N}: TF allows only {SUPPORTED}; torch would silently build a degenerate encoder"),
-    Refusal(TF_TO_TORCH, "use_polar", lambda s: not s.use_polar,
-            "use_polar=False: the legacy TF combine A + iφ has no torch equivalent (torch computes amp·exp(iφ))"),
-    Refusal(TF_TO_TORCH, "pad_object", lambda s: not s.pad_object,
-            "pad_object=False: TF builds a different head (no slicing, padding or mask) and torch ignores "
-            "pad_object, always building the padded head; the networks are not equivalent"),
-    Refusal(TF_TO_TORCH, "amp_activation", lambda s: s.amp_activation not in ("sigmoid", "swish"),
-            "amp_activation={amp_activation!r}: torch has only sigmoid and SiLU (= swish); no equivalent"),
-    Refusal(TF_TO_TORCH, "probe_big", lambda s: s.probe_big and s.outer_width != s.latent_width,
-            "probe_big=True with N={N}: TF's outer up-block is n_filters_scale·2048/N = {outer_width} wide, torch's "
-            "is 32·n_filters_scale = {latent_width}; the networks are not equivalent"),
-    Refusal(TF_TO_TORCH, "object_big", lambda s: not s.object_big and s.gridsize > 1,
-            "object_big=False with gridsize={gridsize}: TF's encoder takes gridsize² = {channels} channels, torch's "
-            "takes 1; the networks are not equivalent"),
-    Refusal(TF_TO_TORCH, "batch_norm", lambda s: s.batch_norm, "batch_norm=True: not a TF network"),
-    # torch source → TF target
-    Refusal(TORCH_TO_TF, "N", lambda s: s.N not in SUPPORTED_N, "N={N}: TF allows only {SUPPORTED}"),
-    Refusal(TORCH_TO_TF, "cbam_encoder", lambda s: s.cbam_encoder,
-            "cbam_encoder=True: TF has no attention modules; the networks are not equivalent"),
-    Refusal(TORCH_TO_TF, "cbam_bottleneck", lambda s: s.cbam_bottleneck,
-            "cbam_bottleneck=True: TF has no attention modules; the networks are not equivalent"),
-    Refusal(TORCH_TO_TF, "batch_norm", lambda s: s.batch_norm,
-            "batch_norm=True: TF has no batch-norm layers; the networks are not equivalent"),
-    Refusal(TORCH_TO_TF, "use_polar", lambda s: not s.use_polar, "use_polar=False: not a torch network"),
-    Refusal(TORCH_TO_TF, "amp_activation", lambda s: s.amp_activation not in ("sigmoid", "swish"),
-            "amp_activation={amp_activation!r}: upstream torch builds only sigmoid or SiLU"),
-    Refusal(TORCH_TO_TF, "c_outer", lambda s: s.c_outer != TF_C_OUTER,
-            "c_outer={c_outer}: TF routes exactly 4 latent channels to the outer branch (hard-coded), this torch "
-            "network routes {c_outer}; the networks are not equivalent"),
-    Refusal(TORCH_TO_TF, "outer_width", lambda s: s.probe_big and s.outer_width != tf_outer_width(s.N, s.n_filters_scale),
-            "probe_big=True with N={N}: torch's outer up-block is {outer_width} wide, TF's is "
-            "n_filters_scale·2048/N = {tf_outer_width}; the networks are not equivalent"),
-    Refusal(TORCH_TO_TF, "object_big", lambda s: not s.object_big and s.gridsize > 1,
-            "object_big=False with gridsize={gridsize}: torch's encoder takes 1 channel, TF's takes gridsize² = "
-            "{channels}; the networks are not equivalent"),
-)
 
 
 @dataclass
@@ -128,11 +63,9 @@ class Plan:
         return {"from_backend": self.from_backend, "to_backend": self.to_backend, "choices": list(self.choices)}
 
 
-def check_refusals(spec: NetworkSpec, direction: str) -> None:
-    """Raise :class:`ConversionRefused` for the first matrix row ``spec`` breaks in ``direction``."""
-    for row in REFUSALS:
-        if row.direction == direction and row.breaks(spec):
-            raise ConversionRefused(row.message(spec), field=row.field, value=getattr(spec, row.field, None))
+def check_refusals(spec: NetworkSpec, to: str) -> None:
+    """Raise :class:`ConversionRefused` for the first reason backend ``to`` cannot express ``spec``."""
+    require(spec, to)
 
 
 def _unused_outer(spec: NetworkSpec) -> set[str]:
@@ -159,11 +92,15 @@ def _source_extras(arch: BridgeArchive) -> list[str]:
 
 
 def _plan_tf_to_torch(arch: BridgeArchive, entry: ModelEntry) -> Plan:
-    from converters.pytorch.write import FORWARD_MODEL_AUX, c_outer_override, torch_config_for
+    from converters.pytorch.write import (
+        FORWARD_MODEL_AUX,
+        c_outer_override,
+        torch_config_for,
+    )
 
     src = entry.spec
     assert src is not None
-    check_refusals(src, TF_TO_TORCH)
+    check_refusals(src, "pytorch")
     target = torch_spec(
         N=src.N, gridsize=src.gridsize, n_filters_scale=src.n_filters_scale, object_big=src.object_big,
         probe_big=src.probe_big, amp_activation=src.amp_activation, c_outer=src.c_outer,
@@ -216,7 +153,7 @@ def _plan_tf_to_torch(arch: BridgeArchive, entry: ModelEntry) -> Plan:
 def _plan_torch_to_tf(arch: BridgeArchive, entry: ModelEntry) -> Plan:
     src = entry.spec
     assert src is not None
-    check_refusals(src, TORCH_TO_TF)
+    check_refusals(src, "tensorflow")
     params = dict(arch.params)
     mc = (arch.torch_config or {}).get("model_config") or {}
     choices: list[str] = []
@@ -369,9 +306,7 @@ def convert_archive(src_path: str | os.PathLike[str], to: str, out_path: str | o
 
 __all__ = [
     "BACKENDS",
-    "REFUSALS",
     "Plan",
-    "Refusal",
     "check_refusals",
     "convert_archive",
     "plan_conversion",

@@ -91,9 +91,9 @@ ENGINES: dict[str, EngineDef] = {
     for e in (
         EngineDef("onnx", "converters.onnx.export", ("onnx", "onnxruntime"), _onnx_build, _onnx_run,
                   "ONNX graph built from the canonical tensors, run by ONNX Runtime (CPU)"),
-        EngineDef("torch", "converters.pytorch.engine", ("torch",), _torch_build, _torch_run,
+        EngineDef("torch", "converters.pytorch.network", ("torch",), _torch_build, _torch_run,
                   "PyTorch eager module (converters/pytorch.py)"),
-        EngineDef("keras", "converters.tensorflow.engine", ("tensorflow",), _keras_build, _keras_run,
+        EngineDef("keras", "converters.tensorflow.keras_model", ("tensorflow",), _keras_build, _keras_run,
                   "Keras 3 / TensorFlow core model (converters/tensorflow.py)"),
     )
 }

@@ -19,10 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptycho_bridge.io.atomic import refuse_existing
 from ptycho_bridge.errors import FormatError, OutputExistsError, UnsupportedError
+from ptycho_bridge.formats.bridge2.write import (
+    ModelToWrite,
+    build_members,
+    write_members,
+)
+from ptycho_bridge.io.atomic import refuse_existing
 from ptycho_bridge.model import BridgeArchive, primary_name
-from ptycho_bridge.formats.bridge2.write import ModelToWrite, build_members, write_members
 
 LEGACY_ERAS = ("tf-modelmanager-1", "torch-bundle-2", "torch-json-1", "lightning-ckpt")
 # a legacy member whose name a bridge-2 archive needs for itself is kept under another name
@@ -176,8 +180,8 @@ def migrate(
 
 def verify_migration(plan: MigrationPlan, output: str | os.PathLike[str]) -> dict[str, Any]:
     """Re-read the written archive: it must validate and be equivalent (bit-identical) to the source."""
-    from ptycho_bridge.ops.diff import diff_archives
     from ptycho_bridge.formats.detect import read_archive
+    from ptycho_bridge.ops.diff import diff_archives
     from ptycho_bridge.ops.report import validate_path
 
     result = validate_path(output)

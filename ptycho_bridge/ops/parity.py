@@ -32,11 +32,21 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ptycho_bridge.spec.conventions import golden_canonical_input, normalisation_scale
-from ptycho_bridge.ops.engines import GOLDEN, EngineUnavailable, availability, load_engine
 from ptycho_bridge.errors import ConversionRefused, FormatError, SpecError
 from ptycho_bridge.model import BridgeArchive
-from ptycho_bridge.ops.reassembly import centre_border_masks, reassemble, torch_positions_to_tf, trimmed_to_canonical
+from ptycho_bridge.ops.engines import (
+    GOLDEN,
+    EngineUnavailable,
+    availability,
+    load_engine,
+)
+from ptycho_bridge.ops.reassembly import (
+    centre_border_masks,
+    reassemble,
+    torch_positions_to_tf,
+    trimmed_to_canonical,
+)
+from ptycho_bridge.spec.conventions import golden_canonical_input, normalisation_scale
 from ptycho_bridge.spec.network import NetworkSpec, resolve_padded_size
 
 DEFAULT_RTOL = 1e-5

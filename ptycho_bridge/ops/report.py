@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from ptycho_bridge.io.safezip import DEFAULT_LIMITS, Limits
 from ptycho_bridge.errors import ArchiveError, ChecksumError, SchemaError, SpecError
-from ptycho_bridge.model import BridgeArchive
 from ptycho_bridge.formats.detect import detect_reader, open_container
+from ptycho_bridge.io.safezip import DEFAULT_LIMITS, Limits
+from ptycho_bridge.model import BridgeArchive
 
 
 def network_summary(arch: BridgeArchive) -> dict[str, Any] | None:

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ptycho_bridge.spec.network import expected_tensors, tf_padded_size, tf_spec
 from ptycho_bridge.formats.bridge2.write import ModelToWrite, write_archive
+from ptycho_bridge.spec.network import expected_tensors, tf_padded_size, tf_spec
 
 SAMPLE_SEED = 20261128
 

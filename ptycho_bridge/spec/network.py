@@ -17,7 +17,23 @@ from ptycho_bridge.errors import SpecError
 
 FAMILY = "ptychopinn-cnn"
 SUPPORTED_N = (64, 128, 256)
+# Amplitude activations, defined once: what upstream TF builds, what upstream torch builds (anything but
+# "sigmoid" is SiLU there, i.e. TF's "swish"), and what our engines implement ("silu" = "swish").
 TF_AMP_ACTIVATIONS = ("sigmoid", "swish", "softplus", "relu")
+TORCH_AMP_ACTIVATIONS = ("sigmoid", "swish")
+ENGINE_AMP_ACTIVATIONS = ("sigmoid", "swish", "silu", "softplus", "relu")
+# the function each engine name computes (engines map these kinds to their framework's ops)
+AMP_ACTIVATION_KIND = {"sigmoid": "sigmoid", "swish": "swish", "silu": "swish", "softplus": "softplus", "relu": "relu"}
+
+
+def torch_amp_activation(name: str) -> tuple[str, list[str]]:
+    """Upstream torch: 'sigmoid' → sigmoid, any other string → SiLU (= TF 'swish')."""
+    if name == "sigmoid":
+        return "sigmoid", []
+    notes = []
+    if name not in ("silu", "swish"):
+        notes.append(f"torch amp_activation {name!r} means SiLU upstream (anything but 'sigmoid' is SiLU)")
+    return "swish", notes
 HEADS = ("amp", "phase")
 CBAM_REDUCTION = 16
 CBAM_SPATIAL_KERNEL = 7

@@ -26,7 +26,12 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
-from tests._support import (
+
+from ptycho_bridge.cli import main
+from ptycho_bridge.schema import schema_errors
+from tests._support import (  # noqa: E402
+    FIXTURES_DIR,
+    REPO,
     Evil,
     decoded_params,
     evil_dumps,
@@ -35,10 +40,6 @@ from tests._support import (
     read_member,
     rewrite_zip,
 )
-
-from ptycho_bridge.cli import main
-from ptycho_bridge.schema import schema_errors
-from tests._support import REPO, FIXTURES_DIR  # noqa: E402
 
 ERA_OF_BACKEND = {"tensorflow": "tf-modelmanager-1", "pytorch": "torch-bundle-2"}  # design.md §1
 FRAMEWORKS = ("torch", "tensorflow", "keras", "dill")
@@ -54,7 +55,6 @@ def manifest_cases(fixtures_dir: Path) -> dict[str, dict[str, Any]]:
 
 def _archives() -> list[tuple[str, str]]:
     """Every archive file MANIFEST.json lists (wts.h5.zip, lightning.ckpt), read at collection time."""
-    from tests._support import FIXTURES_DIR
 
     if not FIXTURES_DIR.is_dir():
         return [("tf_N64_gs1", "wts.h5.zip")]  # the fixtures_dir fixture skips it

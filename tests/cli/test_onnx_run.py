@@ -24,7 +24,6 @@ from ptycho_bridge.ops.reassembly import centre_border_masks  # noqa: E402
 from tests._support import REPO  # noqa: E402
 
 
-
 def _scaled_err(actual: np.ndarray, expected: np.ndarray, region: np.ndarray) -> float:
     d = np.abs(actual.astype(np.complex128) - expected)[..., region]
     return float(d.max() / np.abs(expected)[..., region].max())

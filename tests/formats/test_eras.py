@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests._support import CASES, TF_CASES, TORCH_CASES, read_member
 
 from ptycho_bridge import read_archive
-from ptycho_bridge.io.safezip import SafeZip
 from ptycho_bridge.formats.bridge2.read import tensor_sha256, verify_checksums
-from ptycho_bridge.spec.mapping import canonical_to_torch
+from ptycho_bridge.io.safezip import SafeZip
 from ptycho_bridge.model import LazyTensors
+from ptycho_bridge.spec.mapping import canonical_to_torch
 from ptycho_bridge.spec.network import check_tensors, expected_tensors
+from tests._support import CASES, TF_CASES, TORCH_CASES, read_member
 
 MODELS = ("diffraction_to_obj", "autoencoder")
 

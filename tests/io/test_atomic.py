@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from ptycho_bridge.io.atomic import atomic_write
 from ptycho_bridge.errors import OutputExistsError
+from ptycho_bridge.io.atomic import atomic_write
 from ptycho_bridge.ops.report import validate_path
 from ptycho_bridge.ops.sample import write_sample
 from tests._support import REPO

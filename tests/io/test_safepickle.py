@@ -21,7 +21,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ptycho_bridge.io.safezip import SafeZip
 from ptycho_bridge.errors import ArchiveError, ArchiveLimitError, PickleDecodeError
 from ptycho_bridge.io.safepickle import (
     Global,
@@ -36,6 +35,7 @@ from ptycho_bridge.io.safepickle import (
     load,
     load_inert,
 )
+from ptycho_bridge.io.safezip import SafeZip
 from tests._support import REPO  # noqa: E402
 
 TF_CASES = ["tf_N64_gs1", "tf_N64_gs2", "tf_N128_gs1"]

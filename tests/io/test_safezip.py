@@ -12,11 +12,15 @@ import zlib
 from pathlib import Path
 
 import pytest
-from tests._support import patch_central_directory, read_member
 
 from ptycho_bridge import read_archive
+from ptycho_bridge.errors import (
+    ArchiveLimitError,
+    CorruptArchiveError,
+    UnsafeArchiveError,
+)
 from ptycho_bridge.io.safezip import DEFAULT_LIMITS, Limits, SafeZip
-from ptycho_bridge.errors import ArchiveLimitError, CorruptArchiveError, UnsafeArchiveError
+from tests._support import patch_central_directory, read_member
 
 MiB = 1024 * 1024
 

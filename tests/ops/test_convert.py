@@ -18,15 +18,21 @@ import pytest
 from click.testing import CliRunner
 
 from ptycho_bridge.cli import main
-from ptycho_bridge.io.safezip import SafeZip
-from ptycho_bridge.ops.convert import REFUSALS, convert_archive, plan_conversion
-from ptycho_bridge.formats.base import read_pickle, read_torch
 from ptycho_bridge.errors import ConversionRefused
-from ptycho_bridge.model import BridgeArchive, ModelEntry
-from ptycho_bridge.formats.detect import read_archive
-from ptycho_bridge.ops.report import validate_path
-from ptycho_bridge.spec.network import NetworkSpec, expected_tensors, tf_padded_size, tf_spec
+from ptycho_bridge.formats.base import read_pickle, read_torch
 from ptycho_bridge.formats.bridge2.write import ModelToWrite, write_archive
+from ptycho_bridge.formats.detect import read_archive
+from ptycho_bridge.io.safezip import SafeZip
+from ptycho_bridge.model import BridgeArchive, ModelEntry
+from ptycho_bridge.ops.convert import convert_archive, plan_conversion
+from ptycho_bridge.ops.report import validate_path
+from ptycho_bridge.spec.expressible import RULES
+from ptycho_bridge.spec.network import (
+    NetworkSpec,
+    expected_tensors,
+    tf_padded_size,
+    tf_spec,
+)
 
 CONVERTIBLE_TF = ("tf_N64_gs1", "tf_N64_gs2")
 TOL = 1e-5  # × max|golden| of the region
@@ -98,7 +104,7 @@ def test_tf_to_torch_output_is_a_valid_torch_bridge_archive(converted: dict[str,
 def test_converted_torch_archive_reproduces_the_tf_golden(
     fixtures_dir: Path, converted: dict[str, dict[str, Path]], case: str
 ) -> None:
-    pt = pytest.importorskip("converters.pytorch.engine")
+    pt = pytest.importorskip("converters.pytorch.network")
     reassembly = pytest.importorskip("ptycho_bridge.ops.reassembly")
     from ptycho_bridge.spec.conventions import golden_canonical_input
 
@@ -263,9 +269,9 @@ def test_same_backend_and_unknown_target_are_refused() -> None:
 
 def test_matrix_covers_the_documented_conditions() -> None:
     """upstream-architecture.md §3.2 / §6: every refusal condition has a row, in the right direction."""
-    assert {(r.direction, r.field) for r in REFUSALS} >= {
-        ("tensorflow->pytorch", f) for f in ("pad_object", "amp_activation", "use_polar", "probe_big", "object_big")
-    } | {("pytorch->tensorflow", f) for f in ("cbam_encoder", "cbam_bottleneck", "batch_norm", "c_outer", "outer_width")}
+    assert {(target, r.field) for target in ("pytorch", "tensorflow") for r in RULES[target]} >= {
+        ("pytorch", f) for f in ("pad_object", "amp_activation", "use_polar", "probe_big", "object_big")
+    } | {("tensorflow", f) for f in ("cbam_encoder", "cbam_bottleneck", "batch_norm", "c_outer", "outer_width")}
 
 
 # -- accepted synthetic networks: the converted archive computes the same function -------------------
@@ -287,7 +293,7 @@ def _write_tf_archive(path: Path, spec: NetworkSpec, seed: int) -> Path:
     {"object_big": False},
 ])
 def test_accepted_tf_networks_compute_the_same_function_in_torch(tmp_path: Path, kw: dict[str, Any]) -> None:
-    pt = pytest.importorskip("converters.pytorch.engine")
+    pt = pytest.importorskip("converters.pytorch.network")
     spec = _tf(**{**kw, "padded_size": tf_padded_size(kw.get("N", 64), 1, 4, 10)})
     source = read_archive(_write_tf_archive(tmp_path / "tf.zip", spec, seed=11))
     out = convert_archive(tmp_path / "tf.zip", "pytorch", tmp_path / "torch.zip")

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 
 from ptycho_bridge import read_archive, schema_errors
 from ptycho_bridge.cli import main
+from ptycho_bridge.formats.bridge2.write import ModelToWrite, write_archive
 from ptycho_bridge.ops.diff import max_abs_diff
 from ptycho_bridge.ops.sample import sample_params, sample_tensors, write_sample
 from ptycho_bridge.spec.network import tf_padded_size, tf_spec
-from ptycho_bridge.formats.bridge2.write import ModelToWrite, write_archive
 
 
 def _cli(*args: str) -> tuple[int, str, str]:

@@ -272,10 +272,10 @@ def test_lightning_with_a_known_scale_gets_torch_bundle_members(fixtures_dir: Pa
     """Real checkpoints record no intensity_scale; when one is known, the torch writer adds a bundle."""
     import numpy as np
 
-    from ptycho_bridge.ops import migrate
-    from ptycho_bridge.formats import detect as reader
     from converters.pytorch.read import canonical_state_dict
     from converters.pytorch.torchzip import load_torch_bytes
+    from ptycho_bridge.formats import detect as reader
+    from ptycho_bridge.ops import migrate
 
     pytest.importorskip("converters.pytorch.write")
     real = reader.read_archive

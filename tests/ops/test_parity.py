@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from ptycho_bridge.cli import main
-from ptycho_bridge.ops.parity import compare
-from ptycho_bridge.formats.detect import read_archive
-from ptycho_bridge.schema import schema_errors
 from ptycho_bridge.formats.bridge2.write import ModelToWrite, write_archive
+from ptycho_bridge.formats.detect import read_archive
+from ptycho_bridge.ops.parity import compare
+from ptycho_bridge.schema import schema_errors
 
 CASES = ("tf_N64_gs1", "tf_N64_gs2", "tf_N128_gs1", "torch_N64_gs1", "torch_N64_gs2")
 PERTURBED_TENSOR = "amp.conv1.bias"

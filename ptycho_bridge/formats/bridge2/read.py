@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from ptycho_bridge import schema
-from ptycho_bridge.io.safezip import SafeZip
 from ptycho_bridge.errors import (
     ArchiveError,
     ArchiveLimitError,
@@ -36,11 +35,18 @@ from ptycho_bridge.errors import (
     UnsafeArchiveError,
     UnsupportedError,
 )
-from ptycho_bridge.io.h5 import check_dataset, get_dataset, open_h5, read_array, walk_datasets
-from ptycho_bridge.model import BridgeArchive, LazyTensors, ModelEntry, TensorInfo
-from ptycho_bridge.formats.bridge2.params import decode_value
-from ptycho_bridge.spec.network import NetworkSpec, check_tensors
 from ptycho_bridge.formats.base import EraReader, cached_json, read_json
+from ptycho_bridge.formats.bridge2.params import decode_value
+from ptycho_bridge.io.h5 import (
+    check_dataset,
+    get_dataset,
+    open_h5,
+    read_array,
+    walk_datasets,
+)
+from ptycho_bridge.io.safezip import SafeZip
+from ptycho_bridge.model import BridgeArchive, LazyTensors, ModelEntry, TensorInfo
+from ptycho_bridge.spec.network import NetworkSpec, check_tensors
 
 FORMAT = "ptycho-bridge"
 FORMAT_VERSION = "2.0.0"

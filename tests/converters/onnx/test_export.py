@@ -36,10 +36,10 @@ from converters.onnx.export import (  # noqa: E402
     run_session,
     save_onnx,
 )
-from ptycho_bridge.ops import reassembly  # noqa: E402
-from ptycho_bridge.spec.conventions import golden_canonical_input  # noqa: E402
 from ptycho_bridge.errors import ConversionRefused, OutputExistsError  # noqa: E402
 from ptycho_bridge.formats.detect import read_archive  # noqa: E402
+from ptycho_bridge.ops import reassembly  # noqa: E402
+from ptycho_bridge.spec.conventions import golden_canonical_input  # noqa: E402
 from ptycho_bridge.spec.network import NetworkSpec, expected_tensors, tf_spec  # noqa: E402
 from tests._support import REPO  # noqa: E402
 

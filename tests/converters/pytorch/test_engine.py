@@ -13,9 +13,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from converters.pytorch import engine as pt  # noqa: E402
-from ptycho_bridge.spec.conventions import golden_canonical_input  # noqa: E402
+from converters.pytorch import network as pt  # noqa: E402
 from ptycho_bridge.errors import ConversionRefused, SpecError  # noqa: E402
+from ptycho_bridge.spec.conventions import golden_canonical_input  # noqa: E402
 from ptycho_bridge.spec.network import NetworkSpec, expected_tensors, tf_spec  # noqa: E402
 
 TORCH_CASES = ("torch_N64_gs1", "torch_N64_gs2")

@@ -15,10 +15,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ptycho_bridge.io.safezip import SafeZip
-from ptycho_bridge.errors import ArchiveError, CorruptArchiveError, FormatError, PickleDecodeError, UnsupportedError
-from ptycho_bridge.io.safepickle import Opaque, find_opaque
 from converters.pytorch.torchzip import is_torch_zip, load_torch_bytes, load_torch_zip
+from ptycho_bridge.errors import (
+    ArchiveError,
+    CorruptArchiveError,
+    FormatError,
+    PickleDecodeError,
+    UnsupportedError,
+)
+from ptycho_bridge.io.safepickle import Opaque, find_opaque
+from ptycho_bridge.io.safezip import SafeZip
 from tests._support import REPO  # noqa: E402
 
 TORCH_CASES = ["torch_N64_gs1", "torch_N64_gs2"]

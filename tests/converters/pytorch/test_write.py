@@ -16,19 +16,19 @@ from typing import Any
 import numpy as np
 import pytest
 
+from converters.pytorch.torchzip import load_torch_bytes
 from converters.pytorch.write import (
     c_outer_override,
     torch_config_for,
     torch_legacy_members,
     torch_zip_bytes,
 )
-from ptycho_bridge.io.safezip import SafeZip
-from ptycho_bridge.formats.base import read_pickle, read_torch
 from ptycho_bridge.errors import ConversionRefused
+from ptycho_bridge.formats.base import read_pickle, read_torch
 from ptycho_bridge.formats.detect import read_archive
 from ptycho_bridge.io.safepickle import decode, load_inert
+from ptycho_bridge.io.safezip import SafeZip
 from ptycho_bridge.spec.network import NetworkSpec, expected_tensors, tf_spec
-from converters.pytorch.torchzip import load_torch_bytes
 
 ATTENTION = ".attention."
 

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 
 # import the engine first: it sets TF_ENABLE_ONEDNN_OPTS=0, which TF reads only at its own import
-from converters.tensorflow import engine as ctf  # noqa: E402
+from converters.tensorflow import keras_model as ctf  # noqa: E402
 
 pytest.importorskip("tensorflow")
 
-from ptycho_bridge.ops import reassembly as R  # noqa: E402
-from ptycho_bridge.spec.conventions import golden_canonical_input  # noqa: E402
 from ptycho_bridge.errors import SpecError  # noqa: E402
 from ptycho_bridge.formats.detect import read_archive  # noqa: E402
+from ptycho_bridge.ops import reassembly as R  # noqa: E402
+from ptycho_bridge.spec.conventions import golden_canonical_input  # noqa: E402
 from ptycho_bridge.spec.network import expected_tensors, tf_spec  # noqa: E402
 
 TF_CASES = ("tf_N64_gs1", "tf_N64_gs2", "tf_N128_gs1")

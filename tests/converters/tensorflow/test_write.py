@@ -29,13 +29,18 @@ import numpy as np
 import pytest
 
 from converters.tensorflow import write as ta
-from ptycho_bridge.errors import ConversionRefused, SpecError
 from converters.tensorflow.keras_graph import analyse_config
-from ptycho_bridge.spec.mapping import canonical_to_tf_array
+from ptycho_bridge.errors import ConversionRefused, SpecError
+from ptycho_bridge.formats.bridge2.write import ModelToWrite, write_archive
 from ptycho_bridge.formats.detect import read_archive
 from ptycho_bridge.io.safepickle import globals_in, load
-from ptycho_bridge.spec.network import NetworkSpec, expected_tensors, tf_padded_size, tf_spec
-from ptycho_bridge.formats.bridge2.write import ModelToWrite, write_archive
+from ptycho_bridge.spec.mapping import canonical_to_tf_array
+from ptycho_bridge.spec.network import (
+    NetworkSpec,
+    expected_tensors,
+    tf_padded_size,
+    tf_spec,
+)
 
 TF_CASES = ("tf_N64_gs1", "tf_N64_gs2", "tf_N128_gs1")
 D2O = "diffraction_to_obj"

@@ -15,13 +15,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from tests._support import read_member, rewrite_zip
 
 from ptycho_bridge import read_archive
 from ptycho_bridge.errors import ChecksumError, CorruptArchiveError, SchemaError
 from ptycho_bridge.ops.migrate import migrate
 from ptycho_bridge.ops.report import validate_path
 from ptycho_bridge.ops.sample import write_sample
+from tests._support import read_member, rewrite_zip
 
 WEIGHTS = "diffraction_to_obj/weights.h5"
 

@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from converters.pytorch.write import state_dict_from_canonical  # numpy-only; re-exported here
+from converters.pytorch.write import (
+    state_dict_from_canonical,  # numpy-only; re-exported here
+)
 from ptycho_bridge.errors import ConversionRefused, FormatError, SpecError
 from ptycho_bridge.spec.mapping import TORCH_AUX_PREFIX
 from ptycho_bridge.spec.network import (

@@ -41,9 +41,14 @@ from typing import Any, Mapping
 import numpy as np
 
 from ptycho_bridge.errors import SpecError
-from ptycho_bridge.spec.mapping import canonical_to_tf_array
 from ptycho_bridge.ops.reassembly import BATCH_COLLAPSE_PATCHES, centre_mask
-from ptycho_bridge.spec.network import HEADS, NetworkSpec, check_tensors, resolve_padded_size
+from ptycho_bridge.spec.mapping import canonical_to_tf_array
+from ptycho_bridge.spec.network import (
+    HEADS,
+    NetworkSpec,
+    check_tensors,
+    resolve_padded_size,
+)
 
 CORE_NAME = "ptychopinn_core"
 SCALED_NAME = "ptychopinn_obj"
@@ -59,8 +64,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 @lru_cache(maxsize=1)
 def _tf() -> SimpleNamespace:
     """Import TensorFlow/Keras once, quietly, and define our layer classes."""
-    import tensorflow as tf
     import keras
+    import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
 

@@ -1,8 +1,7 @@
-"""Derive a :class:`NetworkSpec` from what each era records, and cross-check it.
+"""Derive a :class:`NetworkSpec` from a torch model: params, the torch ``model_config`` and the tensor shapes.
 
-Why: the spec is decided by params *and* by the payload (Keras config, tensor shapes, torch
-configs). Every source that speaks about a field must agree; a disagreement is an error naming the
-field and both values — never a silent fallback (upstream's torch loader keeps random weights).
+Why: upstream torch's loader keeps random weights when shapes disagree; here every source that speaks
+about a field must agree, and a disagreement is an error naming the field and both values.
 """
 
 from __future__ import annotations
@@ -10,77 +9,15 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ptycho_bridge.errors import SpecError, UnsupportedError
-from converters.tensorflow.keras_graph import KerasGraphInfo
+from ptycho_bridge.formats.base import require_field
 from ptycho_bridge.spec.network import (
     SUPPORTED_N,
-    TF_AMP_ACTIVATIONS,
     NetworkSpec,
     check_tensors,
-    tf_padded_size,
-    tf_spec,
+    torch_amp_activation,
     torch_legacy_c_outer,
     torch_spec,
 )
-from ptycho_bridge.formats.base import require_field
-
-
-def _agree(field: str, a_name: str, a: Any, b_name: str, b: Any, member: str) -> None:
-    if a != b:
-        raise SpecError(f"{a_name} says {a!r} but {b_name} says {b!r}", member=member, field=field)
-
-
-def spec_from_tf(
-    params: Mapping[str, Any], graph: KerasGraphInfo, *, member: str, config_member: str = "config.json"
-) -> NetworkSpec:
-    """TF ``params.dill`` + ``config.json`` → spec; every overlapping field must agree."""
-    p = dict(params)
-    N = require_field(p, "N", int, member=member)
-    gridsize = require_field(p, "gridsize", int, member=member)
-    nfs = require_field(p, "n_filters_scale", int, member=member)
-    object_big = require_field(p, "object.big", bool, member=member)
-    probe_big = require_field(p, "probe.big", bool, member=member)
-    pad_object = require_field(p, "pad_object", bool, member=member)
-    amp = require_field(p, "amp_activation", str, member=member)
-    if N not in SUPPORTED_N:
-        raise SpecError(f"N={N} is not supported by upstream (expected one of {SUPPORTED_N})", member=member, field="N")
-    cfg = config_member
-    _agree("N", "params.dill", N, cfg, graph.N, member)
-    _agree("gridsize", "params.dill gridsize²", gridsize * gridsize, f"{cfg} input channels", graph.channels, member)
-    _agree("n_filters_scale", "params.dill", nfs, cfg, graph.n_filters_scale, member)
-    _agree("object.big", "params.dill", object_big, f"{cfg} (ReassemblePatchesLayer present)", graph.object_big, member)
-    _agree("pad_object", "params.dill", pad_object, f"{cfg} (channel slices present)", graph.pad_object, member)
-    if pad_object:
-        _agree("probe.big", "params.dill", probe_big, f"{cfg} (outer branch present)", graph.outer_branch, member)
-    _agree("amp_activation", "params.dill", amp, cfg, graph.amp_activation, member)
-    if amp not in TF_AMP_ACTIVATIONS:
-        raise SpecError(f"amp_activation {amp!r} is not one TF builds ({TF_AMP_ACTIVATIONS})", member=member, field="amp_activation")
-    padded = graph.padded_size
-    if "offset" in p and "max_position_jitter" in p and padded is not None:
-        want = tf_padded_size(N, gridsize, int(p["offset"]), int(p["max_position_jitter"]))
-        _agree("padded_size", "params.dill (N + (g-1)·offset + jitter)", want, cfg, padded, member)
-    spec = tf_spec(
-        N=N,
-        gridsize=gridsize,
-        n_filters_scale=nfs,
-        object_big=object_big,
-        probe_big=probe_big,
-        pad_object=pad_object,
-        amp_activation=amp,
-        use_polar=graph.use_polar,
-        padded_size=padded,
-    )
-    spec.check()
-    return spec
-
-
-def torch_amp_activation(name: str) -> tuple[str, list[str]]:
-    """Upstream torch: 'sigmoid' → sigmoid, any other string → SiLU (= TF 'swish')."""
-    if name == "sigmoid":
-        return "sigmoid", []
-    notes = []
-    if name not in ("silu", "swish"):
-        notes.append(f"torch amp_activation {name!r} means SiLU upstream (anything but 'sigmoid' is SiLU)")
-    return "swish", notes
 
 
 def spec_from_torch(

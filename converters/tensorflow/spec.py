@@ -1,0 +1,64 @@
+"""Derive a :class:`NetworkSpec` from a TF ``ModelManager`` model: ``params.dill`` + the Keras graph.
+
+Why: the spec is decided by params *and* by the payload (the Keras config). Every source that speaks
+about a field must agree; a disagreement is an error naming the field and both values.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from converters.tensorflow.keras_graph import KerasGraphInfo
+from ptycho_bridge.errors import SpecError
+from ptycho_bridge.formats.base import require_agree, require_field
+from ptycho_bridge.spec.network import (
+    SUPPORTED_N,
+    TF_AMP_ACTIVATIONS,
+    NetworkSpec,
+    tf_padded_size,
+    tf_spec,
+)
+
+
+def spec_from_tf(
+    params: Mapping[str, Any], graph: KerasGraphInfo, *, member: str, config_member: str = "config.json"
+) -> NetworkSpec:
+    """TF ``params.dill`` + ``config.json`` → spec; every overlapping field must agree."""
+    p = dict(params)
+    N = require_field(p, "N", int, member=member)
+    gridsize = require_field(p, "gridsize", int, member=member)
+    nfs = require_field(p, "n_filters_scale", int, member=member)
+    object_big = require_field(p, "object.big", bool, member=member)
+    probe_big = require_field(p, "probe.big", bool, member=member)
+    pad_object = require_field(p, "pad_object", bool, member=member)
+    amp = require_field(p, "amp_activation", str, member=member)
+    if N not in SUPPORTED_N:
+        raise SpecError(f"N={N} is not supported by upstream (expected one of {SUPPORTED_N})", member=member, field="N")
+    cfg = config_member
+    require_agree("N", "params.dill", N, cfg, graph.N, member)
+    require_agree("gridsize", "params.dill gridsize²", gridsize * gridsize, f"{cfg} input channels", graph.channels, member)
+    require_agree("n_filters_scale", "params.dill", nfs, cfg, graph.n_filters_scale, member)
+    require_agree("object.big", "params.dill", object_big, f"{cfg} (ReassemblePatchesLayer present)", graph.object_big, member)
+    require_agree("pad_object", "params.dill", pad_object, f"{cfg} (channel slices present)", graph.pad_object, member)
+    if pad_object:
+        require_agree("probe.big", "params.dill", probe_big, f"{cfg} (outer branch present)", graph.outer_branch, member)
+    require_agree("amp_activation", "params.dill", amp, cfg, graph.amp_activation, member)
+    if amp not in TF_AMP_ACTIVATIONS:
+        raise SpecError(f"amp_activation {amp!r} is not one TF builds ({TF_AMP_ACTIVATIONS})", member=member, field="amp_activation")
+    padded = graph.padded_size
+    if "offset" in p and "max_position_jitter" in p and padded is not None:
+        want = tf_padded_size(N, gridsize, int(p["offset"]), int(p["max_position_jitter"]))
+        require_agree("padded_size", "params.dill (N + (g-1)·offset + jitter)", want, cfg, padded, member)
+    spec = tf_spec(
+        N=N,
+        gridsize=gridsize,
+        n_filters_scale=nfs,
+        object_big=object_big,
+        probe_big=probe_big,
+        pad_object=pad_object,
+        amp_activation=amp,
+        use_polar=graph.use_polar,
+        padded_size=padded,
+    )
+    spec.check()
+    return spec
