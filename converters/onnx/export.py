@@ -36,7 +36,9 @@ from ptycho_bridge.ops.reassembly import (
     centre_mask,
 )
 from ptycho_bridge.spec.conventions import ri_to_complex
+from ptycho_bridge.spec.expressible import require
 from ptycho_bridge.spec.network import (
+    AMP_ACTIVATION_KIND,
     CBAM_SPATIAL_KERNEL,
     NetworkSpec,
     check_tensors,
@@ -55,7 +57,6 @@ BATCH_DIM = "B"
 MIN_OPSET = 17
 # torch.nn.BatchNorm2d's default epsilon (TF specs never carry batch norm).
 BATCH_NORM_EPSILON = 1e-5
-AMP_ACTIVATIONS = ("sigmoid", "swish", "silu", "softplus", "relu")
 
 
 class OnnxExportError(ConversionRefused):
@@ -179,9 +180,10 @@ class _Network:
         return self.g.op("Mul", [x, self.g.op("Sigmoid", [x], name + ".sigmoid")], name)
 
     def activation(self, x: str, kind: str, name: str) -> str:
+        kind = AMP_ACTIVATION_KIND.get(kind, kind)
         if kind == "sigmoid":
             return self.g.op("Sigmoid", [x], name)
-        if kind in ("swish", "silu"):
+        if kind == "swish":
             return self.swish(x, name)
         if kind == "softplus":
             return self.g.op("Softplus", [x], name)
@@ -292,19 +294,7 @@ def _check_spec(spec: NetworkSpec, tensors: Mapping[str, np.ndarray]) -> None:
         if exc.field not in ("narrow_head", "outer_tensors"):
             raise
         raise OnnxExportError(exc.reason, field=exc.field) from None
-    if not spec.use_polar:
-        raise OnnxExportError(
-            "use_polar=False (legacy CombineComplexLayer: object = A + i·φ) is not supported by the "
-            "ONNX exporter; only the polar combine A·exp(iφ) is implemented",
-            field="use_polar",
-            value=False,
-        )
-    if spec.amp_activation not in AMP_ACTIVATIONS:
-        raise OnnxExportError(
-            f"amp_activation={spec.amp_activation!r} is not supported (expected one of {AMP_ACTIVATIONS})",
-            field="amp_activation",
-            value=spec.amp_activation,
-        )
+    require(spec, "engine:onnx", error=lambda r: OnnxExportError(r.reason, field=r.field, value=r.value))
     try:  # extra tensors are vetted by _check_batch_norm_coverage once the graph is built
         check_tensors(spec, {n: tuple(np.shape(t)) for n, t in tensors.items()}, member="tensors", check_extra=False)
     except SpecError as exc:

@@ -28,9 +28,11 @@ from torch import nn
 from converters.pytorch.write import (
     state_dict_from_canonical,  # numpy-only; re-exported here
 )
-from ptycho_bridge.errors import ConversionRefused, FormatError, SpecError
+from ptycho_bridge.errors import FormatError, SpecError
+from ptycho_bridge.spec.expressible import require
 from ptycho_bridge.spec.mapping import TORCH_AUX_PREFIX
 from ptycho_bridge.spec.network import (
+    AMP_ACTIVATION_KIND,
     CBAM_REDUCTION,
     CBAM_SPATIAL_KERNEL,
     NetworkSpec,
@@ -38,8 +40,6 @@ from ptycho_bridge.spec.network import (
     expected_tensors,
 )
 
-# Amp activations the engine can express: TF's set, plus torch's name for swish (x·σ(x)).
-_AMP_ACTIVATIONS = ("sigmoid", "swish", "silu", "softplus", "relu")
 _SOURCE = "canonical tensors"
 
 
@@ -117,18 +117,12 @@ class Bottleneck(nn.Module):
         return self.cbam(x) if self.cbam is not None else x
 
 
+_AMP_FUNCTIONS = {"sigmoid": torch.sigmoid, "swish": F.silu, "softplus": F.softplus, "relu": F.relu}
+
+
 def _amp_activation(name: str):  # type: ignore[no-untyped-def]
-    if name == "sigmoid":
-        return torch.sigmoid
-    if name in ("swish", "silu"):
-        return F.silu
-    if name == "softplus":
-        return F.softplus
-    if name == "relu":
-        return F.relu
-    raise ConversionRefused(
-        f"amp_activation={name!r} is not one of {list(_AMP_ACTIVATIONS)}", field="amp_activation", value=name
-    )
+    """The torch function of an amp activation name (validated by :func:`_refuse_unsupported`)."""
+    return _AMP_FUNCTIONS[AMP_ACTIVATION_KIND[name]]
 
 
 def _phase_activation(x: torch.Tensor) -> torch.Tensor:
@@ -218,21 +212,7 @@ class PtychoPinnCnn(nn.Module):
 # -- public API --------------------------------------------------------------------------------
 def _refuse_unsupported(spec: NetworkSpec) -> None:
     spec.check()
-    if not spec.use_polar:
-        raise ConversionRefused(
-            "use_polar=False (legacy 'A + iφ' combine) is not supported by the torch engine; "
-            "only the polar combine amp·exp(iφ) is implemented",
-            field="use_polar",
-            value=False,
-        )
-    if spec.batch_norm:
-        raise ConversionRefused(
-            "batch_norm=True is not supported by the torch engine (the canonical tensor index does "
-            "not enumerate upstream's decoder/head batch-norm tensors)",
-            field="batch_norm",
-            value=True,
-        )
-    _amp_activation(spec.amp_activation)  # raises ConversionRefused on a name we cannot express
+    require(spec, "engine:torch")
 
 
 def build_module(spec: NetworkSpec, tensors: Mapping[str, np.ndarray] | None = None) -> PtychoPinnCnn:

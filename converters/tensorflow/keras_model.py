@@ -42,8 +42,10 @@ import numpy as np
 
 from ptycho_bridge.errors import SpecError
 from ptycho_bridge.ops.reassembly import BATCH_COLLAPSE_PATCHES, centre_mask
+from ptycho_bridge.spec.expressible import require
 from ptycho_bridge.spec.mapping import canonical_to_tf_array
 from ptycho_bridge.spec.network import (
+    AMP_ACTIVATION_KIND,
     HEADS,
     NetworkSpec,
     check_tensors,
@@ -54,8 +56,6 @@ CORE_NAME = "ptychopinn_core"
 SCALED_NAME = "ptychopinn_obj"
 D2O_NAME = "diffraction_to_obj"
 
-# amp activations the TF graph can express; torch's 'silu' is TF's swish
-_AMP_ACTIVATIONS = ("sigmoid", "swish", "silu", "softplus", "relu")
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -101,11 +101,10 @@ def _tf() -> SimpleNamespace:
             fn = {
                 "sigmoid": tf.nn.sigmoid,
                 "swish": tf.nn.silu,
-                "silu": tf.nn.silu,
                 "softplus": tf.math.softplus,
                 "relu": tf.nn.relu,
                 "tanh": tf.math.tanh,
-            }[self.activation_name]
+            }[AMP_ACTIVATION_KIND.get(self.activation_name, self.activation_name)]
             y = fn(x)
             return y * self.scale if self.scale != 1.0 else y
 
@@ -245,12 +244,17 @@ def _translate(tf: Any, images: Any, offsets: Any) -> Any:
 def _check_expressible(spec: NetworkSpec) -> None:
     """Refuse specs whose graph this engine (upstream's TF network) cannot express exactly."""
     spec.check()
-    if spec.cbam_encoder or spec.cbam_bottleneck:
-        raise SpecError("the TF network has no CBAM attention (cbam_encoder/cbam_bottleneck)", field="cbam")
-    if spec.batch_norm:
-        raise SpecError("the TF network has no batch normalisation", field="batch_norm")
-    if spec.amp_activation not in _AMP_ACTIVATIONS:
-        raise SpecError(f"amp_activation {spec.amp_activation!r} is not one of {_AMP_ACTIVATIONS}", field="amp_activation")
+    require(spec, "engine:keras", error=lambda r: SpecError(r.reason, field=r.field))
+
+
+def set_threads(threads: int) -> None:
+    """TF's intra-op pool size (one inter-op thread); a no-op once TF has initialised its pools."""
+    tf = _tf().tf
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TF already initialised its thread pools in this process
+        pass
 
 
 def _conv(k: SimpleNamespace, filters: int, name: str, relu: bool) -> Any:

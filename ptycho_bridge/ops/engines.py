@@ -19,11 +19,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Protocol
 
 import numpy as np
 
 from ptycho_bridge.errors import BridgeError, ConversionRefused
+from ptycho_bridge.spec.expressible import Refusal
 from ptycho_bridge.spec.network import NetworkSpec
 
 GOLDEN = "golden"
@@ -38,66 +39,36 @@ class EngineUnavailable(BridgeError):
         self.reason = reason
 
 
-# -- per-engine build / run functions (the module is passed in, already imported) -----------------
-def _onnx_build(mod: Any, spec: NetworkSpec, tensors: Mapping[str, np.ndarray], threads: int | None) -> Any:
-    return mod.make_session(mod.build_onnx(spec, tensors), threads=threads)
+class EngineModule(Protocol):
+    """What every engine module provides (``converters/<backend>/engine.py``).
+
+    The module imports no framework at import time: ``REQUIRES`` and :meth:`refusals` are answered
+    without one, and the framework is imported inside :meth:`build`.
+    """
+
+    NAME: str
+    REQUIRES: tuple[str, ...]  # top-level packages that must be importable
+    DESCRIPTION: str
+
+    def refusals(self, spec: NetworkSpec) -> list[Refusal]: ...
+
+    def build(self, spec: NetworkSpec, tensors: Mapping[str, np.ndarray], threads: int | None = None) -> Any: ...
+
+    def run(self, handle: Any, x_norm: np.ndarray) -> np.ndarray: ...
 
 
-def _onnx_run(mod: Any, session: Any, x_norm: np.ndarray) -> np.ndarray:
-    return mod.run_session(session, x_norm)
-
-
-def _torch_build(mod: Any, spec: NetworkSpec, tensors: Mapping[str, np.ndarray], threads: int | None) -> Any:
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(int(threads))
-    return mod.build_module(spec, tensors)
-
-
-def _torch_run(mod: Any, module: Any, x_norm: np.ndarray) -> np.ndarray:
-    return mod.run(module, x_norm)
-
-
-def _keras_build(mod: Any, spec: NetworkSpec, tensors: Mapping[str, np.ndarray], threads: int | None) -> Any:
-    if threads is not None:
-        tf = mod._tf().tf
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-        except RuntimeError:  # TF already initialised its thread pools in this process
-            pass
-    return mod.build_keras_model(spec, tensors, intensity_scale=None)
-
-
-def _keras_run(mod: Any, model: Any, x_norm: np.ndarray) -> np.ndarray:
-    return mod.run_core(model, x_norm)
-
-
-@dataclass(frozen=True)
-class EngineDef:
-    """One row of the registry."""
-
-    name: str
-    module: str  # imported lazily by load_engine
-    requires: tuple[str, ...]  # top-level packages that must be importable
-    build: Callable[[Any, NetworkSpec, Mapping[str, np.ndarray], int | None], Any]
-    run: Callable[[Any, Any, np.ndarray], np.ndarray]
-    description: str
-
-
-ENGINES: dict[str, EngineDef] = {
-    e.name: e
-    for e in (
-        EngineDef("onnx", "converters.onnx.export", ("onnx", "onnxruntime"), _onnx_build, _onnx_run,
-                  "ONNX graph built from the canonical tensors, run by ONNX Runtime (CPU)"),
-        EngineDef("torch", "converters.pytorch.network", ("torch",), _torch_build, _torch_run,
-                  "PyTorch eager module (converters/pytorch.py)"),
-        EngineDef("keras", "converters.tensorflow.keras_model", ("tensorflow",), _keras_build, _keras_run,
-                  "Keras 3 / TensorFlow core model (converters/tensorflow.py)"),
-    )
+# engine name -> the module implementing :class:`EngineModule`
+ENGINES: dict[str, str] = {
+    "onnx": "converters.onnx.engine",
+    "torch": "converters.pytorch.engine",
+    "keras": "converters.tensorflow.engine",
 }
 ENGINE_NAMES = tuple(ENGINES)
+
+
+def engine_module(name: str) -> EngineModule:
+    """The engine's protocol module (cheap: no framework is imported)."""
+    return importlib.import_module(ENGINES[name])  # type: ignore[return-value]
 
 
 def parse_engines(text: str) -> list[str]:
@@ -111,7 +82,7 @@ def parse_engines(text: str) -> list[str]:
 
 def availability(name: str) -> str | None:
     """``None`` when the engine's packages are installed, else the reason it is not (no import done)."""
-    missing = [pkg for pkg in ENGINES[name].requires if importlib.util.find_spec(pkg) is None]
+    missing = [pkg for pkg in engine_module(name).REQUIRES if importlib.util.find_spec(pkg) is None]
     return f"not installed: {', '.join(missing)}" if missing else None
 
 
@@ -121,8 +92,8 @@ class LoadedEngine:
 
     name: str
     spec: NetworkSpec
-    _mod: Any
-    _handle: Any
+    module: EngineModule
+    handle: Any
 
     def run(self, x_norm: np.ndarray, *, batch_size: int | None = None) -> np.ndarray:
         outs = list(self.run_batches(x_norm, batch_size=batch_size))
@@ -138,7 +109,7 @@ class LoadedEngine:
         if step < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         for start in range(0, len(x), step):
-            out = ENGINES[self.name].run(self._mod, self._handle, x[start : start + step])
+            out = self.module.run(self.handle, x[start : start + step])
             yield np.asarray(out).astype(np.complex64, copy=False)
 
 
@@ -157,27 +128,30 @@ def load_engine(name: str, spec: NetworkSpec, tensors: Mapping[str, np.ndarray],
     """Import the engine's module and build it; :class:`EngineUnavailable` names why it cannot run."""
     if name not in ENGINES:
         raise EngineUnavailable(name, f"unknown engine; choose from {', '.join(ENGINE_NAMES)}")
-    row = ENGINES[name]
     reason = availability(name)
     if reason:
         raise EngineUnavailable(name, reason)
-    mod = importlib.import_module(row.module)
+    module = engine_module(name)
+    found = module.refusals(spec)
+    if found:  # the engine cannot express this network (e.g. Keras has no CBAM)
+        raise EngineUnavailable(name, f"cannot build this network: {found[0].reason}")
     try:
-        handle = row.build(mod, spec, tensors, threads)
-    except BridgeError as exc:  # the engine cannot express this network (e.g. Keras has no CBAM)
+        handle = module.build(spec, tensors, threads)
+    except BridgeError as exc:  # tensors that do not fit the spec
         raise EngineUnavailable(name, f"cannot build this network: {exc}") from exc
-    return LoadedEngine(name, spec, mod, handle)
+    return LoadedEngine(name, spec, module, handle)
 
 
 __all__ = [
     "ENGINES",
     "ENGINE_NAMES",
     "GOLDEN",
-    "EngineDef",
+    "EngineModule",
     "EngineUnavailable",
     "LoadedEngine",
     "availability",
     "check_input",
+    "engine_module",
     "load_engine",
     "parse_engines",
 ]
