@@ -76,7 +76,7 @@ _MEMBERS: dict[Path, list[bytes]] = {}
 def previous_loader(path: Path) -> int:
     """The pre-in-place bridge-2 loader: inflate-free zip read into bytes, h5py over BytesIO, copy out."""
     from ptycho_bridge import read_archive
-    from ptycho_bridge.formats.bridge2.read import TENSOR_GROUP
+    from ptycho_bridge.formats.bridge2.layout import TENSOR_GROUP
     from ptycho_bridge.io.h5 import get_dataset, open_h5, read_array
     from ptycho_bridge.io.safezip import SafeZip
 

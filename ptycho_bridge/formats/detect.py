@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ptycho_bridge.errors import CorruptArchiveError, FormatError, UnsupportedError
-from ptycho_bridge.formats.base import type_name
-from ptycho_bridge.formats.eras import READERS, EraReader
+from ptycho_bridge.formats.base import EraReader, type_name
+from ptycho_bridge.formats.eras import reader_classes
 from ptycho_bridge.io.safezip import DEFAULT_LIMITS, Limits, SafeZip
 from ptycho_bridge.model import BridgeArchive
 
@@ -21,7 +21,7 @@ def detect_reader(zf: SafeZip) -> tuple[type[EraReader], dict[str, Any]]:
     """The reader class for an open container and the manifests detection decoded (pass them to
     ``read``), or :class:`UnsupportedError` saying what was seen."""
     hints: dict[str, Any] = {}
-    for reader in READERS:
+    for reader in reader_classes():
         if reader.detect(zf, hints):
             return reader, hints
     names = zf.names()
@@ -64,7 +64,7 @@ def read_archive(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMIT
         reader, hints = detect_reader(zf)
         arch = reader().read(zf, str(path), hints)
         if verify and reader.has_checksums:
-            from ptycho_bridge.formats.bridge2.read import verify_checksums
+            from ptycho_bridge.formats.bridge2.verify import verify_checksums
 
             verify_checksums(zf, arch.manifest)
         return arch

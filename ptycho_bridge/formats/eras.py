@@ -1,21 +1,33 @@
-"""Era readers, one module per archive family; :data:`READERS` is the detection order."""
+"""The era registry: every archive format the readers know, in detection order.
 
-from converters.pytorch.read import (
-    LightningCheckpointReader,
-    TorchBundleReader,
-    TorchJsonReader,
-)
-from converters.tensorflow.read import TfModelManagerReader
+Why strings: core (``ptycho_bridge``) never imports ``converters`` at module level — the backends
+depend on the core, not the reverse. This table is the one place core names the backends' readers
+(like the engine registry names engines); :func:`reader_classes` imports them on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import lru_cache
+
 from ptycho_bridge.formats.base import EraReader
-from ptycho_bridge.formats.bridge2.read import BridgeReader
 
-READERS: tuple[type[EraReader], ...] = (
-    BridgeReader,
-    TorchJsonReader,
-    TfModelManagerReader,
-    TorchBundleReader,
-    LightningCheckpointReader,
+# detection order: the self-describing formats first, then the pickled eras
+READERS: tuple[str, ...] = (
+    "ptycho_bridge.formats.bridge2.read:BridgeReader",
+    "converters.pytorch.read:TorchJsonReader",
+    "converters.tensorflow.read:TfModelManagerReader",
+    "converters.pytorch.read:TorchBundleReader",
+    "converters.pytorch.read:LightningCheckpointReader",
 )
 
-__all__ = ["EraReader", "READERS", "BridgeReader", "TfModelManagerReader", "TorchBundleReader",
-           "TorchJsonReader", "LightningCheckpointReader"]
+
+@lru_cache(maxsize=None)
+def reader_classes() -> tuple[type[EraReader], ...]:
+    """The reader classes of :data:`READERS`, imported once."""
+    out = []
+    for ref in READERS:
+        module, name = ref.split(":")
+        out.append(getattr(importlib.import_module(module), name))
+    return tuple(out)
+

@@ -121,7 +121,7 @@ def validate_path(path: str | Path, *, limits: Limits = DEFAULT_LIMITS) -> dict[
             return result
         checks.append({"check": "spec", "ok": True, "detail": "all tensors loaded, finite, shapes as the spec requires"})
         if reader.has_checksums:
-            from ptycho_bridge.formats.bridge2.read import verify_checksums
+            from ptycho_bridge.formats.bridge2.verify import verify_checksums
 
             try:
                 checked = verify_checksums(zf, arch.manifest)

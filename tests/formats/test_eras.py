@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from ptycho_bridge import read_archive
-from ptycho_bridge.formats.bridge2.read import tensor_sha256, verify_checksums
+from ptycho_bridge.formats.bridge2.layout import tensor_sha256
+from ptycho_bridge.formats.bridge2.verify import verify_checksums
 from ptycho_bridge.io.safezip import SafeZip
 from ptycho_bridge.model import LazyTensors
 from ptycho_bridge.spec.mapping import canonical_to_torch

@@ -18,8 +18,6 @@ buffer (:func:`read_in_place`). Params arrays (the probe) are read through a win
 
 from __future__ import annotations
 
-import io
-import zlib
 from typing import Any
 
 import numpy as np
@@ -27,57 +25,32 @@ import numpy as np
 from ptycho_bridge import schema
 from ptycho_bridge.errors import (
     ArchiveError,
-    ArchiveLimitError,
-    ChecksumError,
     CorruptArchiveError,
     FormatError,
     SpecError,
     UnsafeArchiveError,
-    UnsupportedError,
 )
 from ptycho_bridge.formats.base import EraReader, cached_json, read_json
+from ptycho_bridge.formats.bridge2.layout import (
+    FORMAT,
+    TENSOR_DTYPES,
+    TENSOR_GROUP,
+    check_format_version,
+)
 from ptycho_bridge.formats.bridge2.params import decode_value
+from ptycho_bridge.io.buffers import (
+    BufferFile,
+    MemberWindow,
+    read_in_place,
+    read_member_buffer,
+)
 from ptycho_bridge.io.h5 import (
-    check_dataset,
     get_dataset,
     open_h5,
-    read_array,
-    walk_datasets,
 )
 from ptycho_bridge.io.safezip import SafeZip
 from ptycho_bridge.model import BridgeArchive, LazyTensors, ModelEntry, TensorInfo
 from ptycho_bridge.spec.network import NetworkSpec, check_tensors
-
-FORMAT = "ptycho-bridge"
-FORMAT_VERSION = "2.0.0"
-TENSOR_GROUP = "tensors"
-PARAMS_GROUP = "params"
-# the manifest schema's tensor dtypes ($defs/tensor); the offset fast path reads only these
-TENSOR_DTYPES = frozenset({"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool",
-                           "complex64", "complex128"})
-
-
-def tensor_sha256(array: np.ndarray) -> str:
-    """sha256 of a tensor's C-order little-endian bytes (the manifest's tensor checksum)."""
-    import hashlib
-
-    arr = np.ascontiguousarray(array)
-    if arr.dtype.byteorder == ">":
-        arr = arr.astype(arr.dtype.newbyteorder("<"))
-    return hashlib.sha256(arr.tobytes()).hexdigest()
-
-
-def check_format_version(version: str, *, member: str) -> None:
-    major = int(version.split(".")[0])
-    supported = int(FORMAT_VERSION.split(".")[0])
-    if major > supported:
-        raise UnsupportedError(
-            f"format_version {version} is newer than this reader supports ({FORMAT_VERSION}); upgrade ptycho-bridge",
-            member=member,
-            field="format_version",
-        )
-    if major < supported:
-        raise UnsupportedError(f"format_version {version} predates bridge-2", member=member, field="format_version")
 
 
 class BridgeReader(EraReader):
@@ -282,205 +255,3 @@ def tensors_at_offsets(buf: np.ndarray, infos: dict[str, TensorInfo], offsets: d
         arr = np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(info.shape)
         out[name] = arr if arr.flags.aligned else arr.copy()
     return out
-
-
-def read_member_buffer(zf: SafeZip, member: str, *, check_crc: bool = True) -> np.ndarray:
-    """A member's bytes as one uint8 array, CRC-checked unless ``check_crc`` is false.
-
-    Why: the writer stores ``weights.h5`` uncompressed and 64-byte aligned, so its bytes sit in the
-    zip file as they are. We read them straight from their offset with one ``readinto`` (no zipfile
-    stream, no inflating, no chunk joins) and tensors become views of this buffer
-    (:func:`tensors_at_offsets`, :func:`read_in_place`). Deflated members and in-memory containers
-    fall back to ``SafeZip.read`` (always CRC-checked). The offset fast path skips the CRC-32 (it
-    would double the read's cost); bridge-2 content is covered by its sha256 index instead.
-    """
-    info = zf.info(member)
-    where = zf.member_label(member)
-    offset = zf.data_offset(member)
-    if offset is None or zf.path is None:
-        return np.frombuffer(zf.read(member), dtype=np.uint8)
-    if info.size > zf.limits.max_member_size:
-        raise ArchiveLimitError(f"member is {info.size} bytes, limit here is {zf.limits.max_member_size}", member=where)
-    if info.compressed_size != info.size:
-        raise CorruptArchiveError(
-            f"stored member declares {info.compressed_size} bytes on disk but {info.size} uncompressed", member=where
-        )
-    buf = np.empty(info.size, dtype=np.uint8)
-    view = memoryview(buf)
-    got = 0
-    with open(zf.path, "rb", buffering=0) as fh:
-        fh.seek(offset)
-        while got < info.size:
-            n = fh.readinto(view[got:])
-            if not n:
-                break
-            got += n
-    if got != info.size:
-        raise CorruptArchiveError(f"member truncated: {got} of {info.size} bytes present", member=where)
-    if check_crc and zlib.crc32(view) & 0xFFFFFFFF != info.crc:
-        raise CorruptArchiveError("CRC-32 mismatch (corrupt data)", member=where)
-    return buf
-
-
-class BufferFile(io.RawIOBase):
-    """A read-only file over a uint8 buffer, so h5py parses metadata without copying the whole image."""
-
-    def __init__(self, buf: np.ndarray) -> None:
-        super().__init__()
-        self._buf = buf
-        self._view = memoryview(buf).cast("B")
-        self._pos = 0
-        self.size = len(self._view)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + pos)
-        return self._pos
-
-    def readinto(self, target) -> int:  # type: ignore[no-untyped-def]
-        chunk = self._view[self._pos:self._pos + len(target)]
-        n = len(chunk)
-        memoryview(target).cast("B")[:n] = chunk
-        self._pos += n
-        return n
-
-    def span(self, offset: int, nbytes: int) -> np.ndarray:
-        """Bytes ``offset..offset+nbytes`` of the image, as a view (no copy)."""
-        return self._buf[offset:offset + nbytes]
-
-
-class MemberWindow(BufferFile):
-    """A read-only file over a stored member's byte range in the zip on disk (nothing else is readable).
-
-    Why: reading one small dataset (the probe) must not read the whole member. Reads are clipped to
-    the member, so a lying HDF5 address can never reach another member's bytes.
-    """
-
-    def __init__(self, path: str, offset: int, size: int, *, label: str) -> None:
-        io.RawIOBase.__init__(self)
-        self.label = label
-        self._fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
-        self._base = offset
-        self._pos = 0
-        self.size = size
-
-    @classmethod
-    def open(cls, zf: SafeZip, member: str) -> MemberWindow | None:
-        offset = zf.data_offset(member)
-        info = zf.info(member)
-        if offset is None or zf.path is None or info.compressed_size != info.size:
-            return None
-        return cls(str(zf.path), offset, info.size, label=zf.member_label(member))
-
-    def readinto(self, target) -> int:  # type: ignore[no-untyped-def]
-        n = max(0, min(len(target), self.size - self._pos))
-        if n == 0:
-            return 0
-        self._fh.seek(self._base + self._pos)
-        got = self._fh.readinto(memoryview(target).cast("B")[:n]) or 0
-        self._pos += got
-        return got
-
-    def span(self, offset: int, nbytes: int) -> np.ndarray:
-        out = np.empty(nbytes, dtype=np.uint8)
-        self.seek(offset)
-        got = 0
-        view = memoryview(out)
-        while got < nbytes:
-            n = self.readinto(view[got:])
-            if not n:
-                raise CorruptArchiveError(f"member truncated at byte {offset + got}", member=self.label)
-            got += n
-        return out
-
-    def close(self) -> None:
-        self._fh.close()
-        io.RawIOBase.close(self)
-
-
-def read_in_place(store: BufferFile, dset, *, member: str) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """A checked dataset read straight from the HDF5 image when contiguous and unfiltered, else via h5py.
-
-    From a :class:`BufferFile` the array is a view of the member buffer (no copy); from a
-    :class:`MemberWindow` it is one read at the dataset's offset. Bounds: the dataset's byte range
-    must lie inside the member. Unaligned data is copied (numpy and torch want aligned arrays).
-    """
-    check_dataset(dset, member=member)
-    try:  # layout queries on a corrupt header raise assorted h5py errors
-        offset = dset.id.get_offset() if dset.chunks is None and not dset.compression else None
-        shape = tuple(int(d) for d in dset.shape)
-        storage = dset.id.get_storage_size()
-    except Exception as exc:
-        raise CorruptArchiveError(f"cannot read HDF5 dataset layout {dset.name} ({exc.__class__.__name__}: {exc})",
-                                  member=member) from None
-    if offset is None or dset.dtype.hasobject:
-        return read_array(dset, member=member)
-    dtype = dset.dtype
-    count = 1
-    for d in shape:
-        count *= d
-    nbytes = count * dtype.itemsize
-    if storage != nbytes or offset < 0 or offset + nbytes > store.size:
-        raise CorruptArchiveError(
-            f"HDF5 dataset {dset.name} claims bytes {offset}..{offset + nbytes} of a {store.size}-byte file", member=member
-        )
-    arr = store.span(offset, nbytes).view(dtype).reshape(shape)
-    return arr if arr.flags.aligned else arr.copy()
-
-
-def verify_checksums(zf: SafeZip, manifest: dict[str, Any]) -> list[str]:
-    """Every member's size + sha256 and every tensor's ``offset`` and sha256; returns what was checked,
-    raises on the first mismatch (naming the member and tensor)."""
-    import hashlib
-
-    checked = []
-    weights_members = {entry["weights"] for entry in manifest["models"].values() if "weights" in entry}
-    weights_data: dict[str, bytes] = {}  # kept from the sha256 pass, parsed below without a second read
-    for name, meta in manifest["members"].items():
-        data = zf.read(name)
-        if len(data) != meta["size"]:
-            raise ChecksumError(f"size {len(data)} bytes, manifest says {meta['size']}", member=zf.member_label(name))
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != meta["sha256"]:
-            raise ChecksumError(f"sha256 {digest[:16]}…, manifest says {meta['sha256'][:16]}…", member=zf.member_label(name))
-        checked.append(name)
-        if name in weights_members:
-            weights_data[name] = data
-    for model, entry in manifest["models"].items():
-        if "weights" not in entry:  # a torch-sentinel placeholder: its member is covered above
-            continue
-        label = zf.member_label(entry["weights"])
-        data = weights_data.get(entry["weights"])
-        f = open_h5(zf.read(entry["weights"]) if data is None else data, member=label)
-        try:
-            names = {p.split("/", 2)[2] for p, _ in walk_datasets(f, member=label) if p.startswith(f"/{TENSOR_GROUP}/")}
-            extra = names - set(entry["tensors"])
-            if extra:
-                raise FormatError(f"tensors not indexed in manifest.json: {sorted(extra)}", member=label)
-            for tname, meta in entry["tensors"].items():
-                dset = get_dataset(f, f"/{TENSOR_GROUP}/{tname}", member=label)
-                if "offset" in meta:
-                    try:
-                        actual = dset.id.get_offset() if dset.chunks is None and not dset.compression else None
-                    except Exception as exc:
-                        raise CorruptArchiveError(f"tensor {tname!r}: cannot read HDF5 data offset ({exc})",
-                                                  member=label) from None
-                    if actual != meta["offset"]:
-                        raise ChecksumError(f"tensor {tname!r} offset {meta['offset']} in manifest.json, HDF5 data "
-                                            f"offset is {actual}", member=label)
-                arr = read_array(dset, member=label)
-                if tensor_sha256(arr) != meta["sha256"]:
-                    raise ChecksumError(f"tensor {tname!r} sha256 does not match manifest.json", member=label)
-                checked.append(f"{model}:{tname}")
-        finally:
-            f.close()
-    return checked

@@ -22,14 +22,14 @@ from typing import Any, Mapping
 import numpy as np
 
 from ptycho_bridge import __version__, schema
-from ptycho_bridge.formats.bridge2.params import encode_value
-from ptycho_bridge.formats.bridge2.read import (
+from ptycho_bridge.formats.bridge2.layout import (
     FORMAT,
     FORMAT_VERSION,
     PARAMS_GROUP,
     TENSOR_GROUP,
     tensor_sha256,
 )
+from ptycho_bridge.formats.bridge2.params import encode_value
 from ptycho_bridge.io.atomic import atomic_write
 from ptycho_bridge.model import primary_name
 from ptycho_bridge.spec.network import NetworkSpec, check_tensors
