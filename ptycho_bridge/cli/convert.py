@@ -14,6 +14,9 @@ from typing import Any
 import click
 
 from ptycho_bridge.cli.util import emit_json, guarded
+from ptycho_bridge.formats.detect import read_archive
+from ptycho_bridge.io.atomic import refuse_existing, resolve_output
+from ptycho_bridge.ops.convert import plan_conversion, write_conversion
 
 
 @click.command("convert")
@@ -26,9 +29,6 @@ from ptycho_bridge.cli.util import emit_json, guarded
 @guarded
 def command(archive: Path, to: str, out: Path, force: bool, as_json: bool) -> None:
     """Convert a model archive to the other backend, or refuse with the reason the networks differ."""
-    from ptycho_bridge.formats.detect import read_archive
-    from ptycho_bridge.io.atomic import refuse_existing, resolve_output
-    from ptycho_bridge.ops.convert import plan_conversion, write_conversion
 
     target = resolve_output(out)
     refuse_existing(target, force=force)

@@ -14,6 +14,8 @@ import click
 
 from ptycho_bridge.cli.util import console as _console
 from ptycho_bridge.cli.util import emit_json, guarded
+from ptycho_bridge.formats.detect import read_archive
+from ptycho_bridge.ops.diff import diff_archives
 
 
 @click.command("diff")
@@ -25,8 +27,6 @@ from ptycho_bridge.cli.util import emit_json, guarded
 @guarded
 def command(a: Path, b: Path, as_json: bool, atol: float) -> None:
     """Compare two archives (any eras) through their canonical tensors and parameters."""
-    from ptycho_bridge.formats.detect import read_archive
-    from ptycho_bridge.ops.diff import diff_archives
 
     report = diff_archives(read_archive(a), read_archive(b), atol=atol)
     if as_json:

@@ -13,7 +13,11 @@ from pathlib import Path
 
 import click
 
+from converters.onnx.export import MIN_OPSET, build_onnx, save_onnx
+from ptycho_bridge import __version__
 from ptycho_bridge.cli.util import guarded
+from ptycho_bridge.io.atomic import refuse_existing, resolve_output
+from ptycho_bridge.ops.parity import archive_under_test
 
 
 @click.command("export-onnx")
@@ -28,10 +32,6 @@ from ptycho_bridge.cli.util import guarded
 @guarded
 def command(archive: Path, out: Path, model: str, opset: int | None, reassembly: bool, force: bool) -> None:
     """Export ARCHIVE's network to ONNX (imports neither TensorFlow nor PyTorch)."""
-    from converters.onnx.export import MIN_OPSET, build_onnx, save_onnx
-    from ptycho_bridge import __version__
-    from ptycho_bridge.io.atomic import refuse_existing, resolve_output
-    from ptycho_bridge.ops.parity import archive_under_test
 
     target = resolve_output(out, "model.onnx")
     refuse_existing(target, force=force)

@@ -9,6 +9,8 @@ import click
 
 from ptycho_bridge.cli.util import console as _console
 from ptycho_bridge.cli.util import emit_json, guarded
+from ptycho_bridge.formats.detect import read_archive
+from ptycho_bridge.ops.report import inspect_report
 
 
 @click.command("inspect")
@@ -18,8 +20,6 @@ from ptycho_bridge.cli.util import emit_json, guarded
 @guarded
 def command(archive: Path, as_json: bool, tensors: bool) -> None:
     """Show what an archive holds, without TensorFlow or PyTorch and without executing anything."""
-    from ptycho_bridge.formats.detect import read_archive
-    from ptycho_bridge.ops.report import inspect_report
 
     report = inspect_report(read_archive(archive), tensors=tensors)
     if as_json:

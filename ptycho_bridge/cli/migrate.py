@@ -13,6 +13,8 @@ import click
 
 from ptycho_bridge.cli.util import console as _console
 from ptycho_bridge.cli.util import emit_json, guarded
+from ptycho_bridge.io.atomic import resolve_output
+from ptycho_bridge.ops.migrate import migrate
 
 
 @click.command("migrate")
@@ -25,8 +27,6 @@ from ptycho_bridge.cli.util import emit_json, guarded
 @guarded
 def command(archive: Path, out: Path, dry_run: bool, force: bool, as_json: bool) -> None:
     """Migrate a legacy archive (TF ModelManager, torch bundle, torch-json, Lightning .ckpt) to bridge-2."""
-    from ptycho_bridge.io.atomic import resolve_output
-    from ptycho_bridge.ops.migrate import migrate
 
     target = resolve_output(out)
     plan, verified = migrate(archive, target, force=force, dry_run=dry_run)

@@ -15,7 +15,14 @@ import click
 
 from ptycho_bridge.cli.util import console as _console
 from ptycho_bridge.cli.util import emit_json, guarded
-from ptycho_bridge.ops.engines import ENGINE_NAMES
+from ptycho_bridge.ops.engines import ENGINE_NAMES, parse_engines
+from ptycho_bridge.ops.parity import (
+    DEFAULT_RTOL,
+    archive_under_test,
+    load_input,
+    parity_report,
+    random_input,
+)
 
 
 @click.command("parity")
@@ -37,14 +44,6 @@ from ptycho_bridge.ops.engines import ENGINE_NAMES
 def command(archive: Path, other: Path | None, engines_text: str, input_path: Path | None, use_random: bool,
             batch: int, seed: int, rtol: float | None, atol: float | None, model: str, as_json: bool) -> None:
     """Check that engines (and, with OTHER, two archives) give the same object on one input."""
-    from ptycho_bridge.ops.engines import parse_engines
-    from ptycho_bridge.ops.parity import (
-        DEFAULT_RTOL,
-        archive_under_test,
-        load_input,
-        parity_report,
-        random_input,
-    )
 
     try:
         engines = parse_engines(engines_text)

@@ -20,7 +20,11 @@ import click
 import numpy as np
 
 from ptycho_bridge.cli.util import guarded
+from ptycho_bridge.errors import ConversionRefused
+from ptycho_bridge.io.atomic import atomic_write, refuse_existing, resolve_output
 from ptycho_bridge.ops.engines import ENGINE_NAMES
+from ptycho_bridge.ops.parity import archive_under_test, load_input
+from ptycho_bridge.ops.run import plan_run, run_archive
 
 NO_PROGRESS_ENV = "PTYCHO_BRIDGE_NO_PROGRESS"
 
@@ -55,37 +59,16 @@ def _with_progress(chunks: Iterator[np.ndarray], total: int, label: str) -> Iter
 @guarded
 def command(archive: Path, input_path: Path, out: Path, engine: str, batch_size: int, model: str, force: bool) -> None:
     """Run ARCHIVE's network on --input with one engine; write the object to OUT."""
-    from ptycho_bridge.io.atomic import atomic_write, refuse_existing, resolve_output
-    from ptycho_bridge.ops.engines import load_engine
-    from ptycho_bridge.ops.parity import archive_under_test, load_input, trimmed_object
-    from ptycho_bridge.ops.reassembly import BATCH_COLLAPSE_PATCHES
-
     target = resolve_output(out, "output.npz")
     refuse_existing(target, force=force)
     aut = archive_under_test(archive, model=model)
-    spec = aut.spec
-    inp = load_input(input_path, aut.archive, spec)
-    want_trimmed = inp.positions_tf is not None and spec.object_big and spec.padded_size is not None
-    chunk = min(batch_size, len(inp.x_norm))  # one chunk = one upstream call for the reassembly
-    if want_trimmed and chunk * spec.channels_in >= BATCH_COLLAPSE_PATCHES:
-        raise click.BadParameter(
-            f"batch size {chunk} × C={spec.channels_in} >= {BATCH_COLLAPSE_PATCHES}: upstream TF "
-            f"batch-collapses there; use --batch-size <= {(BATCH_COLLAPSE_PATCHES - 1) // spec.channels_in}",
-            param_hint="--batch-size",
-        )
-    runner = load_engine(engine, spec, aut.tensors)
-    objects, trimmed = [], []
-    chunks = runner.run_batches(inp.x_norm, batch_size=batch_size)
-    for start, obj in zip(range(0, len(inp.x_norm), batch_size),
-                          _with_progress(chunks, len(inp.x_norm), f"{engine} {archive.name}")):
-        objects.append(obj)
-        if want_trimmed:
-            assert inp.positions_tf is not None
-            trimmed.append(trimmed_object(obj, inp.positions_tf[start : start + len(obj)], spec))
-    result = {"object": np.concatenate(objects, axis=0) if objects else
-              np.zeros((0, spec.channels_out, spec.N, spec.N), np.complex64)}
-    if want_trimmed and trimmed:
-        result["trimmed_object"] = np.concatenate(trimmed, axis=0)
+    inp = load_input(input_path, aut.archive, aut.spec)
+    try:
+        plan = plan_run(aut, inp, batch_size)
+    except ConversionRefused as exc:
+        raise click.BadParameter(exc.reason, param_hint="--batch-size") from None
+    result = run_archive(aut, inp, engine, plan,
+                         progress=lambda chunks: _with_progress(chunks, len(inp.x_norm), f"{engine} {archive.name}"))
     with atomic_write(target, force=force) as fh:
         np.savez(fh, **result)
     click.echo(str(target))

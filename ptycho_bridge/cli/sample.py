@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from ptycho_bridge.cli.util import guarded
+from ptycho_bridge.io.atomic import resolve_output
+from ptycho_bridge.ops.sample import write_sample
 
 
 @click.command("sample")
@@ -16,8 +18,6 @@ from ptycho_bridge.cli.util import guarded
 @guarded
 def command(out: Path, force: bool) -> None:
     """Write a small deterministic bridge-2 demo archive (no external data needed)."""
-    from ptycho_bridge.io.atomic import resolve_output
-    from ptycho_bridge.ops.sample import write_sample
 
     path = write_sample(resolve_output(out), force=force)
     click.echo(str(path))

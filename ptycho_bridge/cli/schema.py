@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ptycho_bridge.cli.util import emit_json
+from ptycho_bridge.schema import load_schema, schema_names
 
 
 @click.command("schema")
@@ -12,7 +13,6 @@ from ptycho_bridge.cli.util import emit_json
 @click.option("--list", "list_", is_flag=True, help="List the schema names.")
 def command(name: str | None, list_: bool) -> None:
     """Print one of the JSON Schemas shipped with ptycho-bridge."""
-    from ptycho_bridge.schema import load_schema, schema_names
 
     if list_ or not name:
         for n in schema_names():

@@ -9,6 +9,7 @@ import click
 
 from ptycho_bridge.cli.util import console as _console
 from ptycho_bridge.cli.util import emit_json, guarded
+from ptycho_bridge.ops.report import validate_path
 
 
 @click.command("validate")
@@ -17,7 +18,6 @@ from ptycho_bridge.cli.util import emit_json, guarded
 @guarded
 def command(archives: tuple[Path, ...], as_json: bool) -> None:
     """Check archives: container bounds, schemas, structure, tensor specs and (bridge-2) checksums."""
-    from ptycho_bridge.ops.report import validate_path
 
     results = [validate_path(a) for a in archives]
     doc = {"valid": all(r["valid"] for r in results), "archives": results}

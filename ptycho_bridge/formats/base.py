@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from ptycho_bridge.errors import FormatError, PickleDecodeError, SpecError
+from ptycho_bridge.io.safepickle import decode, find_opaque, load_inert
 from ptycho_bridge.io.safezip import SafeZip
 from ptycho_bridge.model import BridgeArchive
 
@@ -84,7 +85,6 @@ def require_model_names(models: list[Any], *, member: str) -> list[str]:
 
 def read_pickle(zf: SafeZip, name: str) -> Any:
     """A pickle/dill member decoded to plain data by the safe reader (nothing imported or called)."""
-    from ptycho_bridge.io.safepickle import decode, load_inert
 
     where = zf.member_label(name)
     data = zf.read(name, max_size=MAX_PICKLE_BYTES)
@@ -103,7 +103,6 @@ def read_torch(zf: SafeZip, name: str) -> Any:
 
 
 def opaque_names(value: Any) -> list[str]:
-    from ptycho_bridge.io.safepickle import find_opaque
 
     return sorted(set(find_opaque(value)))
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from ptycho_bridge.errors import CorruptArchiveError, FormatError, UnsupportedError
 from ptycho_bridge.formats.base import EraReader, type_name
+from ptycho_bridge.formats.bridge2.verify import verify_checksums
 from ptycho_bridge.formats.eras import reader_classes
 from ptycho_bridge.io.safezip import DEFAULT_LIMITS, Limits, SafeZip
 from ptycho_bridge.model import BridgeArchive
@@ -64,7 +65,6 @@ def read_archive(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMIT
         reader, hints = detect_reader(zf)
         arch = reader().read(zf, str(path), hints)
         if verify and reader.has_checksums:
-            from ptycho_bridge.formats.bridge2.verify import verify_checksums
 
             verify_checksums(zf, arch.manifest)
         return arch

@@ -22,7 +22,16 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from converters.pytorch.write import (
+    FORWARD_MODEL_AUX,
+    c_outer_override,
+    torch_config_for,
+    torch_legacy_members,
+)
+from converters.tensorflow.write import tf_legacy_members
 from ptycho_bridge.errors import ConversionRefused, SpecError
+from ptycho_bridge.formats.bridge2.write import ModelToWrite, write_archive
+from ptycho_bridge.formats.detect import read_archive
 from ptycho_bridge.io.atomic import refuse_existing, resolve_output
 from ptycho_bridge.model import BridgeArchive, ModelEntry
 from ptycho_bridge.spec.expressible import require
@@ -92,11 +101,6 @@ def _source_extras(arch: BridgeArchive) -> list[str]:
 
 
 def _plan_tf_to_torch(arch: BridgeArchive, entry: ModelEntry) -> Plan:
-    from converters.pytorch.write import (
-        FORWARD_MODEL_AUX,
-        c_outer_override,
-        torch_config_for,
-    )
 
     src = entry.spec
     assert src is not None
@@ -248,7 +252,6 @@ def target_tensors(entry: ModelEntry, plan: Plan) -> dict[str, np.ndarray]:
                             member=PRIMARY)
         out[name] = value
     if plan.to_backend == "pytorch":
-        from converters.pytorch.write import FORWARD_MODEL_AUX
 
         mc = (plan.torch_config or {}).get("model_config", {})
         for name in entry.tensor_info:
@@ -263,20 +266,17 @@ def target_tensors(entry: ModelEntry, plan: Plan) -> dict[str, np.ndarray]:
 
 def write_conversion(arch: BridgeArchive, plan: Plan, out_path: str | os.PathLike[str], *, force: bool = False) -> Path:
     """Write the converted bridge-2 archive (atomically) with the target backend's legacy members."""
-    from ptycho_bridge.formats.bridge2.write import ModelToWrite, write_archive
 
     entry = _primary(arch)
     tensors = target_tensors(entry, plan)
     spec = plan.target_spec
     if plan.to_backend == "pytorch":
-        from converters.pytorch.write import torch_legacy_members
 
         legacy = torch_legacy_members(spec, tensors, plan.legacy_params, torch_config=plan.torch_config,
                                       intensity_scale=plan.intensity_scale)
         payload = ("torch-state-dict", f"{PRIMARY}/model.pth")
         torch_config = plan.torch_config
     else:
-        from converters.tensorflow.write import tf_legacy_members
 
         legacy = tf_legacy_members(spec, tensors, plan.legacy_params, plan.intensity_scale)
         payload = ("keras", f"{PRIMARY}/model.keras")
@@ -295,7 +295,6 @@ def convert_archive(src_path: str | os.PathLike[str], to: str, out_path: str | o
 
     A refusal raises :class:`ConversionRefused` before anything is written.
     """
-    from ptycho_bridge.formats.detect import read_archive
 
     target = resolve_output(out_path)
     refuse_existing(target, force=force)

@@ -5,7 +5,7 @@ migration adds the neutral members (``manifest.json``, ``params.json``, ``<model
 and keeps every legacy member **byte-for-byte** (copied from the source zip, never re-serialised),
 so PtychoPINN's and Ptychodus' loaders still open the result. The one exception is a Lightning
 ``.ckpt``: it is not an archive, so there are no legacy members to keep (a torch bundle is written
-only when ``converters.pytorch_archive`` is available).
+written by ``converters.pytorch.write``).
 
 Everything is built and validated in memory first (:func:`plan_migration`); ``--dry-run`` prints
 that plan, a real run writes it atomically and then re-reads the output to prove it is equivalent
@@ -19,14 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from converters.pytorch.write import torch_legacy_members
 from ptycho_bridge.errors import FormatError, OutputExistsError, UnsupportedError
 from ptycho_bridge.formats.bridge2.write import (
     ModelToWrite,
     build_members,
     write_members,
 )
+from ptycho_bridge.formats.detect import open_container, read_archive
 from ptycho_bridge.io.atomic import refuse_existing
 from ptycho_bridge.model import BridgeArchive, primary_name
+from ptycho_bridge.ops.diff import diff_archives
+from ptycho_bridge.ops.report import finite_problems, validate_path
 
 LEGACY_ERAS = ("tf-modelmanager-1", "torch-bundle-2", "torch-json-1", "lightning-ckpt")
 # a legacy member whose name a bridge-2 archive needs for itself is kept under another name
@@ -60,7 +64,6 @@ class MigrationPlan:
 
 def _legacy_members(source: str | os.PathLike[str], names: list[str]) -> dict[str, bytes]:
     """The source's members, byte-for-byte, read through the bounded container (nothing extracted)."""
-    from ptycho_bridge.formats.detect import open_container
 
     zf = open_container(source)
     try:
@@ -76,31 +79,23 @@ def _ckpt_legacy_members(arch: BridgeArchive, notes: list[str]) -> dict[str, byt
                      "members written, so upstream's torch bundle loaders cannot open the output; the canonical "
                      "tensors and configs are complete")
         return {}
-    try:
-        from converters.pytorch.write import torch_legacy_members  # type: ignore[import-not-found]
-    except ImportError:
-        notes.append("no torch bundle writer (converters.pytorch_archive) available: the output holds no model.pth/"
-                     "params.dill, so upstream's torch bundle loaders cannot open it; the canonical tensors are complete")
-        return {}
     entry = arch.primary
     assert entry.spec is not None
     config = {k: v for k, v in (arch.torch_config or {}).items() if k != "hyper_parameters"} or None
     members = torch_legacy_members(entry.spec, dict(entry.tensors), arch.params, torch_config=config,
                                    intensity_scale=arch.intensity_scale, models=("diffraction_to_obj",))
-    notes.append(f"torch bundle members written by converters.pytorch_archive: {', '.join(sorted(members))}")
+    notes.append(f"torch bundle members written by converters.pytorch.write: {', '.join(sorted(members))}")
     return dict(members)
 
 
 def plan_migration(source: str | os.PathLike[str], output: str | os.PathLike[str]) -> MigrationPlan:
     """Read ``source`` (any legacy era) and build the bridge-2 archive that would replace it."""
-    from ptycho_bridge.formats.detect import read_archive
-    from ptycho_bridge.ops.report import _finite_problems
 
     arch = read_archive(source)
     label = Path(source).name
     if arch.era not in LEGACY_ERAS:
         raise UnsupportedError(f"already a {arch.era} archive; nothing to migrate", member=label)
-    problems = _finite_problems(arch)
+    problems = finite_problems(arch)
     if problems:
         raise FormatError(f"refusing to migrate non-finite weights: {problems[0]}"
                           + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""), member=label)
@@ -180,9 +175,6 @@ def migrate(
 
 def verify_migration(plan: MigrationPlan, output: str | os.PathLike[str]) -> dict[str, Any]:
     """Re-read the written archive: it must validate and be equivalent (bit-identical) to the source."""
-    from ptycho_bridge.formats.detect import read_archive
-    from ptycho_bridge.ops.diff import diff_archives
-    from ptycho_bridge.ops.report import validate_path
 
     result = validate_path(output)
     if not result["valid"]:

@@ -33,6 +33,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ptycho_bridge.errors import ConversionRefused, FormatError, SpecError
+from ptycho_bridge.formats.detect import read_archive
 from ptycho_bridge.model import BridgeArchive
 from ptycho_bridge.ops.engines import (
     GOLDEN,
@@ -343,7 +344,6 @@ def file_sha256(path: str | Path) -> str | None:
 
 def archive_under_test(path: str | Path, *, label: str = "", model: str = "diffraction_to_obj") -> ArchiveUnderTest:
     """Read an archive and pick the model every engine runs (its spec and canonical tensors)."""
-    from ptycho_bridge.formats.detect import read_archive
 
     arch = read_archive(path)
     if model not in arch.models:

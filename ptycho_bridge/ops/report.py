@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ptycho_bridge.errors import ArchiveError, ChecksumError, SchemaError, SpecError
+from ptycho_bridge.formats.bridge2.verify import verify_checksums
 from ptycho_bridge.formats.detect import detect_reader, open_container
 from ptycho_bridge.io.safezip import DEFAULT_LIMITS, Limits
 from ptycho_bridge.model import BridgeArchive
@@ -58,7 +59,7 @@ def inspect_report(arch: BridgeArchive, *, tensors: bool = False) -> dict[str, A
     }
 
 
-def _finite_problems(arch: BridgeArchive) -> list[str]:
+def finite_problems(arch: BridgeArchive) -> list[str]:
     problems = []
     for name, entry in arch.models.items():
         for tname, arr in entry.tensors.items():
@@ -111,7 +112,7 @@ def validate_path(path: str | Path, *, limits: Limits = DEFAULT_LIMITS) -> dict[
         checks.append({"check": "structure", "ok": True,
                        "detail": f"models {sorted(arch.models)} read; every tensor matches its network spec"})
         try:
-            problems = _finite_problems(arch)  # loads every tensor: catches truncated payloads too
+            problems = finite_problems(arch)  # loads every tensor: catches truncated payloads too
         except ArchiveError as exc:
             return fail("spec", exc)
         if problems:
@@ -121,7 +122,6 @@ def validate_path(path: str | Path, *, limits: Limits = DEFAULT_LIMITS) -> dict[
             return result
         checks.append({"check": "spec", "ok": True, "detail": "all tensors loaded, finite, shapes as the spec requires"})
         if reader.has_checksums:
-            from ptycho_bridge.formats.bridge2.verify import verify_checksums
 
             try:
                 checked = verify_checksums(zf, arch.manifest)

@@ -285,7 +285,7 @@ def test_lightning_with_a_known_scale_gets_torch_bundle_members(fixtures_dir: Pa
         arch.intensity_scale = 988.2117919921875  # the bundle's own value (torch_N64_gs1 params.dill)
         return arch
 
-    monkeypatch.setattr(reader, "read_archive", with_scale)
+    monkeypatch.setattr(migrate, "read_archive", with_scale)
     ckpt = fixtures_dir / "torch_N64_gs1" / "lightning.ckpt"
     plan = migrate.plan_migration(ckpt, tmp_path / "out.zip")
     assert {"manifest.dill", "diffraction_to_obj/model.pth", "diffraction_to_obj/params.dill"} <= set(plan.legacy)
