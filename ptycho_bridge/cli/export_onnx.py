@@ -28,7 +28,8 @@ from ptycho_bridge.cli.util import guarded
 @guarded
 def command(archive: Path, out: Path, model: str, opset: int | None, reassembly: bool, force: bool) -> None:
     """Export ARCHIVE's network to ONNX (imports neither TensorFlow nor PyTorch)."""
-    from converters.onnx.export import MIN_OPSET, build_onnx, save_onnx
+    from converters.onnx.export import build_onnx, save_onnx
+    from converters.onnx.layout import MIN_OPSET
     from ptycho_bridge import __version__
     from ptycho_bridge.io.atomic import refuse_existing, resolve_output
     from ptycho_bridge.ops.parity import archive_under_test
