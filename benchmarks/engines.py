@@ -90,7 +90,8 @@ def _onnx_variant(spec, tensors, threads: int, variant: str):  # type: ignore[no
     """ORT session-option variants that were tried (see docs/performance.md)."""
     import onnxruntime as ort
 
-    from converters.onnx.export import build_onnx, run_session, session_options
+    from converters.onnx.engine import run_session, session_options
+    from converters.onnx.export import build_onnx
 
     opts = session_options(threads)  # the engine's tuned options, then one change
     if variant == "basic":

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import click
 
-from converters.onnx.export import MIN_OPSET, build_onnx, save_onnx
+from converters.onnx.export import build_onnx, save_onnx
+from converters.onnx.layout import MIN_OPSET
 from ptycho_bridge import __version__
 from ptycho_bridge.cli.util import guarded
 from ptycho_bridge.io.atomic import refuse_existing, resolve_output

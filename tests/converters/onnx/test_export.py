@@ -1,4 +1,4 @@
-"""ONNX backend (converters/onnx.py): graphs built from canonical tensors, run with ONNX Runtime.
+"""ONNX export (converters/onnx/export.py, with the network and reassembly it emits), run with ONNX Runtime.
 
 Against the upstream goldens: torch fixtures per patch; TF fixtures through the in-graph reassembly
 stage, centre and border regions separately (the TF border is ×1000, so each region is scaled by its
@@ -23,19 +23,10 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from converters.onnx.export import (  # noqa: E402
-    INPUT_NAME,
-    OUTPUT_NAME,
-    POSITIONS_NAME,
-    TRIMMED_NAME,
-    OnnxExportError,
-    build_onnx,
-    make_session,
-    ops_used,
-    run_onnx,
-    run_session,
-    save_onnx,
-)
+from converters.onnx.engine import make_session, run_onnx, run_session  # noqa: E402
+from converters.onnx.export import build_onnx, ops_used, save_onnx  # noqa: E402
+from converters.onnx.graph import OnnxExportError  # noqa: E402
+from converters.onnx.layout import INPUT_NAME, OUTPUT_NAME, POSITIONS_NAME, TRIMMED_NAME  # noqa: E402
 from ptycho_bridge.errors import ConversionRefused, OutputExistsError  # noqa: E402
 from ptycho_bridge.formats.detect import read_archive  # noqa: E402
 from ptycho_bridge.ops import reassembly  # noqa: E402
@@ -150,26 +141,14 @@ def test_metadata_and_save_roundtrip(fixtures_dir: Path, tmp_path: Path) -> None
     assert onnx.load(str(fresh)) == model
 
 
-def test_run_refuses_misuse(fixtures_dir: Path) -> None:
-    arch, golden, x = _load(fixtures_dir, "tf_N64_gs2")
-    core = make_session(build_onnx(arch.primary.spec, arch.primary.tensors))
-    with pytest.raises(ValueError, match="no reassembly stage"):
-        run_session(core, x, positions=golden["positions"])
-    full = make_session(build_onnx(arch.primary.spec, arch.primary.tensors, reassembly=True))
-    with pytest.raises(ValueError, match="pass positions"):
-        run_session(full, x)
-    big = np.repeat(x, 4, axis=0)  # B·C = 64: upstream's batch-collapsing path
-    with pytest.raises(ValueError, match="batch-collapsing"):
-        run_session(full, big, positions=np.repeat(golden["positions"], 4, axis=0))
-
-
 def test_no_framework_imported(fixtures_dir: Path) -> None:
     script = textwrap.dedent(
         f"""
         import sys
         import numpy as np
         from ptycho_bridge.formats.detect import read_archive
-        from converters.onnx.export import build_onnx, run_onnx
+        from converters.onnx.engine import run_onnx
+        from converters.onnx.export import build_onnx
         for case, reassemble in (("tf_N64_gs2", True), ("torch_N64_gs1", False)):
             arch = read_archive({str(fixtures_dir)!r} + "/" + case + "/wts.h5.zip")
             spec = arch.primary.spec
