@@ -92,11 +92,8 @@ def _source_extras(arch: BridgeArchive) -> list[str]:
 
 
 def _plan_tf_to_torch(arch: BridgeArchive, entry: ModelEntry) -> Plan:
-    from converters.pytorch.write import (
-        FORWARD_MODEL_AUX,
-        c_outer_override,
-        torch_config_for,
-    )
+    from converters.pytorch.configs import c_outer_override, torch_config_for
+    from converters.pytorch.layout import FORWARD_MODEL_AUX
 
     src = entry.spec
     assert src is not None
@@ -248,7 +245,7 @@ def target_tensors(entry: ModelEntry, plan: Plan) -> dict[str, np.ndarray]:
                             member=PRIMARY)
         out[name] = value
     if plan.to_backend == "pytorch":
-        from converters.pytorch.write import FORWARD_MODEL_AUX
+        from converters.pytorch.layout import FORWARD_MODEL_AUX
 
         mc = (plan.torch_config or {}).get("model_config", {})
         for name in entry.tensor_info:
