@@ -123,3 +123,13 @@ def decoded_params(archive: Path, model: str = "diffraction_to_obj") -> dict[str
     from ptycho_bridge.io.safepickle import load
 
     return load(read_member(archive, f"{model}/params.dill"), member=f"{model}/params.dill")
+
+
+def torch_twin_of_tf_spec(**kw: Any) -> Any:
+    """The torch-expressible twin of a TF spec (what convert's TF→torch plan builds); ``kw`` edits the TF spec."""
+    from ptycho_bridge.spec.network import NetworkSpec, tf_spec
+
+    src = tf_spec(**{"N": 64, "gridsize": 1, "n_filters_scale": 1, "object_big": True, "probe_big": True,
+                     "pad_object": True, "amp_activation": "sigmoid", **kw})
+    return NetworkSpec(**{**src.to_dict(), "outer_width": src.latent_width, "outer_tensors": True,
+                          "channels_in": src.channels if src.object_big else 1})

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from converters.pytorch.read import canonical_state_dict
 from converters.pytorch.write import (
     state_dict_from_canonical,  # numpy-only; re-exported here
 )
@@ -271,10 +272,11 @@ def run(module: PtychoPinnCnn, x_norm: np.ndarray, *, batch_size: int | None = N
 def canonical_from_state_dict(sd: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Canonical tensors of an upstream torch ``state_dict`` (torch tensors or arrays), as copies.
 
-    The key mapping is the archive reader's (:func:`ptycho_bridge.eras.torch_bundle.canonical_state_dict`);
+    The key mapping is the archive reader's (:func:`converters.pytorch.read.canonical_state_dict`);
     two keys mapping onto one canonical tensor raise :class:`SpecError`.
     """
-    from converters.pytorch.read import canonical_state_dict
+    # Imported here, not at the top, only to keep ``import converters.pytorch.network`` working as a
+    # program's first import: read.py cannot be imported first (it loads ptycho_bridge, whose package
 
     arrays = {
         key: np.array(value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value, copy=True)

@@ -1,9 +1,10 @@
 """Readers for the PyTorch eras: ``torch-bundle-2`` (``save_torch_bundle``), ``torch-json-1`` (newer
 upstream, root ``manifest.json``) and a bare Lightning ``.ckpt``.
 
-All three hold a torch ``state_dict`` (decoded by :mod:`ptycho_bridge.torchzip`, never ``torch.load``)
+All three hold a torch ``state_dict`` (decoded by :mod:`converters.pytorch.torchzip`, never ``torch.load``)
 and, optionally, the torch configs (``torch_scaling_metadata.pt`` or Lightning ``hyper_parameters``)
 that decide CBAM, batch-norm and the c_outer override — which ``params.dill`` does not carry.
+Member names, versions and key orders: :mod:`converters.pytorch.layout` (shared with the writer).
 """
 
 from __future__ import annotations
@@ -12,6 +13,20 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from converters.pytorch import (
+    torchzip,  # the module, not its names: see LightningCheckpointReader
+)
+from converters.pytorch.layout import (
+    JSON_BACKEND,
+    JSON_MANIFEST_MEMBER,
+    JSON_MANIFEST_VERSION,
+    JSON_PARAMS_MEMBER,
+    METADATA_MEMBER,
+    SENTINEL_KEY,
+    TORCH_CONFIG_KEYS,
+    TORCH_CONFIG_READ_ORDER,
+    TORCH_VERSION,
+)
 from converters.pytorch.spec import spec_from_torch
 from converters.tensorflow.read import (
     check_legacy_manifest,
@@ -34,10 +49,6 @@ from ptycho_bridge.formats.base import (
 from ptycho_bridge.io.safezip import SafeZip
 from ptycho_bridge.model import BridgeArchive, ModelEntry, TensorInfo, primary_name
 from ptycho_bridge.spec.mapping import torch_to_canonical
-
-SENTINEL_KEY = "_sentinel"
-METADATA_MEMBER = "torch_scaling_metadata.pt"
-TORCH_CONFIG_KEYS = ("model_config", "data_config", "training_config", "inference_config")
 
 
 def canonical_state_dict(state: Any, *, member: str) -> tuple[dict[str, np.ndarray], dict[str, TensorInfo]]:
@@ -94,7 +105,7 @@ def torch_config_from(metadata: Any, *, member: str) -> dict[str, Any]:
     """The four torch config dicts from ``torch_scaling_metadata.pt`` or Lightning hyper_parameters."""
     metadata = require_dict(metadata, member=member, what="torch metadata")
     config = {}
-    for key in TORCH_CONFIG_KEYS:
+    for key in TORCH_CONFIG_READ_ORDER:
         if key in metadata and metadata[key] is not None:
             config[key] = require_dict(metadata[key], member=member, what=key)
     if "model_config" not in config:
@@ -149,13 +160,13 @@ class TorchBundleReader(EraReader):
         if "manifest.json" in zf or "manifest.dill" not in zf:
             return False
         manifest = read_legacy_manifest(zf, hints)
-        return isinstance(manifest, dict) and manifest.get("version") == "2.0-pytorch"
+        return isinstance(manifest, dict) and manifest.get("version") == TORCH_VERSION
 
     def read(self, zf: SafeZip, path: str, hints: dict[str, Any] | None = None) -> BridgeArchive:
         manifest = read_legacy_manifest(zf, {} if hints is None else hints)
-        names = check_legacy_manifest(manifest, zf, "2.0-pytorch")
+        names = check_legacy_manifest(manifest, zf, TORCH_VERSION)
         arch = _read_torch_models(zf, path, names, self.era, _read_metadata(zf), params_member="params.dill",
-                                  manifest={"models": names, "version": "2.0-pytorch"})
+                                  manifest={"models": names, "version": TORCH_VERSION})
         arch.warnings[:0] = legacy_manifest_warnings(manifest)
         return arch
 
@@ -236,17 +247,17 @@ class TorchJsonReader(EraReader):
 
     @classmethod
     def detect(cls, zf: SafeZip, hints: dict[str, Any]) -> bool:
-        if "manifest.json" not in zf:
+        if JSON_MANIFEST_MEMBER not in zf:
             return False
-        m = cached_json(zf, "manifest.json", hints)
-        return isinstance(m, dict) and m.get("manifest_version") == "torch-manifest-v1"
+        m = cached_json(zf, JSON_MANIFEST_MEMBER, hints)
+        return isinstance(m, dict) and m.get("manifest_version") == JSON_MANIFEST_VERSION
 
     def read(self, zf: SafeZip, path: str, hints: dict[str, Any] | None = None) -> BridgeArchive:
-        where = zf.member_label("manifest.json")
-        manifest = require_dict(cached_json(zf, "manifest.json", hints), member=where, what="manifest.json")
+        where = zf.member_label(JSON_MANIFEST_MEMBER)
+        manifest = require_dict(cached_json(zf, JSON_MANIFEST_MEMBER, hints), member=where, what=JSON_MANIFEST_MEMBER)
         names = require_field(manifest, "models", list, member=where)
-        if manifest.get("backend", "pytorch") != "pytorch":
-            raise FormatError(f"backend {manifest.get('backend')!r}, expected 'pytorch'", member=where, field="backend")
+        if manifest.get("backend", JSON_BACKEND) != JSON_BACKEND:
+            raise FormatError(f"backend {manifest.get('backend')!r}, expected {JSON_BACKEND!r}", member=where, field="backend")
         names = require_model_names(names, member=where)
         meta = _read_metadata(zf)  # decoded once: checked here, then handed to _read_torch_models
         if isinstance(meta, dict) and "model_config" not in meta:
@@ -255,25 +266,27 @@ class TorchJsonReader(EraReader):
                 "is not documented, so the network cannot be derived safely",
                 member=zf.member_label(METADATA_MEMBER),
             )
-        return _read_torch_models(zf, path, names, self.era, meta, params_member="params.json", manifest=manifest)
+        return _read_torch_models(zf, path, names, self.era, meta, params_member=JSON_PARAMS_MEMBER, manifest=manifest)
 
 
 class LightningCheckpointReader(EraReader):
-    """A bare Lightning ``.ckpt`` (a torch zip pickle): ``state_dict`` + ``hyper_parameters``."""
+    """A bare Lightning ``.ckpt`` (a torch zip pickle): ``state_dict`` + ``hyper_parameters``.
+
+    It calls :mod:`converters.pytorch.torchzip` through the module (imported at the top of this file)
+    so that ``import converters.pytorch.torchzip`` works as a program's first import: that import
+    loads ``ptycho_bridge``, whose package init reaches this module (formats.detect → formats.eras)
+    while torchzip is still half-initialised, and a module reference, unlike its names, is already there.
+    """
 
     era = "lightning-ckpt"
     backend = "pytorch"
 
     @classmethod
     def detect(cls, zf: SafeZip, hints: dict[str, Any]) -> bool:
-        from converters.pytorch.torchzip import is_torch_zip
-
-        return is_torch_zip(zf)
+        return torchzip.is_torch_zip(zf)
 
     def read(self, zf: SafeZip, path: str, hints: dict[str, Any] | None = None) -> BridgeArchive:
-        from converters.pytorch.torchzip import load_torch_zip
-
-        data = require_dict(load_torch_zip(zf, member_label=zf.label), member=zf.label, what="checkpoint")
+        data = require_dict(torchzip.load_torch_zip(zf, member_label=zf.label), member=zf.label, what="checkpoint")
         if "state_dict" not in data or "hyper_parameters" not in data:
             raise FormatError("torch file is not a Lightning checkpoint (needs state_dict and hyper_parameters)", member=zf.label)
         hp = require_dict(data["hyper_parameters"], member=zf.label, what="hyper_parameters")

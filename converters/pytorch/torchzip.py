@@ -7,13 +7,25 @@ arbitrary pickle code. The zip layout is simple: one top-level folder ``<prefix>
 ``('storage', <storage type>, key, location, numel)``; we resolve those to
 :class:`~ptycho_bridge.safepickle.TensorStorage` and let :func:`~ptycho_bridge.safepickle.decode`
 build the ndarrays.
+
+The writer (:func:`torch_zip_bytes`) is the same layout in reverse, written without torch: a
+protocol-2 ``data.pkl`` (:class:`TorchPickleWriter`) whose only globals are the three
+``torch.load(weights_only=True)`` allows for state dicts. Format constants: :mod:`converters.pytorch.layout`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import pickle
 import re
+import struct
+import zipfile
 from typing import Any
 
+import numpy as np
+
+from converters.pytorch.layout import STORAGE_ALIGNMENT, STORAGE_CLASSES, STORAGE_DTYPES
 from ptycho_bridge.errors import FormatError, PickleDecodeError, UnsupportedError
 from ptycho_bridge.io.safepickle import (
     DEFAULT_PICKLE_LIMITS,
@@ -25,18 +37,13 @@ from ptycho_bridge.io.safepickle import (
     load_inert,
     short_repr,
 )
+from ptycho_bridge.io.safepickle.writer import PickleWriter
 from ptycho_bridge.io.safezip import DEFAULT_LIMITS, Limits, SafeZip
 
-# torch.<Name>Storage -> torch dtype name (see safepickle.TORCH_DTYPES)
-STORAGE_DTYPES: dict[str, str] = {
-    "FloatStorage": "float32", "DoubleStorage": "float64", "HalfStorage": "float16",
-    "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32", "ShortStorage": "int16",
-    "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool",
-    "ComplexFloatStorage": "complex64", "ComplexDoubleStorage": "complex128",
-    "UntypedStorage": "uint8",  # torch itself loads untyped storages as bytes
-}
 _KEY = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 _ZIP_MAGIC = b"PK\x03\x04"
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+_ALIGN_EXTRA_ID = 0x4246  # b"FB", the extra-field id torch's own writer pads with
 
 
 def _prefix(zf: SafeZip) -> str | None:
@@ -128,3 +135,85 @@ def load_torch_bytes(
         raise UnsupportedError("legacy (pre-1.6, non-zip) torch serialization is not supported", member=label)
     with SafeZip(data, label=label, limits=limits, depth=1) as zf:
         return load_torch_zip(zf, member_label=label, pickle_limits=pickle_limits)
+
+
+# -- writing -------------------------------------------------------------------------------------
+class TorchPickleWriter(PickleWriter):
+    """:class:`PickleWriter` plus numpy arrays as torch tensors, collecting their storages.
+
+    An array of a :data:`~converters.pytorch.layout.STORAGE_CLASSES` dtype becomes
+    ``torch._utils._rebuild_tensor_v2(storage, 0, size, stride, False, OrderedDict())`` with the
+    storage the persistent id ``('storage', torch.<T>Storage, key, 'cpu', numel)``; its little-endian
+    bytes are appended to :attr:`storages` as ``(key, raw)``.
+    """
+
+    target = "a torch zip (plain data and arrays only)"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.storages: list[tuple[str, bytes]] = []
+
+    def save_array(self, arr: np.ndarray) -> None:
+        storage = STORAGE_CLASSES.get(arr.dtype.name)
+        if storage is None:
+            raise TypeError(f"cannot store a {arr.dtype} array as a torch tensor (supported: {sorted(STORAGE_CLASSES)})")
+        data = arr.astype(arr.dtype.newbyteorder("<"), order="C", copy=False)  # keeps 0-d arrays 0-d
+        key = str(len(self.storages))
+        self.storages.append((key, data.tobytes()))
+        stride, step = [], 1
+        for dim in reversed(data.shape):
+            stride.insert(0, step)
+            step *= int(dim)
+        self.global_("torch._utils", "_rebuild_tensor_v2")
+        self.write(pickle.MARK, pickle.MARK)
+        self.str_("storage")
+        self.global_("torch", storage)
+        self.str_(key)
+        self.str_("cpu")
+        self.int_(int(data.size))
+        self.write(pickle.TUPLE, pickle.BINPERSID)
+        self.int_(0)  # storage offset
+        self.tuple_([int(d) for d in data.shape])
+        self.tuple_(stride)
+        self.write(pickle.NEWFALSE)  # requires_grad
+        self.global_("collections", "OrderedDict")
+        self.write(pickle.EMPTY_TUPLE, pickle.REDUCE)  # backward_hooks = OrderedDict()
+        self.write(pickle.TUPLE, pickle.REDUCE)
+
+
+def _aligned_zipinfo(name: str, offset: int) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+    info.compress_type = zipfile.ZIP_STORED
+    info.external_attr = 0o644 << 16
+    pad = (-(offset + 30 + len(name.encode("utf-8")) + 4)) % STORAGE_ALIGNMENT
+    info.extra = struct.pack("<HH", _ALIGN_EXTRA_ID, pad) + b"Z" * pad
+    return info
+
+
+def torch_zip_bytes(obj: Any, *, prefix: str = "archive") -> bytes:
+    """``torch.save(obj)`` bytes, written without torch: the zip format torch ≥ 1.6 reads.
+
+    Members (in torch's order): ``data.pkl``, ``.format_version``, ``.storage_alignment``,
+    ``byteorder``, ``data/<key>`` (one per array, little-endian, data 64-byte aligned), ``version``
+    and ``.data/serialization_id`` (derived from the content, so equal input gives equal bytes).
+    """
+    writer = TorchPickleWriter()
+    pkl = writer.dumps(obj)
+    digest = hashlib.sha256(pkl)
+    for _key, raw in writer.storages:
+        digest.update(raw)
+    serial = str(int(digest.hexdigest(), 16) % 10**40).zfill(40)
+    records: list[tuple[str, bytes]] = [
+        ("data.pkl", pkl), (".format_version", b"1"), (".storage_alignment", str(STORAGE_ALIGNMENT).encode()),
+        ("byteorder", b"little"),
+        *((f"data/{key}", raw) for key, raw in writer.storages),
+        ("version", b"3\n"), (".data/serialization_id", serial.encode()),
+    ]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", allowZip64=False) as zf:
+        for name, data in records:
+            zf.writestr(_aligned_zipinfo(f"{prefix}/{name}", buf.tell()), data)
+    return buf.getvalue()
+
+
+__all__ = ["TorchPickleWriter", "is_torch_zip", "load_torch_bytes", "load_torch_zip", "torch_zip_bytes"]

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from converters.pytorch.layout import TORCH_VERSION
 from ptycho_bridge.errors import CorruptArchiveError, FormatError, UnsupportedError
 from ptycho_bridge.formats.base import EraReader, type_name
 from ptycho_bridge.formats.bridge2.verify import verify_checksums
@@ -33,7 +34,7 @@ def detect_reader(zf: SafeZip) -> tuple[type[EraReader], dict[str, Any]]:
         version = manifest.get("version") if isinstance(manifest, dict) else None
         if isinstance(manifest, dict):
             shown = f"{type_name(version)} (not executed)" if getattr(version, "type_name", None) else repr(version)
-            raise UnsupportedError(f"unknown archive era: manifest.dill version {shown} (known: '1.0', '2.0-pytorch')",
+            raise UnsupportedError(f"unknown archive era: manifest.dill version {shown} (known: '1.0', {TORCH_VERSION!r})",
                                    member=zf.member_label("manifest.dill"), field="version")
         raise FormatError(f"manifest.dill must be a dict, found {type_name(manifest)}", member=zf.member_label("manifest.dill"))
     raise FormatError("no manifest (manifest.json or manifest.dill) and not a Lightning checkpoint", member=zf.label)

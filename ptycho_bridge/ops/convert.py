@@ -22,12 +22,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from converters.pytorch.write import (
-    FORWARD_MODEL_AUX,
-    c_outer_override,
-    torch_config_for,
-    torch_legacy_members,
-)
+from converters.pytorch.configs import c_outer_override, torch_config_for
+from converters.pytorch.layout import FORWARD_MODEL_AUX
+from converters.pytorch.write import torch_legacy_members
 from converters.tensorflow.write import tf_legacy_members
 from ptycho_bridge.errors import ConversionRefused, SpecError
 from ptycho_bridge.formats.bridge2.write import ModelToWrite, write_archive

@@ -30,7 +30,13 @@ from ptycho_bridge.io.safepickle.decoder import Opaque, Record
 from ptycho_bridge.io.safepickle.inert import globals_in, load_inert
 from ptycho_bridge.io.safepickle.layout import TORCH_DTYPES
 from ptycho_bridge.io.safepickle.limits import DEFAULT_PICKLE_LIMITS, GiB, PickleLimits
-from ptycho_bridge.io.safepickle.nodes import Build, Global, Instance, PersistentRef, Reduce
+from ptycho_bridge.io.safepickle.nodes import (
+    Build,
+    Global,
+    Instance,
+    PersistentRef,
+    Reduce,
+)
 from ptycho_bridge.io.safepickle.plain import decode, find_opaque, load
 from ptycho_bridge.io.safepickle.reprs import short_repr
 from ptycho_bridge.io.safepickle.storage import TensorStorage

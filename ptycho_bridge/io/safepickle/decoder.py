@@ -17,7 +17,16 @@ import numpy as np
 from ptycho_bridge.errors import ArchiveLimitError, PickleDecodeError
 from ptycho_bridge.io.safepickle.layout import NUMPY_DTYPE_KINDS, NUMPY_DTYPE_STR
 from ptycho_bridge.io.safepickle.limits import PickleLimits, check_hashable
-from ptycho_bridge.io.safepickle.nodes import Build, Call, Global, Instance, PersistentRef, Reduce, callee, name_of
+from ptycho_bridge.io.safepickle.nodes import (
+    Build,
+    Call,
+    Global,
+    Instance,
+    PersistentRef,
+    Reduce,
+    callee,
+    name_of,
+)
 from ptycho_bridge.io.safepickle.reprs import short_repr
 from ptycho_bridge.io.safepickle.storage import TensorStorage
 

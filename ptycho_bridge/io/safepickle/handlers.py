@@ -14,9 +14,21 @@ from typing import Any
 import numpy as np
 
 from ptycho_bridge.io.safepickle.decoder import DecodeHandler, Decoder
-from ptycho_bridge.io.safepickle.layout import NUMPY_CORE, NUMPY_NUMERIC, PATH_CLASSES, TORCH_DTYPE_ALIASES
+from ptycho_bridge.io.safepickle.layout import (
+    NUMPY_CORE,
+    NUMPY_NUMERIC,
+    PATH_CLASSES,
+    TORCH_DTYPE_ALIASES,
+)
 from ptycho_bridge.io.safepickle.limits import check_hashable
-from ptycho_bridge.io.safepickle.nodes import Call, Global, Instance, Reduce, callee, name_of
+from ptycho_bridge.io.safepickle.nodes import (
+    Call,
+    Global,
+    Instance,
+    Reduce,
+    callee,
+    name_of,
+)
 from ptycho_bridge.io.safepickle.reprs import short_repr
 from ptycho_bridge.io.safepickle.storage import TensorStorage
 

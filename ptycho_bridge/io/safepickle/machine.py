@@ -13,7 +13,13 @@ from typing import Any, Callable, Iterable
 
 from ptycho_bridge.errors import ArchiveLimitError, PickleDecodeError
 from ptycho_bridge.io.safepickle.limits import PickleLimits, check_hashable
-from ptycho_bridge.io.safepickle.nodes import CONTAINERS, Build, Call, Global, PersistentRef
+from ptycho_bridge.io.safepickle.nodes import (
+    CONTAINERS,
+    Build,
+    Call,
+    Global,
+    PersistentRef,
+)
 
 
 class Machine:

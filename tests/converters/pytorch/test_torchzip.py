@@ -1,7 +1,8 @@
-"""Tests for ptycho_bridge.torchzip: real torch.save files, hand-made ones, hostile ones, fuzzing."""
+"""Tests for converters/pytorch/torchzip.py: reading real torch.save files, hand-made and hostile ones, fuzzing; and writing them (torch_zip_bytes)."""
 
 from __future__ import annotations
 
+import collections
 import io
 import struct
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from converters.pytorch.torchzip import is_torch_zip, load_torch_bytes, load_torch_zip
+from converters.pytorch.torchzip import is_torch_zip, load_torch_bytes, load_torch_zip, torch_zip_bytes
 from ptycho_bridge.errors import (
     ArchiveError,
     CorruptArchiveError,
@@ -366,3 +367,75 @@ def test_fuzz_torch_zip(edits: list[tuple[int, int]], cut: int | None, storage_l
         load_torch_bytes(data, label="fuzz.pt")
     except ArchiveError:
         pass
+
+
+# -- writing: torch_zip_bytes --------------------------------------------------------------------
+def _arrays() -> "collections.OrderedDict[str, np.ndarray]":
+    rng = np.random.default_rng(7)
+    return collections.OrderedDict(
+        w=rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+        d=rng.standard_normal(5),  # float64
+        i64=np.arange(-3, 9, dtype=np.int64).reshape(3, 4),
+        i32=np.array([2**31 - 1, -(2**31)], dtype=np.int32),
+        b=np.array([[True, False], [False, True]]),
+        scalar=np.array(3.5, dtype=np.float32),
+        empty=np.zeros((0, 7), dtype=np.float32),
+        transposed=np.arange(12, dtype=np.float32).reshape(3, 4).T,  # not C-contiguous
+        big_endian=np.arange(6, dtype=">f4"),
+    )
+
+
+def test_torch_load_reads_our_zip_exactly() -> None:
+    torch = pytest.importorskip("torch")
+    obj = _arrays()
+    loaded = torch.load(io.BytesIO(torch_zip_bytes(obj)), weights_only=True)
+    assert type(loaded) is collections.OrderedDict and list(loaded) == list(obj)
+    for key, want in obj.items():
+        got = loaded[key]
+        assert isinstance(got, torch.Tensor) and tuple(got.shape) == want.shape, key
+        assert got.numpy().dtype == want.dtype.newbyteorder("="), key
+        assert np.array_equal(got.numpy(), want), key
+
+
+def test_torch_load_reads_plain_containers() -> None:
+    torch = pytest.importorskip("torch")
+    obj = {"s": "é", "n": None, "t": True, "f": False, "i": [0, 255, 256, 65536, -1, 2**31, -(2**40), 2**80],
+           "x": 2.5e-300, "tup": (1, (2, 3), (4, 5, 6, 7)), "empty": {}, "lst": [], "nested": {"a": [np.arange(3)]}}
+    loaded = torch.load(io.BytesIO(torch_zip_bytes(obj)), weights_only=True)
+    assert loaded["nested"]["a"][0].tolist() == [0, 1, 2]
+    loaded["nested"]["a"][0] = obj["nested"]["a"][0] = None
+    assert loaded == obj
+
+
+def test_our_reader_reads_our_zip_identically() -> None:
+    obj = _arrays()
+    back = load_torch_bytes(torch_zip_bytes(obj, prefix="model"), label="ours.pth")
+    assert list(back) == list(obj)
+    for key, want in obj.items():
+        assert back[key].dtype == want.dtype.newbyteorder("=") and np.array_equal(back[key], want), key
+
+
+def test_zip_layout_alignment_and_determinism(tmp_path: Path) -> None:
+    data = torch_zip_bytes(_arrays(), prefix="model")
+    assert data == torch_zip_bytes(_arrays(), prefix="model")  # equal input → equal bytes
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        names = zf.namelist()
+        assert names[:4] == ["model/data.pkl", "model/.format_version", "model/.storage_alignment", "model/byteorder"]
+        assert names[-2:] == ["model/version", "model/.data/serialization_id"]
+        assert zf.read("model/byteorder") == b"little" and zf.read("model/version") == b"3\n"
+        for info in zf.infolist():
+            assert info.compress_type == zipfile.ZIP_STORED
+            local = data[info.header_offset : info.header_offset + 30]
+            name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+            assert (info.header_offset + 30 + name_len + extra_len) % 64 == 0, info.filename
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "x.pth"
+    path.write_bytes(data)
+    loaded = torch.load(path, weights_only=True, mmap=True)  # mmap needs the 64-byte alignment
+    assert np.array_equal(loaded["w"].numpy(), _arrays()["w"])
+
+
+@pytest.mark.parametrize("bad", [np.zeros(2, np.complex64), np.array(["a"]), object(), b"bytes", {1, 2}])
+def test_unsupported_values_are_refused(bad: Any) -> None:
+    with pytest.raises(TypeError):
+        torch_zip_bytes({"x": bad})

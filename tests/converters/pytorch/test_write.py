@@ -1,4 +1,4 @@
-"""converters/pytorch_archive.py: our hand-written torch zips and torch legacy members.
+"""converters/pytorch/write.py: the torch legacy members (torch.save zips: test_torchzip.py; configs: test_configs.py).
 
 Compatibility is proven with torch itself (``torch.load(weights_only=True)`` on OUR output only)
 and with our own safe reader; structure is compared with the real upstream torch fixtures (member
@@ -17,43 +17,15 @@ import numpy as np
 import pytest
 
 from converters.pytorch.torchzip import load_torch_bytes
-from converters.pytorch.write import (
-    c_outer_override,
-    torch_config_for,
-    torch_legacy_members,
-    torch_zip_bytes,
-)
-from ptycho_bridge.errors import ConversionRefused
+from converters.pytorch.write import torch_legacy_members
 from ptycho_bridge.formats.base import read_pickle, read_torch
 from ptycho_bridge.formats.detect import read_archive
 from ptycho_bridge.io.safepickle import decode, load_inert
 from ptycho_bridge.io.safezip import SafeZip
-from ptycho_bridge.spec.network import NetworkSpec, expected_tensors, tf_spec
+from ptycho_bridge.spec.network import NetworkSpec, expected_tensors
+from tests._support import torch_twin_of_tf_spec
 
 ATTENTION = ".attention."
-
-
-def _arrays() -> "collections.OrderedDict[str, np.ndarray]":
-    rng = np.random.default_rng(7)
-    return collections.OrderedDict(
-        w=rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
-        d=rng.standard_normal(5),  # float64
-        i64=np.arange(-3, 9, dtype=np.int64).reshape(3, 4),
-        i32=np.array([2**31 - 1, -(2**31)], dtype=np.int32),
-        b=np.array([[True, False], [False, True]]),
-        scalar=np.array(3.5, dtype=np.float32),
-        empty=np.zeros((0, 7), dtype=np.float32),
-        transposed=np.arange(12, dtype=np.float32).reshape(3, 4).T,  # not C-contiguous
-        big_endian=np.arange(6, dtype=">f4"),
-    )
-
-
-def _torch_spec_from_tf(**kw: Any) -> NetworkSpec:
-    """The torch-expressible twin of a TF spec (what convert's TF→torch plan builds)."""
-    src = tf_spec(**{"N": 64, "gridsize": 1, "n_filters_scale": 1, "object_big": True, "probe_big": True,
-                     "pad_object": True, "amp_activation": "sigmoid", **kw})
-    return NetworkSpec(**{**src.to_dict(), "outer_width": src.latent_width, "outer_tensors": True,
-                          "channels_in": src.channels if src.object_big else 1})
 
 
 def _random_tensors(spec: NetworkSpec, seed: int = 0) -> dict[str, np.ndarray]:
@@ -79,93 +51,6 @@ def _plain(data: bytes) -> Any:
     return decode(load_inert(data, member="test"), member="test")
 
 
-# -- torch_zip_bytes ---------------------------------------------------------------------------
-def test_torch_load_reads_our_zip_exactly() -> None:
-    torch = pytest.importorskip("torch")
-    obj = _arrays()
-    loaded = torch.load(io.BytesIO(torch_zip_bytes(obj)), weights_only=True)
-    assert type(loaded) is collections.OrderedDict and list(loaded) == list(obj)
-    for key, want in obj.items():
-        got = loaded[key]
-        assert isinstance(got, torch.Tensor) and tuple(got.shape) == want.shape, key
-        assert got.numpy().dtype == want.dtype.newbyteorder("="), key
-        assert np.array_equal(got.numpy(), want), key
-
-
-def test_torch_load_reads_plain_containers() -> None:
-    torch = pytest.importorskip("torch")
-    obj = {"s": "é", "n": None, "t": True, "f": False, "i": [0, 255, 256, 65536, -1, 2**31, -(2**40), 2**80],
-           "x": 2.5e-300, "tup": (1, (2, 3), (4, 5, 6, 7)), "empty": {}, "lst": [], "nested": {"a": [np.arange(3)]}}
-    loaded = torch.load(io.BytesIO(torch_zip_bytes(obj)), weights_only=True)
-    assert loaded["nested"]["a"][0].tolist() == [0, 1, 2]
-    loaded["nested"]["a"][0] = obj["nested"]["a"][0] = None
-    assert loaded == obj
-
-
-def test_our_reader_reads_our_zip_identically() -> None:
-    obj = _arrays()
-    back = load_torch_bytes(torch_zip_bytes(obj, prefix="model"), label="ours.pth")
-    assert list(back) == list(obj)
-    for key, want in obj.items():
-        assert back[key].dtype == want.dtype.newbyteorder("=") and np.array_equal(back[key], want), key
-
-
-def test_zip_layout_alignment_and_determinism(tmp_path: Path) -> None:
-    data = torch_zip_bytes(_arrays(), prefix="model")
-    assert data == torch_zip_bytes(_arrays(), prefix="model")  # equal input → equal bytes
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        names = zf.namelist()
-        assert names[:4] == ["model/data.pkl", "model/.format_version", "model/.storage_alignment", "model/byteorder"]
-        assert names[-2:] == ["model/version", "model/.data/serialization_id"]
-        assert zf.read("model/byteorder") == b"little" and zf.read("model/version") == b"3\n"
-        for info in zf.infolist():
-            assert info.compress_type == zipfile.ZIP_STORED
-            local = data[info.header_offset : info.header_offset + 30]
-            name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
-            assert (info.header_offset + 30 + name_len + extra_len) % 64 == 0, info.filename
-    torch = pytest.importorskip("torch")
-    path = tmp_path / "x.pth"
-    path.write_bytes(data)
-    loaded = torch.load(path, weights_only=True, mmap=True)  # mmap needs the 64-byte alignment
-    assert np.array_equal(loaded["w"].numpy(), _arrays()["w"])
-
-
-@pytest.mark.parametrize("bad", [np.zeros(2, np.complex64), np.array(["a"]), object(), b"bytes", {1, 2}])
-def test_unsupported_values_are_refused(bad: Any) -> None:
-    with pytest.raises(TypeError):
-        torch_zip_bytes({"x": bad})
-
-
-# -- torch config and c_outer override ---------------------------------------------------------
-@pytest.mark.parametrize("nfs", [1, 2, 3, 5, 6, 7])
-@pytest.mark.parametrize("gridsize", [1, 2, 3])
-def test_c_outer_override_gives_four_channels_under_upstreams_formula(nfs: int, gridsize: int) -> None:
-    spec = _torch_spec_from_tf(n_filters_scale=nfs, gridsize=gridsize)
-    mc = torch_config_for(spec, {})["model_config"]
-    cout = gridsize * gridsize
-    if cout == 4:  # torch's default c_outer = Cout already equals TF's 4
-        assert mc["use_legacy_decoder_channel_override"] is False
-        return
-    assert mc["use_legacy_decoder_channel_override"] is True
-    frac = mc["decoder_last_c_outer_fraction"]
-    assert max(1, int(32 * nfs * min(max(frac, 0.0), 0.5))) == 4  # upstream-architecture.md §2.3
-    assert mc["decoder_last_amp_channels"] == cout
-
-
-def test_c_outer_override_refuses_more_than_half_the_latent() -> None:
-    spec = NetworkSpec(**{**_torch_spec_from_tf().to_dict(), "c_outer": 20})
-    with pytest.raises(ConversionRefused, match="c_outer=20"):
-        c_outer_override(spec)
-
-
-def test_torch_config_refuses_networks_torch_cannot_build() -> None:
-    src = tf_spec(N=128, gridsize=1, n_filters_scale=1, object_big=True, probe_big=True, pad_object=True,
-                  amp_activation="sigmoid")
-    with pytest.raises(ConversionRefused, match="outer_width=16") as info:
-        torch_config_for(src, {})
-    assert info.value.field == "outer_width"
-
-
 # -- legacy members against the upstream fixtures -----------------------------------------------
 @pytest.fixture(scope="module")
 def fixture_members(fixtures_dir: Path) -> dict[str, dict[str, Any]]:
@@ -187,7 +72,7 @@ def fixture_members(fixtures_dir: Path) -> dict[str, dict[str, Any]]:
 @pytest.mark.parametrize("gridsize", [1, 2])
 def test_members_match_upstream_structure(fixture_members: dict[str, dict[str, Any]], gridsize: int) -> None:
     ref = fixture_members[f"torch_N64_gs{gridsize}"]
-    spec = _torch_spec_from_tf(gridsize=gridsize)
+    spec = torch_twin_of_tf_spec(gridsize=gridsize)
     members = torch_legacy_members(spec, _random_tensors(spec), _params(spec), torch_config=None, intensity_scale=988.25)
     assert sorted(members) == ref["names"]
 
@@ -232,7 +117,7 @@ def test_members_match_upstream_structure(fixture_members: dict[str, dict[str, A
 
 def test_members_load_with_torch_weights_only() -> None:
     torch = pytest.importorskip("torch")
-    spec = _torch_spec_from_tf(gridsize=2)
+    spec = torch_twin_of_tf_spec(gridsize=2)
     tensors = _random_tensors(spec)
     members = torch_legacy_members(spec, tensors, _params(spec), torch_config=None, intensity_scale=2.0)
     sd = torch.load(io.BytesIO(members["diffraction_to_obj/model.pth"]), weights_only=True)
@@ -254,7 +139,7 @@ def test_members_load_with_torch_weights_only() -> None:
 ])
 def test_our_torch_bundle_reader_rebuilds_the_same_network(tmp_path: Path, kw: dict[str, Any]) -> None:
     """The legacy members alone (no bridge-2 manifest) must describe exactly the spec they were written for."""
-    spec = _torch_spec_from_tf(**kw)
+    spec = torch_twin_of_tf_spec(**kw)
     tensors = _random_tensors(spec, seed=3)
     members = torch_legacy_members(spec, tensors, _params(spec), torch_config=None, intensity_scale=5.0)
     arch = read_archive(_zip(members, tmp_path / "legacy.zip"))
