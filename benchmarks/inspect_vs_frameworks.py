@@ -63,7 +63,7 @@ def torch_pth(case: str, out: Path) -> Path:
     """The fixture's ``model.pth`` state dict, decoded safely and re-saved by ``torch.save``."""
     import torch
 
-    from ptycho_bridge.formats.base import read_torch
+    from converters.pytorch.torchzip import read_torch
     from ptycho_bridge.io.safezip import SafeZip
 
     with SafeZip(fixture(case)) as zf:

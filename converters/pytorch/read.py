@@ -28,6 +28,7 @@ from converters.pytorch.layout import (
     TORCH_VERSION,
 )
 from converters.pytorch.spec import spec_from_torch
+from converters.pytorch.torchzip import read_torch
 from converters.tensorflow.read import (
     check_legacy_manifest,
     legacy_manifest_warnings,
@@ -40,7 +41,6 @@ from ptycho_bridge.formats.base import (
     opaque_names,
     read_json,
     read_pickle,
-    read_torch,
     require_dict,
     require_field,
     require_model_names,

@@ -123,6 +123,16 @@ def load_torch_zip(
     return decode(inert, member=pickle_label, limits=pickle_limits)
 
 
+def read_torch(zf: SafeZip, name: str) -> Any:
+    """A ``torch.save`` zip member decoded without torch."""
+    nested = zf.open_nested(name)
+    try:
+        return load_torch_zip(nested, member_label=nested.label)
+    finally:
+        nested.close()
+
+
+
 def load_torch_bytes(
     data: bytes,
     *,

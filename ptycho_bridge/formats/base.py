@@ -91,17 +91,6 @@ def read_pickle(zf: SafeZip, name: str) -> Any:
     return decode(load_inert(data, member=where), member=where)
 
 
-def read_torch(zf: SafeZip, name: str) -> Any:
-    """A ``torch.save`` zip member decoded without torch."""
-    from converters.pytorch.torchzip import load_torch_zip
-
-    nested = zf.open_nested(name)
-    try:
-        return load_torch_zip(nested, member_label=nested.label)
-    finally:
-        nested.close()
-
-
 def opaque_names(value: Any) -> list[str]:
 
     return sorted(set(find_opaque(value)))

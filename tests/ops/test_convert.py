@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from converters.pytorch.torchzip import read_torch
 from ptycho_bridge.cli import main
 from ptycho_bridge.errors import ConversionRefused
-from ptycho_bridge.formats.base import read_pickle, read_torch
+from ptycho_bridge.formats.base import read_pickle
 from ptycho_bridge.formats.bridge2.write import ModelToWrite, write_archive
 from ptycho_bridge.formats.detect import read_archive
 from ptycho_bridge.io.safezip import SafeZip

@@ -16,7 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from converters.pytorch.torchzip import is_torch_zip, load_torch_bytes, load_torch_zip, torch_zip_bytes
+from converters.pytorch.torchzip import (
+    is_torch_zip,
+    load_torch_bytes,
+    load_torch_zip,
+    torch_zip_bytes,
+)
 from ptycho_bridge.errors import (
     ArchiveError,
     CorruptArchiveError,

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from converters.pytorch.torchzip import load_torch_bytes
+from converters.pytorch.torchzip import load_torch_bytes, read_torch
 from converters.pytorch.write import torch_legacy_members
-from ptycho_bridge.formats.base import read_pickle, read_torch
+from ptycho_bridge.formats.base import read_pickle
 from ptycho_bridge.formats.detect import read_archive
 from ptycho_bridge.io.safepickle import decode, load_inert
 from ptycho_bridge.io.safezip import SafeZip
