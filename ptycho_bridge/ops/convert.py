@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from converters.tensorflow.layout import TF_DEFAULT_JITTER, TF_DEFAULT_OFFSET
 from ptycho_bridge.errors import ConversionRefused, SpecError
 from ptycho_bridge.io.atomic import refuse_existing, resolve_output
 from ptycho_bridge.model import BridgeArchive, ModelEntry
@@ -37,9 +38,6 @@ from ptycho_bridge.spec.network import (
 
 BACKENDS = ("tensorflow", "pytorch")
 PRIMARY = "diffraction_to_obj"
-# params.cfg defaults upstream's TF loader falls back on when params.dill lacks a key (DEFAULT_CFG).
-TF_DEFAULT_OFFSET = 4
-TF_DEFAULT_JITTER = 10
 
 
 @dataclass
