@@ -2,7 +2,8 @@
 
 Why a separate, light module: the registry reads ``NAME``/``REQUIRES``/``refusals`` without importing
 TensorFlow; TF is imported only when :func:`build` runs (the model itself is
-:mod:`converters.tensorflow.keras_model`). Thread setup lives here, with the framework.
+:mod:`converters.tensorflow.keras_model`, which imports TF on first use, never at import). Thread
+setup lives here, with the framework.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from converters.tensorflow.keras_model import build_keras_model, run_core, set_threads
 from ptycho_bridge.spec.expressible import Refusal
 from ptycho_bridge.spec.expressible import refusals as _refusals_for
 from ptycho_bridge.spec.network import NetworkSpec
@@ -27,8 +29,6 @@ def refusals(spec: NetworkSpec) -> list[Refusal]:
 
 def build(spec: NetworkSpec, tensors: Mapping[str, np.ndarray], threads: int | None = None) -> Any:
     """The Keras core model with ``tensors`` loaded (``threads`` sets TF's intra-op pool, if still possible)."""
-    from converters.tensorflow.keras_model import build_keras_model, set_threads
-
     if threads is not None:
         set_threads(int(threads))
     return build_keras_model(spec, tensors, intensity_scale=None)
@@ -36,6 +36,4 @@ def build(spec: NetworkSpec, tensors: Mapping[str, np.ndarray], threads: int | N
 
 def run(handle: Any, x_norm: np.ndarray) -> np.ndarray:
     """Canonical ``x_norm`` float32 ``[B, C, N, N]`` → complex64 ``[B, Cout, N, N]``."""
-    from converters.tensorflow.keras_model import run_core
-
     return run_core(handle, x_norm)

@@ -1,19 +1,43 @@
 """Reader for ``tf-modelmanager-1``: archives written by upstream TF ``ModelManager.save_multiple_models``.
 
-Layout (docs/upstream-formats.md §2): root ``manifest.dill`` ``{'models': [...], 'version': '1.0'}``;
-per model ``model.keras`` (Keras 3 zip: ``config.json`` + ``model.weights.h5``), ``params.dill``
-(the whole ``params.cfg``; the probe is a pickled TF eager tensor), ``custom_objects.dill``
-(by-reference classes, never needed) and ``model.h5`` (one ``intensity_scale`` attribute).
-Conv roles come from ``config.json`` alone (:mod:`ptycho_bridge.keras_graph`).
+Layout (docs/upstream-formats.md §2, every name and version in :mod:`converters.tensorflow.layout`):
+root ``manifest.dill`` ``{'models': [...], 'version': '1.0'}``; per model ``model.keras`` (Keras 3
+zip: ``config.json`` + ``model.weights.h5``), ``params.dill`` (the whole ``params.cfg``; the probe is
+a pickled TF eager tensor), ``custom_objects.dill`` (by-reference classes, never needed) and
+``model.h5`` (one ``intensity_scale`` attribute). Conv roles come from ``config.json`` alone
+(:mod:`converters.tensorflow.keras_graph`).
+
+The legacy-manifest helpers (:func:`read_legacy_manifest`, :func:`check_legacy_manifest`,
+:func:`legacy_manifest_warnings`) are shared with the torch-era readers, whose ``manifest.dill``
+has the same shape.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from converters.tensorflow.keras_graph import analyse_config
+from converters.tensorflow.layout import (
+    CONV_VARS,
+    CUSTOM_OBJECTS_MEMBER,
+    KERAS_CONFIG,
+    KERAS_MEMBER,
+    KERAS_METADATA,
+    KERAS_WEIGHTS,
+    MANIFEST_MEMBER,
+    MANIFEST_VERSION,
+    MAX_MODEL_H5,
+    MODEL_H5_MEMBER,
+    MODEL_H5_SCALE_ATTR,
+    OPTIMIZER_GROUP,
+    PARAMS_MEMBER,
+    manifest_dict,
+    model_member,
+    vars_group,
+)
 from converters.tensorflow.spec import spec_from_tf
 from ptycho_bridge.errors import FormatError, PickleDecodeError, SpecError
 from ptycho_bridge.formats.base import (
@@ -33,6 +57,7 @@ from ptycho_bridge.io.h5 import (
     read_array,
     walk_datasets,
 )
+from ptycho_bridge.io.safepickle import Opaque, Record
 from ptycho_bridge.io.safezip import SafeZip
 from ptycho_bridge.model import (
     BridgeArchive,
@@ -42,20 +67,19 @@ from ptycho_bridge.model import (
     primary_name,
 )
 from ptycho_bridge.spec.mapping import tf_to_canonical_array
-
-MAX_KERAS_CONFIG = 16 * 1024 * 1024
+from ptycho_bridge.spec.network import check_tensors
 
 
 def read_legacy_manifest(zf: SafeZip, hints: dict[str, Any]) -> Any:
     """``manifest.dill`` decoded once per open archive (cached in ``hints``)."""
-    if "manifest.dill" not in hints:
-        hints["manifest.dill"] = read_pickle(zf, "manifest.dill") if "manifest.dill" in zf else None
-    return hints["manifest.dill"]
+    if MANIFEST_MEMBER not in hints:
+        hints[MANIFEST_MEMBER] = read_pickle(zf, MANIFEST_MEMBER) if MANIFEST_MEMBER in zf else None
+    return hints[MANIFEST_MEMBER]
 
 
 def check_legacy_manifest(manifest: Any, zf: SafeZip, version: str) -> list[str]:
-    where = zf.member_label("manifest.dill")
-    manifest = require_dict(manifest, member=where, what="manifest.dill")
+    where = zf.member_label(MANIFEST_MEMBER)
+    manifest = require_dict(manifest, member=where, what=MANIFEST_MEMBER)
     models = require_field(manifest, "models", list, member=where)
     got = require_field(manifest, "version", str, member=where)
     if got != version:
@@ -66,7 +90,7 @@ def check_legacy_manifest(manifest: Any, zf: SafeZip, version: str) -> list[str]
 def legacy_manifest_warnings(manifest: dict[str, Any]) -> list[str]:
     """Unknown pickled objects anywhere in ``manifest.dill`` are reported by name (they were never run)."""
     opaque = opaque_names(manifest)
-    return [f"manifest.dill holds values of unknown type {opaque} (kept inert, never executed)"] if opaque else []
+    return [f"{MANIFEST_MEMBER} holds values of unknown type {opaque} (kept inert, never executed)"] if opaque else []
 
 
 def check_custom_objects(objs: Any, *, member: str) -> int:
@@ -75,9 +99,7 @@ def check_custom_objects(objs: Any, *, member: str) -> int:
     Why: upstream's loader unpickles it with dill, so a call (``os.system(...)``) stored there would
     run in every Ptychodus that opens the archive; we refuse such an archive instead of carrying it on.
     """
-    from ptycho_bridge.io.safepickle import Opaque
-
-    objs = require_dict(objs, member=member, what="custom_objects.dill")
+    objs = require_dict(objs, member=member, what=CUSTOM_OBJECTS_MEMBER)
     for key, value in objs.items():
         if not (isinstance(value, Opaque) and value.kind == "global"):
             what = f"a call to {value.type_name}" if isinstance(value, Opaque) else type(value).__name__
@@ -89,19 +111,19 @@ def check_custom_objects(objs: Any, *, member: str) -> int:
 def read_keras_payload(zf: SafeZip, member: str, *, model_name: str, params: dict[str, Any]) -> ModelEntry:
     """One ``model.keras``: graph analysis, spec cross-check, lazy canonical tensors."""
     keras = zf.open_nested(member)
-    for required in ("config.json", "model.weights.h5"):
+    for required in (KERAS_CONFIG, KERAS_WEIGHTS):
         if required not in keras:
             raise FormatError(f"Keras archive lacks {required!r}", member=keras.label)
-    config = read_json(keras, "config.json")
-    graph = analyse_config(require_dict(config, member=keras.member_label("config.json"), what="config.json"),
-                           member=keras.member_label("config.json"))
-    spec = spec_from_tf(params, graph, member=zf.member_label(f"{model_name}/params.dill"),
-                        config_member=keras.member_label("config.json"))
-    weights_label = keras.member_label("model.weights.h5")
-    weights_bytes = keras.read("model.weights.h5")
+    config_label = keras.member_label(KERAS_CONFIG)
+    config = read_json(keras, KERAS_CONFIG)
+    graph = analyse_config(require_dict(config, member=config_label, what=KERAS_CONFIG), member=config_label)
+    spec = spec_from_tf(params, graph, member=zf.member_label(model_member(model_name, PARAMS_MEMBER)),
+                        config_member=config_label)
+    weights_label = keras.member_label(KERAS_WEIGHTS)
+    weights_bytes = keras.read(KERAS_WEIGHTS)
     metadata: dict[str, Any] = {}
-    if "metadata.json" in keras:
-        meta = read_json(keras, "metadata.json")
+    if KERAS_METADATA in keras:
+        meta = read_json(keras, KERAS_METADATA)
         metadata = meta if isinstance(meta, dict) else {}
     keras.close()
 
@@ -110,8 +132,8 @@ def read_keras_payload(zf: SafeZip, member: str, *, model_name: str, params: dic
     paths: dict[str, str] = {}
     shapes: dict[str, tuple[int, ...]] = {}
     for role in graph.convs:
-        group_path = f"layers/{role.alias}/vars"
-        for index, param in (("0", "weight"), ("1", "bias")):
+        group_path = vars_group(role.alias)
+        for index, param in CONV_VARS:
             path = f"{group_path}/{index}"
             dset = get_dataset(h5, path, member=weights_label)
             if param == "weight":  # the group's layer name, once per conv (get_dataset has vetted its links)
@@ -130,8 +152,6 @@ def read_keras_payload(zf: SafeZip, member: str, *, model_name: str, params: dic
             shapes[name] = shape
             paths[name] = path
             infos[name] = TensorInfo(name, shape, str(dset.dtype), source_name=path)
-    from ptycho_bridge.spec.network import check_tensors
-
     check_tensors(spec, shapes, member=weights_label)
     conv_paths = set(paths.values())
     optimizer = 0
@@ -139,7 +159,7 @@ def read_keras_payload(zf: SafeZip, member: str, *, model_name: str, params: dic
         rel = path.lstrip("/")
         if rel in conv_paths:
             continue
-        if rel.startswith("optimizer/"):
+        if rel.startswith(f"{OPTIMIZER_GROUP}/"):
             optimizer += 1
             continue
         raise SpecError(f"weight file holds {rel!r}, which no layer of the network owns", member=weights_label)
@@ -173,15 +193,15 @@ def read_keras_payload(zf: SafeZip, member: str, *, model_name: str, params: dic
 
 
 def _model_h5_scale(zf: SafeZip, member: str) -> float | None:
-    f = open_h5(zf.read(member, max_size=1024 * 1024), member=zf.member_label(member))
+    f = open_h5(zf.read(member, max_size=MAX_MODEL_H5), member=zf.member_label(member))
     try:
-        value = get_attr(f, "intensity_scale", member=zf.member_label(member))
+        value = get_attr(f, MODEL_H5_SCALE_ATTR, member=zf.member_label(member))
         if value is None:
             return None
         arr = np.asarray(value)
         if arr.size != 1 or arr.dtype.kind not in "iuf":
             raise FormatError(f"intensity_scale attribute is {arr.dtype}{list(arr.shape)}, expected a number",
-                              member=zf.member_label(member), field="intensity_scale")
+                              member=zf.member_label(member), field=MODEL_H5_SCALE_ATTR)
         return float(arr.reshape(()))
     finally:
         f.close()
@@ -193,42 +213,44 @@ class TfModelManagerReader(EraReader):
 
     @classmethod
     def detect(cls, zf: SafeZip, hints: dict[str, Any]) -> bool:
-        if "manifest.json" in zf or "manifest.dill" not in zf:
+        if "manifest.json" in zf or MANIFEST_MEMBER not in zf:
             return False
-        manifest = read_legacy_manifest(zf, hints)
-        return isinstance(manifest, dict) and manifest.get("version") == "1.0"
+        legacy = read_legacy_manifest(zf, hints)
+        return isinstance(legacy, dict) and legacy.get("version") == MANIFEST_VERSION
 
     def read(self, zf: SafeZip, path: str, hints: dict[str, Any] | None = None) -> BridgeArchive:
-        manifest = read_legacy_manifest(zf, {} if hints is None else hints)
-        names = check_legacy_manifest(manifest, zf, "1.0")
+        legacy = read_legacy_manifest(zf, {} if hints is None else hints)
+        names = check_legacy_manifest(legacy, zf, MANIFEST_VERSION)
         models: dict[str, ModelEntry] = {}
         params_by_model: dict[str, dict[str, Any]] = {}
-        warnings: list[str] = legacy_manifest_warnings(manifest)
+        warnings: list[str] = legacy_manifest_warnings(legacy)
         for name in names:
-            for part in ("params.dill", "model.keras"):
-                if f"{name}/{part}" not in zf:
-                    raise FormatError(f"model {name!r} listed in manifest.dill has no {part}", member=zf.member_label(f"{name}/{part}"))
-            pmember = zf.member_label(f"{name}/params.dill")
-            params = require_dict(read_pickle(zf, f"{name}/params.dill"), member=pmember, what="params.dill")
+            for part in (PARAMS_MEMBER, KERAS_MEMBER):
+                if model_member(name, part) not in zf:
+                    raise FormatError(f"model {name!r} listed in {MANIFEST_MEMBER} has no {part}",
+                                      member=zf.member_label(model_member(name, part)))
+            pname = model_member(name, PARAMS_MEMBER)
+            params = require_dict(read_pickle(zf, pname), member=zf.member_label(pname), what=PARAMS_MEMBER)
             opaque = opaque_names(params)
             if opaque:
-                warnings.append(f"{name}/params.dill holds values of unknown type {opaque} (kept inert, never executed)")
+                warnings.append(f"{pname} holds values of unknown type {opaque} (kept inert, never executed)")
             params_by_model[name] = params
-            models[name] = read_keras_payload(zf, f"{name}/model.keras", model_name=name, params=params)
-            if f"{name}/custom_objects.dill" in zf:
-                objs = read_pickle(zf, f"{name}/custom_objects.dill")
+            models[name] = read_keras_payload(zf, model_member(name, KERAS_MEMBER), model_name=name, params=params)
+            objs_name = model_member(name, CUSTOM_OBJECTS_MEMBER)
+            if objs_name in zf:
                 models[name].payload["custom_objects"] = check_custom_objects(
-                    objs, member=zf.member_label(f"{name}/custom_objects.dill"))
-            if f"{name}/model.h5" in zf:
-                models[name].payload["model_h5_intensity_scale"] = _model_h5_scale(zf, f"{name}/model.h5")
+                    read_pickle(zf, objs_name), member=zf.member_label(objs_name))
+            if model_member(name, MODEL_H5_MEMBER) in zf:
+                models[name].payload["model_h5_intensity_scale"] = _model_h5_scale(zf, model_member(name, MODEL_H5_MEMBER))
         primary = primary_name(names)
         params = params_by_model[primary]
+        primary_params = model_member(primary, PARAMS_MEMBER)
         for other, p in params_by_model.items():
             if other != primary and _params_differ(p, params):
-                warnings.append(f"{other}/params.dill differs from {primary}/params.dill")
+                warnings.append(f"{model_member(other, PARAMS_MEMBER)} differs from {primary_params}")
         scale = positive_float(
-            require_field(params, "intensity_scale", (int, float), member=zf.member_label(f"{primary}/params.dill")),
-            member=zf.member_label(f"{primary}/params.dill"),
+            require_field(params, "intensity_scale", (int, float), member=zf.member_label(primary_params)),
+            member=zf.member_label(primary_params),
             field="intensity_scale",
         )
         h5_scale = models[primary].payload.get("model_h5_intensity_scale")
@@ -244,16 +266,19 @@ class TfModelManagerReader(EraReader):
             params=params,
             models=models,
             intensity_scale=scale,
-            manifest={"models": names, "version": "1.0"},
+            manifest=manifest_dict(names),
             warnings=warnings,
             members={m.name: m.size for m in zf.iter_members()},
         )
 
 
+
+# -- params comparison ------------------------------------------------------------------------------
+# Local on purpose: a format reader must not depend on an operation (``ops.diff``). Same notion of
+# "differs" as ``diff`` at atol=0: key sets, nested dicts/lists/tuples, arrays by shape, dtype and
+# whole content (NaN equal to NaN), exact types, floats with NaN equal to NaN.
 def _comparable(value: Any) -> Any:
     """``value`` with the safe reader's inert objects (which compare by identity) as plain tuples."""
-    from ptycho_bridge.io.safepickle import Opaque, Record
-
     if isinstance(value, dict):
         return {k: _comparable(v) for k, v in value.items()}
     if type(value) in (list, tuple):
@@ -265,9 +290,37 @@ def _comparable(value: Any) -> Any:
     return value
 
 
-def _params_differ(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two params snapshots differ at all (arrays by their whole content, as ``diff`` compares)."""
-    from ptycho_bridge.ops.diff import diff_mappings
+def _arrays_differ(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return True
+    if np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes():
+        return False
+    if a.dtype.kind not in "biufc":
+        return True
+    x = a.astype(np.complex128 if a.dtype.kind == "c" else np.float64)
+    y = b.astype(x.dtype)
 
-    report = diff_mappings(_comparable(a), _comparable(b), atol=0.0)
-    return bool(report["added"] or report["removed"] or report["changed"])
+    def same(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+        return (p == q) | (np.isnan(p) & np.isnan(q))
+
+    equal = same(x.real, y.real) & same(x.imag, y.imag) if x.dtype.kind == "c" else same(x, y)
+    return not bool(np.all(equal))
+
+
+def _values_differ(a: Any, b: Any) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() != b.keys() or any(_values_differ(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and type(a) is type(b) and len(a) == len(b):
+        return any(_values_differ(x, y) for x, y in zip(a, b))
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) or _arrays_differ(a, b)
+    if type(a) is not type(b):
+        return True
+    if isinstance(a, float):
+        return not (a == b or (math.isnan(a) and math.isnan(b)))
+    return not (a == b)
+
+
+def _params_differ(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two params snapshots differ at all (arrays by their whole content)."""
+    return _values_differ(_comparable(a), _comparable(b))

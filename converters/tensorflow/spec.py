@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from converters.tensorflow.keras_graph import KerasGraphInfo
+from converters.tensorflow.layout import KERAS_CONFIG, PARAMS_MEMBER
 from ptycho_bridge.errors import SpecError
 from ptycho_bridge.formats.base import require_agree, require_field
 from ptycho_bridge.spec.network import (
@@ -21,7 +22,7 @@ from ptycho_bridge.spec.network import (
 
 
 def spec_from_tf(
-    params: Mapping[str, Any], graph: KerasGraphInfo, *, member: str, config_member: str = "config.json"
+    params: Mapping[str, Any], graph: KerasGraphInfo, *, member: str, config_member: str = KERAS_CONFIG
 ) -> NetworkSpec:
     """TF ``params.dill`` + ``config.json`` → spec; every overlapping field must agree."""
     p = dict(params)
@@ -35,20 +36,20 @@ def spec_from_tf(
     if N not in SUPPORTED_N:
         raise SpecError(f"N={N} is not supported by upstream (expected one of {SUPPORTED_N})", member=member, field="N")
     cfg = config_member
-    require_agree("N", "params.dill", N, cfg, graph.N, member)
-    require_agree("gridsize", "params.dill gridsize²", gridsize * gridsize, f"{cfg} input channels", graph.channels, member)
-    require_agree("n_filters_scale", "params.dill", nfs, cfg, graph.n_filters_scale, member)
-    require_agree("object.big", "params.dill", object_big, f"{cfg} (ReassemblePatchesLayer present)", graph.object_big, member)
-    require_agree("pad_object", "params.dill", pad_object, f"{cfg} (channel slices present)", graph.pad_object, member)
+    require_agree("N", PARAMS_MEMBER, N, cfg, graph.N, member)
+    require_agree("gridsize", f"{PARAMS_MEMBER} gridsize²", gridsize * gridsize, f"{cfg} input channels", graph.channels, member)
+    require_agree("n_filters_scale", PARAMS_MEMBER, nfs, cfg, graph.n_filters_scale, member)
+    require_agree("object.big", PARAMS_MEMBER, object_big, f"{cfg} (ReassemblePatchesLayer present)", graph.object_big, member)
+    require_agree("pad_object", PARAMS_MEMBER, pad_object, f"{cfg} (channel slices present)", graph.pad_object, member)
     if pad_object:
-        require_agree("probe.big", "params.dill", probe_big, f"{cfg} (outer branch present)", graph.outer_branch, member)
-    require_agree("amp_activation", "params.dill", amp, cfg, graph.amp_activation, member)
+        require_agree("probe.big", PARAMS_MEMBER, probe_big, f"{cfg} (outer branch present)", graph.outer_branch, member)
+    require_agree("amp_activation", PARAMS_MEMBER, amp, cfg, graph.amp_activation, member)
     if amp not in TF_AMP_ACTIVATIONS:
         raise SpecError(f"amp_activation {amp!r} is not one TF builds ({TF_AMP_ACTIVATIONS})", member=member, field="amp_activation")
     padded = graph.padded_size
     if "offset" in p and "max_position_jitter" in p and padded is not None:
         want = tf_padded_size(N, gridsize, int(p["offset"]), int(p["max_position_jitter"]))
-        require_agree("padded_size", "params.dill (N + (g-1)·offset + jitter)", want, cfg, padded, member)
+        require_agree("padded_size", f"{PARAMS_MEMBER} (N + (g-1)·offset + jitter)", want, cfg, padded, member)
     spec = tf_spec(
         N=N,
         gridsize=gridsize,

@@ -25,6 +25,7 @@ import numpy as np
 from converters.pytorch.configs import c_outer_override, torch_config_for
 from converters.pytorch.layout import FORWARD_MODEL_AUX
 from converters.pytorch.write import torch_legacy_members
+from converters.tensorflow.layout import TF_DEFAULT_JITTER, TF_DEFAULT_OFFSET
 from converters.tensorflow.write import tf_legacy_members
 from ptycho_bridge.errors import ConversionRefused, SpecError
 from ptycho_bridge.formats.bridge2.write import ModelToWrite, write_archive
@@ -43,9 +44,6 @@ from ptycho_bridge.spec.network import (
 
 BACKENDS = ("tensorflow", "pytorch")
 PRIMARY = "diffraction_to_obj"
-# params.cfg defaults upstream's TF loader falls back on when params.dill lacks a key (DEFAULT_CFG).
-TF_DEFAULT_OFFSET = 4
-TF_DEFAULT_JITTER = 10
 
 
 @dataclass
