@@ -16,11 +16,11 @@ import numpy as np
 
 from converters.onnx.export import build_onnx, model_bytes
 from converters.onnx.layout import INPUT_NAME, OUTPUT_NAME, POSITIONS_NAME, TRIMMED_NAME
-from ptycho_bridge.ops.reassembly import BATCH_COLLAPSE_PATCHES
+from ptycho_bridge.spec import expressible
 from ptycho_bridge.spec.conventions import ri_to_complex
 from ptycho_bridge.spec.expressible import Refusal
-from ptycho_bridge.spec.expressible import refusals as _refusals_for
 from ptycho_bridge.spec.network import NetworkSpec
+from ptycho_bridge.spec.reassembly import BATCH_COLLAPSE_PATCHES
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import onnx
@@ -33,7 +33,7 @@ DESCRIPTION = "ONNX graph built from the canonical tensors, run by ONNX Runtime 
 
 def refusals(spec: NetworkSpec) -> list[Refusal]:
     """Every reason this engine cannot run ``spec`` (empty: it can)."""
-    return _refusals_for(spec, "engine:onnx")
+    return expressible.refusals(spec, "engine:onnx")
 
 
 def build(spec: NetworkSpec, tensors: Mapping[str, np.ndarray], threads: int | None = None) -> Any:

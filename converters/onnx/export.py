@@ -35,9 +35,9 @@ from converters.onnx.network import Network
 from converters.onnx.reassembly import emit_reassembly
 from ptycho_bridge.errors import SpecError
 from ptycho_bridge.io.atomic import atomic_write
-from ptycho_bridge.ops.reassembly import BATCH_COLLAPSE_PATCHES
 from ptycho_bridge.spec.expressible import require
 from ptycho_bridge.spec.network import NetworkSpec, check_tensors, resolve_padded_size
+from ptycho_bridge.spec.reassembly import BATCH_COLLAPSE_PATCHES
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import onnx

@@ -3,7 +3,7 @@
 Why it is built by hand: exporting the Keras graph or tracing the torch module is fragile (complex
 tensors, custom layers, an XLA translation, in-place mask writes that become ``ScatterND``), so the
 network is written here straight from the neutral :class:`~ptycho_bridge.spec.network.NetworkSpec`
-and the canonical tensors (``docs/upstream-architecture.md`` §5): encoder, decoders, amplitude and
+and the canonical tensors (``../shared/docs/upstream-architecture.md`` §5): encoder, decoders, amplitude and
 phase heads, CBAM, inference-mode batch norm. The graph's input and output names come from
 :mod:`converters.onnx.layout`.
 """
@@ -17,12 +17,12 @@ import numpy as np
 
 from converters.onnx.graph import GraphBuilder, OnnxExportError
 from converters.onnx.layout import OUTPUT_NAME
-from ptycho_bridge.ops.reassembly import centre_mask
 from ptycho_bridge.spec.network import (
     AMP_ACTIVATION_KIND,
     CBAM_SPATIAL_KERNEL,
     NetworkSpec,
 )
+from ptycho_bridge.spec.reassembly import centre_mask
 
 # torch.nn.BatchNorm2d's default epsilon (TF specs never carry batch norm).
 BATCH_NORM_EPSILON = 1e-5

@@ -4,7 +4,7 @@ Why it lives apart from the network: it is optional (``export-onnx --reassembly`
 and the one part of the graph that reproduces upstream's numerics rather than a network layer: a
 bilinear zero-fill translation written as one-hot matrix products so that it is exact. It consumes
 the network's ``object`` output and the ``positions`` input and emits ``trimmed_object``
-(names from :mod:`converters.onnx.layout`); the numpy reference is :mod:`ptycho_bridge.ops.reassembly`.
+(names from :mod:`converters.onnx.layout`); the numpy reference is :mod:`ptycho_bridge.spec.reassembly`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import numpy as np
 
 from converters.onnx.graph import GraphBuilder
 from converters.onnx.layout import TRIMMED_NAME
-from ptycho_bridge.ops.reassembly import NORM_EPSILON, centre_mask
 from ptycho_bridge.spec.network import NetworkSpec
+from ptycho_bridge.spec.reassembly import NORM_EPSILON, centre_mask
 
 
 def emit_reassembly(g: GraphBuilder, spec: NetworkSpec, obj_ri: str, positions: str, padded_size: int) -> str:

@@ -20,7 +20,7 @@ from ptycho_bridge.spec.network import NetworkSpec, torch_legacy_c_outer
 
 # -- configuration templates -----------------------------------------------------------------------
 # The field sets (and values) of the four torch config dicts upstream's ``run_cdi_example_torch``
-# writes to ``torch_scaling_metadata.pt`` (docs/upstream-formats.md §3). Every field that decides the
+# writes to ``torch_scaling_metadata.pt`` (../shared/docs/upstream-formats.md §3). Every field that decides the
 # network is overwritten from the spec (:func:`torch_config_for`); shared fields come from params.
 TORCH_CONFIG_TEMPLATE: dict[str, dict[str, Any]] = {
     "data_config": {
@@ -85,7 +85,7 @@ SPEC_OWNED = {"intensity_scale", "intensity_scale_trainable", "amp_activation", 
 
 # The keys of upstream's torch ``params.dill`` in its order (dataclass_to_legacy_dict of the TF
 # TrainingConfig + intensity_scale + _version), with the dataclass defaults for keys a source lacks
-# (docs/upstream-architecture.md §4; None-valued fields are kept, unlike in TF params.dill).
+# (../shared/docs/upstream-architecture.md §4; None-valued fields are kept, unlike in TF params.dill).
 TORCH_PARAMS_DEFAULTS: dict[str, Any] = {
     "batch_size": 16, "nepochs": 50, "mae_weight": 0.0, "nll_weight": 1.0, "realspace_mae_weight": 0.0,
     "realspace_weight": 0.0, "nphotons": 1e9, "n_groups": 512, "n_images": None, "n_subsample": None,
@@ -111,7 +111,7 @@ def c_outer_override(spec: NetworkSpec) -> dict[str, Any]:
 
     Upstream torch routes ``Cout`` channels by default; any other count needs
     ``use_legacy_decoder_channel_override`` with a fraction ``f`` such that
-    ``max(1, int(32·nfs·clamp(f, 0, 0.5))) == c_outer`` (upstream-architecture.md §2.3, §3.2).
+    ``max(1, int(32·nfs·clamp(f, 0, 0.5))) == c_outer`` (../shared/docs/upstream-architecture.md §2.3, §3.2).
     """
     cout = spec.channels_out
     if spec.c_outer == cout:

@@ -11,8 +11,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ptycho_bridge.spec import expressible
 from ptycho_bridge.spec.expressible import Refusal
-from ptycho_bridge.spec.expressible import refusals as _refusals_for
 from ptycho_bridge.spec.network import NetworkSpec
 
 NAME = "torch"
@@ -22,7 +22,7 @@ DESCRIPTION = "PyTorch eager module (converters/pytorch/network.py)"
 
 def refusals(spec: NetworkSpec) -> list[Refusal]:
     """Every reason this engine cannot run ``spec`` (empty: it can)."""
-    return _refusals_for(spec, "engine:torch")
+    return expressible.refusals(spec, "engine:torch")
 
 
 def build(spec: NetworkSpec, tensors: Mapping[str, np.ndarray], threads: int | None = None) -> Any:

@@ -3,7 +3,7 @@
 Why: the reader (:mod:`converters.pytorch.read`), the writers (:mod:`converters.pytorch.write`,
 :mod:`converters.pytorch.configs`) and the ``torch.save`` zip codec (:mod:`converters.pytorch.torchzip`)
 must agree on these byte for byte; defined once here, a change to one direction cannot silently miss
-the other. Formats: ``torch-bundle-2`` (upstream ``save_torch_bundle``, docs/upstream-formats.md §2-§3),
+the other. Formats: ``torch-bundle-2`` (upstream ``save_torch_bundle``, ../shared/docs/upstream-formats.md §2-§3),
 ``torch-json-1`` (newer upstream, root ``manifest.json``) and the ``torch.save`` zip inside both.
 This module imports nothing at all: it is a leaf, importable from anywhere (``ptycho_bridge`` included,
 whose package init reaches the readers) without an import cycle.

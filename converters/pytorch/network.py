@@ -5,7 +5,7 @@ load with ``strict=False``; we need a small module that reproduces upstream's ``
 core *exactly* for every network the spec can describe — torch archives (CBAM, ``c_outer`` from
 the config) and TF archives (``c_outer=4``, TF's outer-branch width, TF's amp activations, the
 ``pad_object=False`` head) — and that refuses tensors that do not fit instead of silently keeping
-random weights. ``docs/upstream-architecture.md`` §1.3, §1.4 and §2.2 give the formulas.
+random weights. ``../shared/docs/upstream-architecture.md`` §1.3, §1.4 and §2.2 give the formulas.
 
 The module's parameter names *are* the canonical names (``encoder.0.conv1.weight`` …), so
 ``module.state_dict()`` keys equal :func:`ptycho_bridge.spec.expected_tensors`; upstream's key

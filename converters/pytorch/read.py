@@ -29,11 +29,6 @@ from converters.pytorch.layout import (
 )
 from converters.pytorch.spec import spec_from_torch
 from converters.pytorch.torchzip import read_torch
-from converters.tensorflow.read import (
-    check_legacy_manifest,
-    legacy_manifest_warnings,
-    read_legacy_manifest,
-)
 from ptycho_bridge.errors import FormatError, SpecError, UnsupportedError
 from ptycho_bridge.formats.base import (
     EraReader,
@@ -45,6 +40,12 @@ from ptycho_bridge.formats.base import (
     require_field,
     require_model_names,
     type_name,
+)
+from ptycho_bridge.formats.legacy import (
+    LEGACY_MANIFEST,
+    check_legacy_manifest,
+    legacy_manifest_warnings,
+    read_legacy_manifest,
 )
 from ptycho_bridge.io.safezip import SafeZip
 from ptycho_bridge.model import BridgeArchive, ModelEntry, TensorInfo, primary_name
@@ -153,11 +154,12 @@ def _grid_and_n(params: Mapping[str, Any], config: Mapping[str, Any] | None, mem
 
 class TorchBundleReader(EraReader):
     era = "torch-bundle-2"
+    legacy_manifest_version = TORCH_VERSION
     backend = "pytorch"
 
     @classmethod
     def detect(cls, zf: SafeZip, hints: dict[str, Any]) -> bool:
-        if "manifest.json" in zf or "manifest.dill" not in zf:
+        if JSON_MANIFEST_MEMBER in zf or LEGACY_MANIFEST not in zf:
             return False
         manifest = read_legacy_manifest(zf, hints)
         return isinstance(manifest, dict) and manifest.get("version") == TORCH_VERSION

@@ -2,7 +2,7 @@
 
 Why: a bridge-2 archive with ``backend='pytorch'`` must stay openable by upstream's
 ``load_inference_bundle_torch`` (and not fool the plain ``load_torch_bundle``), so it carries the
-members ``save_torch_bundle`` writes (``docs/upstream-formats.md`` §2-§3): ``manifest.dill``,
+members ``save_torch_bundle`` writes (``../shared/docs/upstream-formats.md`` §2-§3): ``manifest.dill``,
 ``<model>/model.pth`` (a ``torch.save`` zip of the Lightning ``state_dict``; the autoencoder's is a
 sentinel dict), ``<model>/params.dill`` and ``torch_scaling_metadata.pt`` (the four torch configs
 that decide CBAM, batch norm and the ``c_outer`` override, which ``params.dill`` does not carry).
@@ -34,6 +34,7 @@ from converters.pytorch.layout import (
 )
 from converters.pytorch.torchzip import torch_zip_bytes
 from ptycho_bridge.errors import SpecError
+from ptycho_bridge.formats.legacy import LEGACY_MANIFEST
 from ptycho_bridge.io.safepickle.writer import plain_pickle
 from ptycho_bridge.spec.mapping import TORCH_AUX_PREFIX, canonical_to_torch
 from ptycho_bridge.spec.network import NetworkSpec, check_tensors, expected_tensors
@@ -112,7 +113,7 @@ def torch_legacy_members(
     mc = config["model_config"]
     params_blob = plain_pickle(torch_params_dill(params, spec, intensity_scale=intensity_scale, model_config=mc))
     members: dict[str, bytes] = {
-        "manifest.dill": plain_pickle({"models": list(models), "version": TORCH_VERSION}),
+        LEGACY_MANIFEST: plain_pickle({"models": list(models), "version": TORCH_VERSION}),
     }
     for index, name in enumerate(models):
         payload: Any = lightning_state_dict(spec, tensors, model_config=mc) if index == 0 else {SENTINEL_KEY: name}

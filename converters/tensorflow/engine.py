@@ -13,8 +13,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from converters.tensorflow.keras_model import build_keras_model, run_core, set_threads
+from ptycho_bridge.spec import expressible
 from ptycho_bridge.spec.expressible import Refusal
-from ptycho_bridge.spec.expressible import refusals as _refusals_for
 from ptycho_bridge.spec.network import NetworkSpec
 
 NAME = "keras"
@@ -24,7 +24,7 @@ DESCRIPTION = "Keras 3 / TensorFlow core model (converters/tensorflow/keras_mode
 
 def refusals(spec: NetworkSpec) -> list[Refusal]:
     """Every reason this engine cannot run ``spec`` (empty: it can)."""
-    return _refusals_for(spec, "engine:keras")
+    return expressible.refusals(spec, "engine:keras")
 
 
 def build(spec: NetworkSpec, tensors: Mapping[str, np.ndarray], threads: int | None = None) -> Any:

@@ -5,7 +5,7 @@ Why: upstream's loader deserialises ``config.json`` with its registered layer cl
 upstream's factory (``create_model_with_gridsize``) serialises — layer names, layer order, configs.
 This module replays that factory symbolically; archive writing is :mod:`converters.tensorflow.write`.
 
-What decides the config (``docs/upstream-architecture.md`` §1.3–1.8, checked against the fixtures):
+What decides the config (``../shared/docs/upstream-architecture.md`` §1.3–1.8, checked against the fixtures):
 
 - **Names** are Keras auto-names (``conv2d_k``, ``get_item_k`` …) assigned in upstream's
   *construction* order, including layers built but never called (a head's ``conv2`` without

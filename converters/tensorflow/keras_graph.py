@@ -4,7 +4,7 @@ Why: the weight file names groups by a positional alias (the k-th Conv2D of ``mo
 ``layers/conv2d_k``), not by layer name, and the layer order interleaves the two heads. Hard-coding
 either numbering breaks as soon as N, gridsize, pad_object or probe_big change. We therefore rebuild
 the graph from ``inbound_nodes`` and assign each conv its *role* structurally
-(``docs/upstream-architecture.md`` §1.7): shared ancestors of both heads are the encoder; within a
+(``../shared/docs/upstream-architecture.md`` §1.7): shared ancestors of both heads are the encoder; within a
 head the ``GetItem`` slices tell the narrow conv from the outer branch.
 """
 
@@ -187,7 +187,7 @@ def _analyse(config: dict[str, Any], *, member: str) -> KerasGraphInfo:
             outer = [c for c in head_convs if outer_src and outer_src[0] in ancestors(c)]
             base = [c for c in head_convs if c not in outer and c not in narrow]
         else:
-            # head = base pairs, then the up-block pair, then conv2 (upstream-architecture.md §1.7)
+            # head = base pairs, then the up-block pair, then conv2 (../shared/docs/upstream-architecture.md §1.7)
             if len(head_convs) < 3:
                 raise fail(f"{head} head without slices has only {len(head_convs)} convs")
             base, outer = head_convs[:-3], head_convs[-3:]

@@ -2,7 +2,7 @@
 
 Why: parity and conversion need a TF network that does not depend on upstream's code (its custom
 classes, its global ``params.cfg``, its pickled ``custom_objects``). This module rebuilds the same
-layer math (``docs/upstream-architecture.md`` §1.3–1.5) from standard Keras layers and a few small
+layer math (``../shared/docs/upstream-architecture.md`` §1.3–1.5) from standard Keras layers and a few small
 layers of our own, and loads the canonical tensors into it strictly.
 
 Three models, nested so one set of weights serves all of them:
@@ -41,7 +41,6 @@ from typing import Any, Mapping
 import numpy as np
 
 from ptycho_bridge.errors import SpecError
-from ptycho_bridge.ops.reassembly import BATCH_COLLAPSE_PATCHES, centre_mask
 from ptycho_bridge.spec.expressible import require
 from ptycho_bridge.spec.mapping import canonical_to_tf_array
 from ptycho_bridge.spec.network import (
@@ -51,6 +50,7 @@ from ptycho_bridge.spec.network import (
     check_tensors,
     resolve_padded_size,
 )
+from ptycho_bridge.spec.reassembly import BATCH_COLLAPSE_PATCHES, centre_mask
 
 CORE_NAME = "ptychopinn_core"
 SCALED_NAME = "ptychopinn_obj"

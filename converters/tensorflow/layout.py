@@ -5,7 +5,7 @@ weight-file group layout and the ``params.cfg`` defaults its loader falls back o
 (:mod:`converters.tensorflow.read`), the writers (:mod:`converters.tensorflow.write`,
 :mod:`converters.tensorflow.keras_config`) and the conversion planner (:mod:`ptycho_bridge.ops.convert`)
 must agree on every one of them, so each is stated here and nowhere else
-(``docs/upstream-formats.md`` §2).
+(``../shared/docs/upstream-formats.md`` §2).
 
 Archive layout: root ``manifest.dill`` ``{'models': [...], 'version': '1.0'}``; per listed model
 ``<model>/params.dill`` (the whole ``params.cfg``), ``<model>/custom_objects.dill`` (by-reference
@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from ptycho_bridge.formats.legacy import LEGACY_MANIFEST
 from ptycho_bridge.spec.network import tf_padded_size
 
 # -- members -------------------------------------------------------------------------------------------
-MANIFEST_MEMBER = "manifest.dill"
+MANIFEST_MEMBER = LEGACY_MANIFEST  # the root manifest both backends share (formats/legacy.py)
 PARAMS_MEMBER = "params.dill"  # per model: <model>/params.dill
 CUSTOM_OBJECTS_MEMBER = "custom_objects.dill"
 KERAS_MEMBER = "model.keras"

@@ -1,6 +1,6 @@
 """Reader for ``tf-modelmanager-1``: archives written by upstream TF ``ModelManager.save_multiple_models``.
 
-Layout (docs/upstream-formats.md §2, every name and version in :mod:`converters.tensorflow.layout`):
+Layout (../shared/docs/upstream-formats.md §2, every name and version in :mod:`converters.tensorflow.layout`):
 root ``manifest.dill`` ``{'models': [...], 'version': '1.0'}``; per model ``model.keras`` (Keras 3
 zip: ``config.json`` + ``model.weights.h5``), ``params.dill`` (the whole ``params.cfg``; the probe is
 a pickled TF eager tensor), ``custom_objects.dill`` (by-reference classes, never needed) and
@@ -48,7 +48,11 @@ from ptycho_bridge.formats.base import (
     read_pickle,
     require_dict,
     require_field,
-    require_model_names,
+)
+from ptycho_bridge.formats.legacy import (
+    check_legacy_manifest,
+    legacy_manifest_warnings,
+    read_legacy_manifest,
 )
 from ptycho_bridge.io.h5 import (
     get_attr,
@@ -68,29 +72,6 @@ from ptycho_bridge.model import (
 )
 from ptycho_bridge.spec.mapping import tf_to_canonical_array
 from ptycho_bridge.spec.network import check_tensors
-
-
-def read_legacy_manifest(zf: SafeZip, hints: dict[str, Any]) -> Any:
-    """``manifest.dill`` decoded once per open archive (cached in ``hints``)."""
-    if MANIFEST_MEMBER not in hints:
-        hints[MANIFEST_MEMBER] = read_pickle(zf, MANIFEST_MEMBER) if MANIFEST_MEMBER in zf else None
-    return hints[MANIFEST_MEMBER]
-
-
-def check_legacy_manifest(manifest: Any, zf: SafeZip, version: str) -> list[str]:
-    where = zf.member_label(MANIFEST_MEMBER)
-    manifest = require_dict(manifest, member=where, what=MANIFEST_MEMBER)
-    models = require_field(manifest, "models", list, member=where)
-    got = require_field(manifest, "version", str, member=where)
-    if got != version:
-        raise FormatError(f"version {got!r}, expected {version!r}", member=where, field="version")
-    return require_model_names(models, member=where)
-
-
-def legacy_manifest_warnings(manifest: dict[str, Any]) -> list[str]:
-    """Unknown pickled objects anywhere in ``manifest.dill`` are reported by name (they were never run)."""
-    opaque = opaque_names(manifest)
-    return [f"{MANIFEST_MEMBER} holds values of unknown type {opaque} (kept inert, never executed)"] if opaque else []
 
 
 def check_custom_objects(objs: Any, *, member: str) -> int:
@@ -209,6 +190,7 @@ def _model_h5_scale(zf: SafeZip, member: str) -> float | None:
 
 class TfModelManagerReader(EraReader):
     era = "tf-modelmanager-1"
+    legacy_manifest_version = MANIFEST_VERSION
     backend = "tensorflow"
 
     @classmethod

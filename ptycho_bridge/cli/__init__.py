@@ -1,6 +1,6 @@
 """The ``ptycho-bridge`` command line (click): one module per verb, loaded when its command runs.
 
-Conventions (design.md §5, check-jsonschema's): ``--json`` prints one JSON document on stdout,
+Conventions (../shared/docs/design.md §5, check-jsonschema's): ``--json`` prints one JSON document on stdout,
 human output is a table, logs and errors go to stderr as one line without a traceback; exit 0 on
 success, 1 on a failed check or bad input, 2 on usage errors.
 

@@ -2,7 +2,7 @@
 
 The output is a bridge-2 archive carrying the target backend's legacy members (so upstream's loader
 for that backend opens it) and a ``conversion`` block listing the choices made. Where the target
-cannot build exactly the same network (``docs/upstream-architecture.md`` §3.2) the command prints one
+cannot build exactly the same network (``../shared/docs/upstream-architecture.md`` §3.2) the command prints one
 ``error:`` line naming the field and the reason, exits 1 and writes nothing.
 """
 

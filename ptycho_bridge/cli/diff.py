@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ptycho_bridge.cli.util import console as _console
+from ptycho_bridge.cli import util
 from ptycho_bridge.cli.util import emit_json, guarded
 from ptycho_bridge.formats.detect import read_archive
 from ptycho_bridge.ops.diff import diff_archives
@@ -45,7 +45,7 @@ def print_report(report: dict[str, Any]) -> None:
     """The human form: one table of differences, or one line saying there are none."""
     from rich.table import Table
 
-    console = _console()
+    console = util.console()
     if not console.is_terminal:
         console.width = max(console.width, 160)  # pipes and logs: keep tensor names on one line
     console.print(f"a: {report['a']['path']} ({report['a']['era']}, {report['a']['backend']})")

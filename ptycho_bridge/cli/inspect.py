@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ptycho_bridge.cli.util import console as _console
+from ptycho_bridge.cli import util
 from ptycho_bridge.cli.util import emit_json, guarded
 from ptycho_bridge.formats.detect import read_archive
 from ptycho_bridge.ops.report import inspect_report
@@ -31,7 +31,7 @@ def command(archive: Path, as_json: bool, tensors: bool) -> None:
 def _print_inspect(report: dict[str, Any]) -> None:
     from rich.table import Table
 
-    console = _console()
+    console = util.console()
     head = Table(show_header=False, box=None, pad_edge=False)
     head.add_column(style="bold")
     head.add_column()

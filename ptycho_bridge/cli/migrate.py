@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ptycho_bridge.cli.util import console as _console
+from ptycho_bridge.cli import util
 from ptycho_bridge.cli.util import emit_json, guarded
 from ptycho_bridge.io.atomic import resolve_output
 from ptycho_bridge.ops.migrate import migrate
@@ -48,7 +48,7 @@ def command(archive: Path, out: Path, dry_run: bool, force: bool, as_json: bool)
         return
     from rich.table import Table
 
-    console = _console()
+    console = util.console()
     verb = "would write" if dry_run else "wrote"
     table = Table(title=f"{verb} {target} (bridge-2, backend {plan.backend}, from {plan.source_era})", title_justify="left")
     for col in ("member", "bytes", "role"):

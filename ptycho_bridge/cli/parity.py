@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from ptycho_bridge.cli.util import console as _console
+from ptycho_bridge.cli import util
 from ptycho_bridge.cli.util import emit_json, guarded
 from ptycho_bridge.ops.engines import ENGINE_NAMES, parse_engines
 from ptycho_bridge.ops.parity import (
@@ -83,7 +83,7 @@ def _print(report: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    console = _console()
+    console = util.console()
     if not console.is_terminal:  # logs and CI: do not squeeze the table to 80 columns
         console.width = max(console.width, 150)
     for a in report["archives"]:

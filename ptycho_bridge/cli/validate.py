@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ptycho_bridge.cli.util import console as _console
+from ptycho_bridge.cli import util
 from ptycho_bridge.cli.util import emit_json, guarded
 from ptycho_bridge.ops.report import validate_path
 
@@ -26,7 +26,7 @@ def command(archives: tuple[Path, ...], as_json: bool) -> None:
     else:
         from rich.table import Table
 
-        console = _console()
+        console = util.console()
         for r in results:
             table = Table(title=f"{r['path']}  ({r['era'] or 'unknown era'})", title_justify="left")
             table.add_column("check")

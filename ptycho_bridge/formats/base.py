@@ -29,6 +29,8 @@ class EraReader(ABC):
     backend: ClassVar[str]
     can_write: ClassVar[bool] = False
     has_checksums: ClassVar[bool] = False
+    # the root manifest.dill "version" this era writes (legacy pickled eras only)
+    legacy_manifest_version: ClassVar[str | None] = None
 
     @classmethod
     @abstractmethod

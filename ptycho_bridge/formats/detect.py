@@ -10,11 +10,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from converters.pytorch.layout import TORCH_VERSION
 from ptycho_bridge.errors import CorruptArchiveError, FormatError, UnsupportedError
 from ptycho_bridge.formats.base import EraReader, type_name
 from ptycho_bridge.formats.bridge2.verify import verify_checksums
 from ptycho_bridge.formats.eras import reader_classes
+from ptycho_bridge.formats.legacy import LEGACY_MANIFEST
 from ptycho_bridge.io.safezip import DEFAULT_LIMITS, Limits, SafeZip
 from ptycho_bridge.model import BridgeArchive
 
@@ -29,14 +29,15 @@ def detect_reader(zf: SafeZip) -> tuple[type[EraReader], dict[str, Any]]:
     names = zf.names()
     if "manifest.json" in names:
         raise UnsupportedError("manifest.json is neither a ptycho-bridge manifest nor a torch-manifest-v1", member=zf.member_label("manifest.json"))
-    if "manifest.dill" in names:
-        manifest = hints.get("manifest.dill")
+    if LEGACY_MANIFEST in names:
+        manifest = hints.get(LEGACY_MANIFEST)
         version = manifest.get("version") if isinstance(manifest, dict) else None
         if isinstance(manifest, dict):
             shown = f"{type_name(version)} (not executed)" if getattr(version, "type_name", None) else repr(version)
-            raise UnsupportedError(f"unknown archive era: manifest.dill version {shown} (known: '1.0', {TORCH_VERSION!r})",
-                                   member=zf.member_label("manifest.dill"), field="version")
-        raise FormatError(f"manifest.dill must be a dict, found {type_name(manifest)}", member=zf.member_label("manifest.dill"))
+            known = ", ".join(repr(r.legacy_manifest_version) for r in reader_classes() if r.legacy_manifest_version)
+            raise UnsupportedError(f"unknown archive era: manifest.dill version {shown} (known: {known})",
+                                   member=zf.member_label(LEGACY_MANIFEST), field="version")
+        raise FormatError(f"{LEGACY_MANIFEST} must be a dict, found {type_name(manifest)}", member=zf.member_label(LEGACY_MANIFEST))
     raise FormatError("no manifest (manifest.json or manifest.dill) and not a Lightning checkpoint", member=zf.label)
 
 

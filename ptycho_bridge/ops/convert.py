@@ -1,7 +1,7 @@
 """Convert an archive between the TensorFlow and PyTorch backends, or refuse with the exact reason.
 
 Why: upstream's two implementations of the PtychoPINN CNN agree only on part of their configuration
-space (``docs/upstream-architecture.md`` §3.2). A conversion is *read → neutral → check that the
+space (``../shared/docs/upstream-architecture.md`` §3.2). A conversion is *read → neutral → check that the
 target builds exactly the same network → write*; where it does not, we refuse and say which field
 breaks the equivalence, instead of writing an archive whose outputs silently differ. Choices made on
 the way (CBAM off, the ``c_outer`` override, zero-filled unused tensors) are recorded in the

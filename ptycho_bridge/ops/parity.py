@@ -41,14 +41,14 @@ from ptycho_bridge.ops.engines import (
     availability,
     load_engine,
 )
-from ptycho_bridge.ops.reassembly import (
+from ptycho_bridge.spec.conventions import golden_canonical_input, normalisation_scale
+from ptycho_bridge.spec.network import NetworkSpec, resolve_padded_size
+from ptycho_bridge.spec.reassembly import (
     centre_border_masks,
     reassemble,
     torch_positions_to_tf,
     trimmed_to_canonical,
 )
-from ptycho_bridge.spec.conventions import golden_canonical_input, normalisation_scale
-from ptycho_bridge.spec.network import NetworkSpec, resolve_padded_size
 
 DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL_FACTOR = 1e-5  # × max|ref| of the region when --atol is not given

@@ -16,7 +16,7 @@ import numpy as np
 from ptycho_bridge.errors import ConversionRefused
 from ptycho_bridge.ops.engines import load_engine
 from ptycho_bridge.ops.parity import ArchiveUnderTest, ParityInput, trimmed_object
-from ptycho_bridge.ops.reassembly import BATCH_COLLAPSE_PATCHES
+from ptycho_bridge.spec.reassembly import BATCH_COLLAPSE_PATCHES
 
 
 @dataclass

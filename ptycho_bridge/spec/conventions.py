@@ -1,4 +1,4 @@
-"""Input and output conventions, in one place (design.md §4).
+"""Input and output conventions, in one place (../shared/docs/design.md §4).
 
 Why: TF divides its input by ``exp(f32(ln s))`` *inside* the graph; torch multiplies by a runtime
 ``input_scale_factor``; layouts differ (NHWC vs NCHW). Every engine in ``converters/`` takes the

@@ -2,7 +2,7 @@
 corpus of bad archives crafted here.
 
 Expected values come from each case's golden.json / golden.npz and MANIFEST.json; the era names are
-docs/design.md §1's table. Bad archives are built in ``tmp_path`` with zipfile (plus byte patches),
+../shared/docs/design.md §1's table. Bad archives are built in ``tmp_path`` with zipfile (plus byte patches),
 from copies of fixture members; every one must give exit 1 and exactly one ``error:`` line naming
 the member or field, without a traceback and without writing anything.
 """
@@ -41,7 +41,7 @@ from tests._support import (  # noqa: E402
     rewrite_zip,
 )
 
-ERA_OF_BACKEND = {"tensorflow": "tf-modelmanager-1", "pytorch": "torch-bundle-2"}  # design.md §1
+ERA_OF_BACKEND = {"tensorflow": "tf-modelmanager-1", "pytorch": "torch-bundle-2"}  # ../shared/docs/design.md §1
 FRAMEWORKS = ("torch", "tensorflow", "keras", "dill")
 
 

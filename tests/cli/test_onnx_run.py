@@ -20,7 +20,7 @@ onnx = pytest.importorskip("onnx")
 
 from ptycho_bridge.cli import main  # noqa: E402
 from ptycho_bridge.ops.parity import file_sha256  # noqa: E402
-from ptycho_bridge.ops.reassembly import centre_border_masks  # noqa: E402
+from ptycho_bridge.spec.reassembly import centre_border_masks  # noqa: E402
 from tests._support import REPO  # noqa: E402
 
 

@@ -3,7 +3,7 @@
 Expected values come from the fixtures themselves (golden.json, golden.npz, MANIFEST.json), from the
 upstream weight files opened directly with zipfile + h5py (TF) or ``torch.load(weights_only=True)``
 (torch; the test may do that, the library never does), and from the layer-naming rules written in
-docs/upstream-architecture.md §1.7 — never from the code under test.
+../shared/docs/upstream-architecture.md §1.7 — never from the code under test.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------
-# TF: upstream layer names (docs/upstream-architecture.md §1.7, closed form) → canonical roles
+# TF: upstream layer names (../shared/docs/upstream-architecture.md §1.7, closed form) → canonical roles
 # ---------------------------------------------------------------------------------------------------
 def tf_layer_names(N: int, pad_object: bool, probe_big: bool) -> dict[str, str]:
     """Canonical conv prefix → Keras layer name, from the documented construction order.
@@ -118,7 +118,7 @@ def test_tf_tensors_bit_for_bit(fixtures_dir: Path, case: str, model: str) -> No
 
 
 def test_tf_spot_checks_from_the_docs(fixtures_dir: Path) -> None:
-    """docs/upstream-formats.md §4 table for tf_N64_gs1: h5 alias, real layer name, kernel shape."""
+    """../shared/docs/upstream-formats.md §4 table for tf_N64_gs1: h5 alias, real layer name, kernel shape."""
     archive = fixtures_dir / "tf_N64_gs1" / "wts.h5.zip"
     d2o = read_archive(archive).primary
     upstream = upstream_tf_weights(archive, "diffraction_to_obj")

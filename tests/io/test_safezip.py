@@ -1,7 +1,7 @@
 """Tests for ptycho_bridge.container.SafeZip: bounded, read-only zip access.
 
 Every hostile container is crafted here with zipfile (plus byte patches for what zipfile refuses to
-write); the expectations come from the zip format and docs/design.md §2, not from the code.
+write); the expectations come from the zip format and ../shared/docs/design.md §2, not from the code.
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ def test_converted_torch_archive_reproduces_the_tf_golden(
     fixtures_dir: Path, converted: dict[str, dict[str, Path]], case: str
 ) -> None:
     pt = pytest.importorskip("converters.pytorch.network")
-    reassembly = pytest.importorskip("ptycho_bridge.ops.reassembly")
+    reassembly = pytest.importorskip("ptycho_bridge.spec.reassembly")
     from ptycho_bridge.spec.conventions import golden_canonical_input
 
     arch = read_archive(converted[case]["torch"])
@@ -269,7 +269,7 @@ def test_same_backend_and_unknown_target_are_refused() -> None:
 
 
 def test_matrix_covers_the_documented_conditions() -> None:
-    """upstream-architecture.md §3.2 / §6: every refusal condition has a row, in the right direction."""
+    """../shared/docs/upstream-architecture.md §3.2 / §6: every refusal condition has a row, in the right direction."""
     assert {(target, r.field) for target in ("pytorch", "tensorflow") for r in RULES[target]} >= {
         ("pytorch", f) for f in ("pad_object", "amp_activation", "use_polar", "probe_big", "object_big")
     } | {("tensorflow", f) for f in ("cbam_encoder", "cbam_bottleneck", "batch_norm", "c_outer", "outer_width")}

@@ -4,7 +4,7 @@ Against the upstream goldens: torch fixtures per patch; TF fixtures through the 
 stage, centre and border regions separately (the TF border is ×1000, so each region is scaled by its
 own max|golden|). Variants the fixtures do not cover (other heads, activations, CBAM bottleneck,
 batch norm, object_big=False) are checked against a float64 numpy transcription of the formulas in
-docs/upstream-architecture.md.
+../shared/docs/upstream-architecture.md.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from converters.onnx.graph import OnnxExportError  # noqa: E402
 from converters.onnx.layout import INPUT_NAME, OUTPUT_NAME, POSITIONS_NAME, TRIMMED_NAME  # noqa: E402
 from ptycho_bridge.errors import ConversionRefused, OutputExistsError  # noqa: E402
 from ptycho_bridge.formats.detect import read_archive  # noqa: E402
-from ptycho_bridge.ops import reassembly  # noqa: E402
+from ptycho_bridge.spec import reassembly  # noqa: E402
 from ptycho_bridge.spec.conventions import golden_canonical_input  # noqa: E402
 from ptycho_bridge.spec.network import NetworkSpec, expected_tensors, tf_spec  # noqa: E402
 from tests._support import REPO  # noqa: E402

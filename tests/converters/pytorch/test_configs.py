@@ -22,7 +22,7 @@ def test_c_outer_override_gives_four_channels_under_upstreams_formula(nfs: int, 
         return
     assert mc["use_legacy_decoder_channel_override"] is True
     frac = mc["decoder_last_c_outer_fraction"]
-    assert max(1, int(32 * nfs * min(max(frac, 0.0), 0.5))) == 4  # upstream-architecture.md §2.3
+    assert max(1, int(32 * nfs * min(max(frac, 0.0), 0.5))) == 4  # ../shared/docs/upstream-architecture.md §2.3
     assert mc["decoder_last_amp_channels"] == cout
 
 

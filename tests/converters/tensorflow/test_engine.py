@@ -21,7 +21,7 @@ pytest.importorskip("tensorflow")
 
 from ptycho_bridge.errors import SpecError  # noqa: E402
 from ptycho_bridge.formats.detect import read_archive  # noqa: E402
-from ptycho_bridge.ops import reassembly as R  # noqa: E402
+from ptycho_bridge.spec import reassembly as R  # noqa: E402
 from ptycho_bridge.spec.conventions import golden_canonical_input  # noqa: E402
 from ptycho_bridge.spec.network import expected_tensors, tf_spec  # noqa: E402
 

@@ -3,7 +3,7 @@
 The fixtures' ``config.json`` was written by upstream's own factory; ours must equal it byte for byte
 once the ``shared_object_id`` (a Python ``id()``, provenance only) is fed in. Configurations without
 a fixture are checked against the reader's graph analysis and the closed form of conv names in
-``docs/upstream-architecture.md`` §1.7, and, when Keras is installed, against a Keras replica of
+``../shared/docs/upstream-architecture.md`` §1.7, and, when Keras is installed, against a Keras replica of
 upstream's factory (stub layers with upstream's class names, modules and registered names) that must
 serialise to the same config and load our ``model.keras`` the way upstream's loader does.
 """
@@ -55,7 +55,7 @@ def test_config_json_equals_upstream(name: str, fixtures_dir: Path) -> None:
 
 
 def _closed_form_names(spec: NetworkSpec) -> dict[str, str]:
-    """docs/upstream-architecture.md §1.7: canonical conv prefix → Keras layer name ``conv2d_k``."""
+    """../shared/docs/upstream-architecture.md §1.7: canonical conv prefix → Keras layer name ``conv2d_k``."""
     E, D = spec.n_encoder_blocks, spec.n_decoder_blocks
     X = 2 if (spec.pad_object and spec.probe_big) or not spec.pad_object else 0
     k: dict[str, int] = {}

@@ -2,7 +2,7 @@
 
 Why: upstream TF ``diffraction_to_obj`` does not return the per-patch object; it merges the patches
 of a group on a padded canvas, divides by the translated centre mask plus ``0.001`` and crops back to
-``N`` (``docs/upstream-architecture.md`` §1.5). Every other engine (torch, ONNX, our Keras core)
+``N`` (``../shared/docs/upstream-architecture.md`` §1.5). Every other engine (torch, ONNX, our Keras core)
 returns per-patch objects, so comparing them with TF goldens needs this post-processing as an
 explicit, framework-free step. It is written to follow TF's float32 arithmetic step by step, so it
 reproduces TF's output to float32 rounding:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ptycho_bridge.ops import reassembly as R
+from ptycho_bridge.spec import reassembly as R
 
 EPS = np.float32(0.001)
 
