@@ -42,8 +42,8 @@ from ptycho_bridge.formats.base import (
     type_name,
 )
 from ptycho_bridge.formats.legacy import (
-    LEGACY_MANIFEST,
     check_legacy_manifest,
+    has_legacy_version,
     legacy_manifest_warnings,
     read_legacy_manifest,
 )
@@ -159,10 +159,7 @@ class TorchBundleReader(EraReader):
 
     @classmethod
     def detect(cls, zf: SafeZip, hints: dict[str, Any]) -> bool:
-        if JSON_MANIFEST_MEMBER in zf or LEGACY_MANIFEST not in zf:
-            return False
-        manifest = read_legacy_manifest(zf, hints)
-        return isinstance(manifest, dict) and manifest.get("version") == TORCH_VERSION
+        return has_legacy_version(zf, hints, TORCH_VERSION)
 
     def read(self, zf: SafeZip, path: str, hints: dict[str, Any] | None = None) -> BridgeArchive:
         manifest = read_legacy_manifest(zf, {} if hints is None else hints)

@@ -51,6 +51,7 @@ from ptycho_bridge.formats.base import (
 )
 from ptycho_bridge.formats.legacy import (
     check_legacy_manifest,
+    has_legacy_version,
     legacy_manifest_warnings,
     read_legacy_manifest,
 )
@@ -195,10 +196,7 @@ class TfModelManagerReader(EraReader):
 
     @classmethod
     def detect(cls, zf: SafeZip, hints: dict[str, Any]) -> bool:
-        if "manifest.json" in zf or MANIFEST_MEMBER not in zf:
-            return False
-        legacy = read_legacy_manifest(zf, hints)
-        return isinstance(legacy, dict) and legacy.get("version") == MANIFEST_VERSION
+        return has_legacy_version(zf, hints, MANIFEST_VERSION)
 
     def read(self, zf: SafeZip, path: str, hints: dict[str, Any] | None = None) -> BridgeArchive:
         legacy = read_legacy_manifest(zf, {} if hints is None else hints)

@@ -43,3 +43,12 @@ def legacy_manifest_warnings(manifest: dict[str, Any]) -> list[str]:
     """Unknown pickled objects anywhere in ``manifest.dill`` are reported by name (they were never run)."""
     opaque = opaque_names(manifest)
     return [f"{LEGACY_MANIFEST} holds values of unknown type {opaque} (kept inert, never executed)"] if opaque else []
+
+
+def has_legacy_version(zf: SafeZip, hints: dict[str, Any], version: str) -> bool:
+    """Era detection for the pickled eras: a root ``manifest.dill`` (and no ``manifest.json``) whose
+    ``version`` is ``version``; the decoded manifest is cached in ``hints`` for the reader."""
+    if "manifest.json" in zf or LEGACY_MANIFEST not in zf:
+        return False
+    manifest = read_legacy_manifest(zf, hints)
+    return isinstance(manifest, dict) and manifest.get("version") == version
