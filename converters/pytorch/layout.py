@@ -5,11 +5,12 @@ Why: the reader (:mod:`converters.pytorch.read`), the writers (:mod:`converters.
 must agree on these byte for byte; defined once here, a change to one direction cannot silently miss
 the other. Formats: ``torch-bundle-2`` (upstream ``save_torch_bundle``, ../shared/docs/upstream-formats.md §2-§3),
 ``torch-json-1`` (newer upstream, root ``manifest.json``) and the ``torch.save`` zip inside both.
-This module imports nothing at all: it is a leaf, importable from anywhere (``ptycho_bridge`` included,
-whose package init reaches the readers) without an import cycle.
+This module imports only the core's name mapping: it is a leaf, importable from anywhere without an import cycle.
 """
 
 from __future__ import annotations
+
+from ptycho_bridge.spec.mapping import LIGHTNING_AUTOENCODER_PREFIX
 
 # -- torch-bundle-2 (save_torch_bundle) ------------------------------------------------------------
 # ``manifest.dill`` and ``params.dill`` ``version`` / ``_version`` of upstream's torch bundles.
@@ -24,7 +25,7 @@ TORCH_MODELS = ("diffraction_to_obj", "autoencoder")
 # state_dict key prefix of the autoencoder inside upstream's Lightning module (the one the writer
 # uses); ptycho_bridge.spec.mapping.TORCH_AUTOENCODER_PREFIXES lists it first, with the bare
 # PtychoPINN's ``autoencoder.`` (tests/converters/pytorch/test_layout.py checks they agree).
-LIGHTNING_PREFIX = "model.autoencoder."
+LIGHTNING_PREFIX = LIGHTNING_AUTOENCODER_PREFIX  # one definition, in ptycho_bridge/spec/mapping.py
 
 # The four torch config dicts, in the order upstream writes them into ``torch_scaling_metadata.pt``
 # (our writer keeps that order so the metadata's key order matches upstream's).

@@ -39,7 +39,8 @@ TORCH_NAME_TABLE: tuple[tuple[str, str], ...] = (
 )
 
 # torch state_dict prefixes: Lightning module (``model.autoencoder.``) or a bare PtychoPINN.
-TORCH_AUTOENCODER_PREFIXES = ("model.autoencoder.", "autoencoder.")
+LIGHTNING_AUTOENCODER_PREFIX = "model.autoencoder."  # a LightningModule wraps PtychoPINN as .model
+TORCH_AUTOENCODER_PREFIXES = (LIGHTNING_AUTOENCODER_PREFIX, "autoencoder.")
 # Tensors outside the autoencoder are training-only (forward-model physics, parity scale).
 TORCH_AUX_PREFIX = "training."
 
@@ -89,7 +90,7 @@ def torch_to_canonical(key: str) -> str:
     return TORCH_AUX_PREFIX + (key[len("model.") :] if key.startswith("model.") else key)
 
 
-def canonical_to_torch(name: str, *, prefix: str = "model.autoencoder.") -> str:
+def canonical_to_torch(name: str, *, prefix: str = LIGHTNING_AUTOENCODER_PREFIX) -> str:
     """Torch state_dict key for a canonical name (inverse of :func:`torch_to_canonical`)."""
     if name.startswith(TORCH_AUX_PREFIX):
         rest = name[len(TORCH_AUX_PREFIX) :]
