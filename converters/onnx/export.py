@@ -315,7 +315,8 @@ def _check_batch_norm_coverage(net: _Network) -> None:
         )
 
 
-def _reassembly(g: _GraphBuilder, spec: NetworkSpec, obj_ri: str, positions: str, padded_size: int) -> str:
+def _reassembly(g: _GraphBuilder, spec: NetworkSpec, obj_ri: str, positions: str, padded_size: int,
+                centre: bool = True) -> str:
     """TF ReassemblePatchesLayer (per-sample path) + TrimReconstructionLayer, op for op.
 
     Per patch ``k = b·C + c`` with offsets centred by the mean over the whole batch: zero-pad to
@@ -327,6 +328,7 @@ def _reassembly(g: _GraphBuilder, spec: NetworkSpec, obj_ri: str, positions: str
     construction: a non-finite value in a patch spreads along its row/column of the product, where
     TF's gather would keep it local; network outputs are finite.) ``B·C >= 64`` (TF's
     batch-collapsing path) is not reproduced: :func:`run_session` refuses such batches.
+    ``centre=False`` leaves the offsets as given (upstream's SavedModel era had no centring).
     """
     N = spec.N
     half = (padded_size - N) // 2
@@ -340,6 +342,8 @@ def _reassembly(g: _GraphBuilder, spec: NetworkSpec, obj_ri: str, positions: str
     def axis_offsets(index: int, tag: str) -> str:
         sel = g.op("Gather", [positions, g.const(index, np.int64, "gather_idx")], f"reassembly.off_{tag}_raw", axis=2)
         off = g.squeeze(sel, [1], f"reassembly.off_{tag}")  # [B, C]
+        if not centre:
+            return off
         mean = g.reduce("ReduceMean", off, [0, 1], f"reassembly.off_{tag}_mean")
         return g.op("Sub", [off, mean], f"reassembly.off_{tag}_centred")
 
@@ -433,12 +437,15 @@ def build_onnx(
     metadata: Mapping[str, str] | None = None,
     reassembly: bool = False,
     padded_size: int | None = None,
+    reassembly_centre: bool = True,
 ) -> "onnx.ModelProto":
     """The ``diffraction_to_obj`` core graph (and, with ``reassembly``, TF's reassembly stage).
 
     ``tensors`` are canonical (OIHW conv weights); ``metadata`` entries (e.g. source sha256, era)
     are added to ``metadata_props`` beside the opset, the spec JSON and the I/O conventions.
     ``padded_size`` overrides ``spec.padded_size`` for the reassembly canvas (torch specs carry none).
+    ``reassembly_centre=False`` builds the reassembly without batch-mean centring of the offsets
+    (the source model's :attr:`~ptycho_bridge.model.ModelEntry.reassembly_centring`).
     Raises :class:`OnnxExportError` for any variant that cannot be expressed exactly.
     """
     import onnx
@@ -483,7 +490,7 @@ def build_onnx(
         if spec.object_big and C != Cout:
             raise OnnxExportError(f"reassembly needs one patch per input channel (C={C}, Cout={Cout})")
         inputs.append(helper.make_tensor_value_info(POSITIONS_NAME, TensorProto.FLOAT, [BATCH_DIM, 1, 2, C]))
-        _reassembly(g, spec, out, POSITIONS_NAME, padded_size)
+        _reassembly(g, spec, out, POSITIONS_NAME, padded_size, centre=reassembly_centre)
         outputs.append(helper.make_tensor_value_info(TRIMMED_NAME, TensorProto.FLOAT, [BATCH_DIM, N, N, 1, 2]))
         meta["reassembly"] = "true"
         meta["reassembly_padded_size"] = str(padded_size)
@@ -493,6 +500,11 @@ def build_onnx(
             f"centred over the whole batch (outputs depend on batch composition); TF collapses the batch "
             f"when B·C >= {BATCH_COLLAPSE_PATCHES}, which this graph does not reproduce"
         )
+        if not reassembly_centre:
+            meta["reassembly_convention"] = meta["reassembly_convention"].replace(
+                "offsets are centred over the whole batch (outputs depend on batch composition)",
+                "each patch is translated by its own offset, not centred over the batch (upstream's SavedModel era)")
+            meta["reassembly_centring"] = "false"
     for key, value in (metadata or {}).items():
         meta[str(key)] = str(value)
 
