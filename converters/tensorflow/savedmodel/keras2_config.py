@@ -1,6 +1,6 @@
 """The Keras 2 Functional config of a SavedModel-era model (root node of ``keras_metadata.pb``).
 
-Why: layer names, classes and wiring exist only there (FORMAT.md §4-5). Keras 2 differs from the
+Why: layer names, classes and wiring exist only there (shared/fixtures/upstream-savedmodel/FORMAT.md §4-5). Keras 2 differs from the
 Keras 3 ``config.json`` that :func:`analyse_config` reads: ``inbound_nodes`` are lists of
 ``[layer, node_index, tensor_index, kwargs]`` (tensors also hide inside kwargs, e.g. ``{"y": [...]}``,
 and ``_CONSTANT_VALUE`` entries carry inline constants); ops are ``TFOpLambda`` / ``SlicingOpLambda``

@@ -1,7 +1,7 @@
 """``keras_metadata.pb``: the Keras 2 model config and the per-layer checkpoint prefixes.
 
 Why: Keras 2 moved every object's metadata out of ``saved_model.pb`` into this ``SavedMetadata``
-message (FORMAT.md §4-5): node ``root`` (``_tf_keras_network``) holds the whole Functional config,
+message (shared/fixtures/upstream-savedmodel/FORMAT.md §4-5): node ``root`` (``_tf_keras_network``) holds the whole Functional config,
 and each layer node's ``node_path`` (``root.layer-J`` / ``root.layer_with_weights-K``) is the prefix
 its variables get in the checkpoint. Reading both lets the reader confirm that the K-th weighted
 layer of the config is the layer whose variables sit under ``layer_with_weights-K``.

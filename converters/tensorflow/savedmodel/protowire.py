@@ -8,7 +8,7 @@ message descriptors are declared here with ``descriptor_pb2`` and turned into cl
 generated or imported from TF. Only fields we read are declared; others are kept as unknown fields.
 Field numbers follow tensorflow/core/protobuf/{saved_metadata?,tensor_bundle,trackable_object_graph}.proto,
 tensorflow/core/framework/{tensor_shape,tensor_slice,versions}.proto and
-keras/protobuf/saved_metadata.proto (FORMAT.md §3-4 lists the ones relied on).
+keras/protobuf/saved_metadata.proto (shared/fixtures/upstream-savedmodel/FORMAT.md §3-4 lists the ones relied on).
 
 Bounds: the caller states a byte limit per message; the runtime (upb) limits nesting to 100 by
 default and none of these messages are recursive. Metadata JSON is depth-checked *before*

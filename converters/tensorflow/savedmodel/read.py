@@ -1,12 +1,12 @@
 """Reader for the SavedModel era (upstream 9c9bda1 .. 67ea583, Dec 2024 - Jul 2025; TF <= 2.15 / Keras 2).
 
 Why: these ``wts.h5.zip`` archives share ``manifest.dill`` version ``'1.0'`` with the later ``.keras``
-era, so the manifest alone cannot tell them apart (the project's ``tf-modelmanager-1`` reader claims
-them, then fails on the missing ``model.keras``). What identifies this era, per manifest model:
+era, so the manifest alone cannot tell them apart (this reader is registered before ``tf-modelmanager-1``
+and claims only what is unambiguously its own). What identifies this era, per manifest model:
 ``<m>/saved_model.pb`` + ``<m>/keras_metadata.pb`` + ``<m>/variables/variables.index`` (+ data shards)
 and no ``<m>/model.keras``. ``fingerprint.pb``, ``custom_objects.dill`` and ``model.h5`` (one
 ``intensity_scale`` attribute) come along. ``saved_model.pb`` (traced graphs) is never read: upstream
-loads by rebuilding the model from source and ``load_weights`` (FORMAT.md §2), and everything this
+loads by rebuilding the model from source and ``load_weights`` (shared/fixtures/upstream-savedmodel/FORMAT.md §2), and everything this
 reader needs is in ``keras_metadata.pb``, the checkpoint and ``params.dill``.
 
 Produces the project's :class:`BridgeArchive`: params (safe pickle decoder; the probe's pickled

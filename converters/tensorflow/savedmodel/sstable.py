@@ -2,7 +2,7 @@
 
 Why: ``variables/variables.index`` maps checkpoint keys to ``BundleEntryProto`` values in an SSTable.
 Format (leveldb/table_format.md; tensorflow/tsl/lib/io/{format,block,table}.cc), as found in the
-fixture (FORMAT.md §3):
+fixture (shared/fixtures/upstream-savedmodel/FORMAT.md §3):
 
 * footer = last 48 bytes: metaindex BlockHandle, index BlockHandle (each ``varint64 offset,
   varint64 size``), zero padding to 40 bytes, then magic ``0xdb4775248b80fb57`` (u64 LE);

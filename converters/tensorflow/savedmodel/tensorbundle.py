@@ -3,7 +3,7 @@
 Why: the SavedModel era's weights live in a TF checkpoint, not in HDF5. The ``.index`` SSTable
 (:mod:`sstable`) maps each checkpoint key to a ``BundleEntryProto`` (dtype, shape, shard, offset,
 size, masked crc32c); the key ``""`` holds the ``BundleHeaderProto``. Each tensor is a raw
-little-endian C-order byte range of a data shard (FORMAT.md §3). Every entry is validated before
+little-endian C-order byte range of a data shard (shared/fixtures/upstream-savedmodel/FORMAT.md §3). Every entry is validated before
 any data is touched: dtype known, shape concrete and bounded, ``size`` equal to ``elements ×
 itemsize``, shard in range, byte range inside the shard and not overlapping another, no slices.
 Reading a tensor checks its masked crc32c. ``DT_STRING`` is accepted only as the scalar
