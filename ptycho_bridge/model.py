@@ -79,6 +79,10 @@ class ModelEntry:
     payload: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     sentinel: bool = False
+    # Whether this model's TF reassembly stage centres the offsets on their batch mean before
+    # translating (upstream since the .keras layout; the SavedModel era did not: False there).
+    # Per-patch outputs do not depend on it; only the reassembled ``trimmed_obj`` does.
+    reassembly_centring: bool = True
 
     @property
     def nbytes(self) -> int:

@@ -96,12 +96,18 @@ def load_bases(fixtures: Path) -> dict[str, dict[str, bytes]]:
     tf["manifest.dill"] = pickle.dumps({"models": ["diffraction_to_obj"], "version": "1.0"}, protocol=4)
     with tempfile.TemporaryDirectory() as tmp:
         bridge = zip_members(write_sample(Path(tmp) / "sample.zip"))
-    return {
+    bases = {
         "tf": tf,
         "torch": zip_members(fixtures / "torch_N64_gs1" / "wts.h5.zip"),
         "ckpt": zip_members(fixtures / "torch_N64_gs1" / "lightning.ckpt"),
         "bridge": bridge,
     }
+    savedmodel = fixtures.parent / "upstream-savedmodel" / "tf215_N64_gs1" / "wts.h5.zip"
+    if savedmodel.exists():  # tf-savedmodel-1: the inference model's SavedModel directory only
+        sm = {k: v for k, v in zip_members(savedmodel).items() if k.startswith("diffraction_to_obj/")}
+        sm["manifest.dill"] = tf["manifest.dill"]
+        bases["savedmodel"] = sm
+    return bases
 
 
 def make_targets(bases: dict[str, dict[str, bytes]]) -> list[Target]:
@@ -130,7 +136,11 @@ def make_targets(bases: dict[str, dict[str, bytes]]) -> list[Target]:
         Target("bridge", ("params.json",)),
         Target("bridge", ("diffraction_to_obj/weights.h5",)),
         Target("bridge", ()),
-    ]
+    ] + ([  # the SavedModel era's own parsers: TensorBundle index (SSTable), Keras 2 metadata protobuf
+        Target("savedmodel", ("diffraction_to_obj/variables/variables.index",)),
+        Target("savedmodel", ("diffraction_to_obj/keras_metadata.pb",)),
+        Target("savedmodel", ("diffraction_to_obj/params.dill",)),
+    ] if "savedmodel" in bases else [])
 
 
 def seed_of(bases: dict[str, dict[str, bytes]], target: Target) -> bytes:

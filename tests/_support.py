@@ -9,6 +9,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 FIXTURES_DIR = SHARED / "fixtures" / "upstream"
+# upstream SavedModel-era archives (tf-savedmodel-1): one case dir per archive, golden.npz beside it
+SAVEDMODEL_DIR = SHARED / "fixtures" / "upstream-savedmodel"
 
 
 

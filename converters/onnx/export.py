@@ -80,12 +80,15 @@ def build_onnx(
     metadata: Mapping[str, str] | None = None,
     reassembly: bool = False,
     padded_size: int | None = None,
+    reassembly_centre: bool = True,
 ) -> "onnx.ModelProto":
     """The ``diffraction_to_obj`` core graph (and, with ``reassembly``, TF's reassembly stage).
 
     ``tensors`` are canonical (OIHW conv weights); ``metadata`` entries (e.g. source sha256, era)
     are added to ``metadata_props`` beside the opset, the spec JSON and the I/O conventions.
     ``padded_size`` overrides ``spec.padded_size`` for the reassembly canvas (torch specs carry none).
+    ``reassembly_centre=False`` builds the reassembly without batch-mean centring of the offsets
+    (the source model's :attr:`~ptycho_bridge.model.ModelEntry.reassembly_centring`).
     Raises :class:`OnnxExportError` for any variant that cannot be expressed exactly.
     """
     import onnx
@@ -130,7 +133,7 @@ def build_onnx(
         if spec.object_big and C != Cout:
             raise OnnxExportError(f"reassembly needs one patch per input channel (C={C}, Cout={Cout})")
         inputs.append(helper.make_tensor_value_info(POSITIONS_NAME, TensorProto.FLOAT, [BATCH_DIM, 1, 2, C]))
-        emit_reassembly(g, spec, out, POSITIONS_NAME, padded_size)
+        emit_reassembly(g, spec, out, POSITIONS_NAME, padded_size, centre=reassembly_centre)
         outputs.append(helper.make_tensor_value_info(TRIMMED_NAME, TensorProto.FLOAT, [BATCH_DIM, N, N, 1, 2]))
         meta["reassembly"] = "true"
         meta["reassembly_padded_size"] = str(padded_size)
@@ -140,6 +143,11 @@ def build_onnx(
             f"centred over the whole batch (outputs depend on batch composition); TF collapses the batch "
             f"when B·C >= {BATCH_COLLAPSE_PATCHES}, which this graph does not reproduce"
         )
+        if not reassembly_centre:
+            meta["reassembly_convention"] = meta["reassembly_convention"].replace(
+                "offsets are centred over the whole batch (outputs depend on batch composition)",
+                "each patch is translated by its own offset, not centred over the batch (upstream's SavedModel era)")
+            meta["reassembly_centring"] = "false"
     for key, value in (metadata or {}).items():
         meta[str(key)] = str(value)
 

@@ -17,7 +17,8 @@ from ptycho_bridge.spec.network import NetworkSpec
 from ptycho_bridge.spec.reassembly import NORM_EPSILON, centre_mask
 
 
-def emit_reassembly(g: GraphBuilder, spec: NetworkSpec, obj_ri: str, positions: str, padded_size: int) -> str:
+def emit_reassembly(g: GraphBuilder, spec: NetworkSpec, obj_ri: str, positions: str, padded_size: int,
+                    centre: bool = True) -> str:
     """TF ReassemblePatchesLayer (per-sample path) + TrimReconstructionLayer, op for op.
 
     Per patch ``k = b·C + c`` with offsets centred by the mean over the whole batch: zero-pad to
@@ -29,7 +30,8 @@ def emit_reassembly(g: GraphBuilder, spec: NetworkSpec, obj_ri: str, positions: 
     construction: a non-finite value in a patch spreads along its row/column of the product, where
     TF's gather would keep it local; network outputs are finite.) ``B·C >= 64`` (TF's
     batch-collapsing path) is not reproduced: :func:`converters.onnx.engine.run_session` refuses such
-    batches. Returns the name of the ``trimmed_object`` output.
+    batches. ``centre=False`` leaves the offsets as given (upstream's SavedModel era had no centring).
+    Returns the name of the ``trimmed_object`` output.
     """
     N = spec.N
     half = (padded_size - N) // 2
@@ -43,6 +45,8 @@ def emit_reassembly(g: GraphBuilder, spec: NetworkSpec, obj_ri: str, positions: 
     def axis_offsets(index: int, tag: str) -> str:
         sel = g.op("Gather", [positions, g.const(index, np.int64, "gather_idx")], f"reassembly.off_{tag}_raw", axis=2)
         off = g.squeeze(sel, [1], f"reassembly.off_{tag}")  # [B, C]
+        if not centre:
+            return off
         mean = g.reduce("ReduceMean", off, [0, 1], f"reassembly.off_{tag}_mean")
         return g.op("Sub", [off, mean], f"reassembly.off_{tag}_centred")
 

@@ -147,9 +147,10 @@ def _tf() -> SimpleNamespace:
     class ReassembleTrim(keras.layers.Layer):
         """Upstream's ReassemblePatchesLayer (per-sample path) + TrimReconstructionLayer, in TF ops."""
 
-        def __init__(self, N: int, padded_size: int, channels: int, **kwargs: Any) -> None:
+        def __init__(self, N: int, padded_size: int, channels: int, centre: bool = True, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self.N, self.padded_size, self.channels = int(N), int(padded_size), int(channels)
+            self.centre = bool(centre)  # batch-mean centring of the offsets (False: SavedModel era)
             self.pad = (self.padded_size - self.N) // 2
             canvas = self.N + 2 * self.pad
             mask = np.pad(centre_mask(self.N), self.pad)
@@ -160,7 +161,8 @@ def _tf() -> SimpleNamespace:
             N, C, pad = self.N, self.channels, self.pad
             P = N + 2 * pad
             off = tf.reshape(tf.transpose(positions[:, 0], [0, 2, 1]), [-1, 2])  # [B·C, 2], k = b·C + c
-            off = off - tf.reduce_mean(off, axis=0, keepdims=True)
+            if self.centre:
+                off = off - tf.reduce_mean(off, axis=0, keepdims=True)
             patches = tf.reshape(tf.transpose(obj, [0, 3, 1, 2]), [-1, N, N])  # [B·C, N, N]
             paddings = [[0, 0], [pad, pad], [pad, pad]]
             real = _translate(tf, tf.pad(tf.math.real(patches), paddings), off)
@@ -183,7 +185,8 @@ def _tf() -> SimpleNamespace:
             return keras.KerasTensor((inputs[0].shape[0], self.N, self.N, 1), dtype="complex64")
 
         def get_config(self) -> dict[str, Any]:
-            return {**super().get_config(), "N": self.N, "padded_size": self.padded_size, "channels": self.channels}
+            return {**super().get_config(), "N": self.N, "padded_size": self.padded_size, "channels": self.channels,
+                    "centre": self.centre}
 
     class PadTrimIdentity(keras.layers.Layer):
         """object.big=False: upstream pads to padded_size then trims the same amount off — identity."""
@@ -346,8 +349,12 @@ def build_diffraction_to_obj(
     *,
     intensity_scale: float | None,
     obj_model: Any | None = None,
+    centre: bool = True,
 ) -> Any:
     """``[input, input_positions] → trimmed_obj`` ``[B, N, N, 1]``: the obj model + reassembly + trim.
+
+    ``centre`` is the source model's reassembly semantics (``ModelEntry.reassembly_centring``):
+    False builds the SavedModel era's stage, which does not centre the offsets on their batch mean.
 
     Reuses ``obj_model`` (from :func:`build_keras_model`) when given, else builds one from ``tensors``.
     ``spec.padded_size`` is required when ``object_big`` (upstream's ``N + (g−1)·offset + jitter``).
@@ -363,7 +370,7 @@ def build_diffraction_to_obj(
     obj = obj_model(inp)
     if spec.object_big:
         padded = resolve_padded_size(spec, what="the Keras reassembly stage")
-        out = k.ReassembleTrim(spec.N, padded, spec.channels_out, name="trimmed_obj")([obj, pos])
+        out = k.ReassembleTrim(spec.N, padded, spec.channels_out, centre=centre, name="trimmed_obj")([obj, pos])
     else:
         out = k.PadTrimIdentity(name="trimmed_obj")([obj, pos])
     return k.keras.Model([inp, pos], out, name=D2O_NAME)

@@ -48,6 +48,6 @@ def command(archive: Path, out: Path, model: str, opset: int | None, reassembly:
     if aut.archive.intensity_scale is not None:
         metadata["intensity_scale"] = repr(float(aut.archive.intensity_scale))
     onnx_model = build_onnx(aut.spec, aut.tensors, opset=MIN_OPSET if opset is None else opset,
-                            metadata=metadata, reassembly=reassembly)
+                            metadata=metadata, reassembly=reassembly, reassembly_centre=aut.reassembly_centring)
     save_onnx(onnx_model, target, overwrite=force)
     click.echo(str(target))

@@ -13,6 +13,8 @@ import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+import numpy as np
+
 from ptycho_bridge.errors import FormatError, PickleDecodeError, SpecError
 from ptycho_bridge.io.safepickle import decode, find_opaque, load_inert
 from ptycho_bridge.io.safezip import SafeZip
@@ -112,11 +114,17 @@ def type_name(value: Any) -> str:
 
 
 def require_field(mapping: dict[str, Any], key: str, kind: type | tuple[type, ...], *, member: str) -> Any:
-    """``mapping[key]`` of the given type, or a FormatError naming member, field and expectation."""
+    """``mapping[key]`` of the given type, or a FormatError naming member, field and expectation.
+
+    Where ``float`` is accepted, a numpy floating scalar (``numpy.float32``, as upstream's savers
+    pickle ``intensity_scale`` in some eras) is accepted too and returned as a Python ``float``.
+    """
     if key not in mapping:
         raise FormatError(f"required field {key!r} is missing", member=member, field=key)
     value = mapping[key]
     kinds = kind if isinstance(kind, tuple) else (kind,)
+    if float in kinds and isinstance(value, np.floating):
+        return float(value)
     if isinstance(value, bool) and bool not in kinds:
         ok = False
     else:

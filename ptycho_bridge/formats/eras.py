@@ -16,6 +16,9 @@ from ptycho_bridge.formats.base import EraReader
 READERS: tuple[str, ...] = (
     "ptycho_bridge.formats.bridge2.read:BridgeReader",
     "converters.pytorch.read:TorchJsonReader",
+    # before tf-modelmanager-1: both eras write manifest.dill '1.0'; this one claims only archives whose
+    # every model is a SavedModel directory (saved_model.pb + keras_metadata.pb, no model.keras)
+    "converters.tensorflow.savedmodel.read:SavedModelReader",
     "converters.tensorflow.read:TfModelManagerReader",
     "converters.pytorch.read:TorchBundleReader",
     "converters.pytorch.read:LightningCheckpointReader",

@@ -66,8 +66,21 @@ def _describe(value: Any) -> Any:
     return f"<{type(value).__name__}>"
 
 
+def python_scalar(value: Any) -> Any:
+    """A numpy number/bool scalar as the Python scalar of exactly its value; anything else unchanged.
+
+    Why: bridge-2's typed JSON stores ``numpy.float32(988.2118)`` as the JSON number of its exact
+    value (a legacy ``params.dill`` may hold such scalars), so a numpy scalar and that Python
+    number carry the same information and compare equal; a different value still differs.
+    """
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        return value.item()
+    return value
+
+
 def _value_change(key: str, a: Any, b: Any, atol: float) -> dict[str, Any] | None:
     """None when ``a`` and ``b`` are equivalent, else one change record (arrays by shape/dtype/max diff)."""
+    a, b = python_scalar(a), python_scalar(b)
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
             return {"key": key, "a": _describe(a), "b": _describe(b), "detail": "array on one side only"}

@@ -5,7 +5,12 @@ migration adds the neutral members (``manifest.json``, ``params.json``, ``<model
 and keeps every legacy member **byte-for-byte** (copied from the source zip, never re-serialised),
 so PtychoPINN's and Ptychodus' loaders still open the result. The one exception is a Lightning
 ``.ckpt``: it is not an archive, so there are no legacy members to keep (a torch bundle is written
-written by ``converters.pytorch.write``).
+written by ``converters.pytorch.write``). The other is the SavedModel era (``tf-savedmodel-1``): today's
+upstream opens it only through TensorFlow's SavedModel loader, so its legacy members are *upgraded*
+to the current ``.keras`` layout (``converters.tensorflow.write``), which today's PtychoPINN opens
+natively; the canonical tensors are the same bits. One behaviour differs and the notes say so: the
+SavedModel era's reassembly translated each patch by its own offset, today's re-centres the offsets
+on their batch mean (per-patch output unchanged; a batch's reassembled output may shift slightly).
 
 Everything is built and validated in memory first (:func:`plan_migration`); ``--dry-run`` prints
 that plan, a real run writes it atomically and then re-reads the output to prove it is equivalent
@@ -20,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from converters.pytorch.write import torch_legacy_members
+from converters.tensorflow.write import SUPPORTED_MODELS as TF_WRITABLE_MODELS
+from converters.tensorflow.write import tf_legacy_members
 from ptycho_bridge.errors import FormatError, OutputExistsError, UnsupportedError
 from ptycho_bridge.formats.bridge2.write import (
     ModelToWrite,
@@ -32,7 +39,9 @@ from ptycho_bridge.model import BridgeArchive, primary_name
 from ptycho_bridge.ops.diff import diff_archives
 from ptycho_bridge.ops.report import finite_problems, validate_path
 
-LEGACY_ERAS = ("tf-modelmanager-1", "torch-bundle-2", "torch-json-1", "lightning-ckpt")
+LEGACY_ERAS = ("tf-modelmanager-1", "tf-savedmodel-1", "torch-bundle-2", "torch-json-1", "lightning-ckpt")
+# eras whose legacy members are rewritten in the current upstream layout instead of kept byte-for-byte
+UPGRADED_ERAS = ("tf-savedmodel-1",)
 # a legacy member whose name a bridge-2 archive needs for itself is kept under another name
 RENAMED = {"manifest.json": "torch_manifest.json"}
 
@@ -88,6 +97,25 @@ def _ckpt_legacy_members(arch: BridgeArchive, notes: list[str]) -> dict[str, byt
     return dict(members)
 
 
+def _upgraded_tf_members(arch: BridgeArchive, notes: list[str]) -> dict[str, bytes]:
+    """The current upstream ``.keras``-layout members for a SavedModel-era source (same tensors)."""
+    entry = arch.primary
+    assert entry.spec is not None and arch.intensity_scale is not None
+    members = tf_legacy_members(entry.spec, dict(entry.tensors), arch.params, arch.intensity_scale)
+    dropped = sorted(set(arch.models) - set(TF_WRITABLE_MODELS))
+    notes.append(f"{arch.era} legacy members upgraded to the current upstream .keras layout by "
+                 f"converters.tensorflow.write ({', '.join(sorted(members))}): today's PtychoPINN opens them "
+                 "natively, without TensorFlow's SavedModel loader; the source's SavedModel directories are not kept")
+    if dropped:
+        notes.append(f"model(s) {dropped} kept as canonical tensors only (weights.h5); upstream's .keras members are "
+                     "written for diffraction_to_obj (the inference model); training state (optimizer, metrics) dropped")
+    if not entry.reassembly_centring:
+        notes.append("reassembly: today's upstream re-centres the offsets on their batch mean before translating, "
+                     f"{arch.era}'s did not; the per-patch output is unchanged, a batch's reassembled output may "
+                     "shift slightly")
+    return members
+
+
 def plan_migration(source: str | os.PathLike[str], output: str | os.PathLike[str]) -> MigrationPlan:
     """Read ``source`` (any legacy era) and build the bridge-2 archive that would replace it."""
 
@@ -101,7 +129,9 @@ def plan_migration(source: str | os.PathLike[str], output: str | os.PathLike[str
                           + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""), member=label)
     notes: list[str] = [f"migrated from {arch.era} ({label}) by ptycho-bridge migrate"]
     bundle = arch.era != "lightning-ckpt"
-    if bundle:
+    if arch.era in UPGRADED_ERAS:
+        legacy = _upgraded_tf_members(arch, notes)
+    elif bundle:
         source_names = sorted(arch.members)
         legacy = _legacy_members(source, source_names)
         notes.append(f"{len(legacy)} legacy members kept byte-for-byte: {', '.join(sorted(legacy))}")
@@ -121,7 +151,9 @@ def plan_migration(source: str | os.PathLike[str], output: str | os.PathLike[str
 
     models: dict[str, ModelToWrite] = {}
     for name, entry in arch.models.items():
-        member = entry.payload.get("member")
+        member, source_kind = entry.payload.get("member"), entry.payload.get("kind", "none")
+        if arch.era in UPGRADED_ERAS:  # members written by the TF writer above (diffraction_to_obj only)
+            member, source_kind = f"{name}/model.keras", "keras"
         if not bundle and f"{name}/model.pth" in legacy:
             member = f"{name}/model.pth"  # written for a Lightning source by the torch bundle writer
         kept = isinstance(member, str) and member in legacy
@@ -134,7 +166,7 @@ def plan_migration(source: str | os.PathLike[str], output: str | os.PathLike[str
                                         sentinel=sentinel)
             continue
         assert entry.spec is not None  # readers give every non-sentinel model a spec
-        kind = str(entry.payload.get("kind", "none")) if kept else "none"
+        kind = str(source_kind) if kept else "none"
         models[name] = ModelToWrite(entry.spec, dict(entry.tensors), kind, member if kept else None,
                                     notes=[f"source reader warning: {w}" for w in entry.warnings])
     real = [n for n, m in models.items() if m.spec is not None]

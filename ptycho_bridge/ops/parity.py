@@ -155,8 +155,10 @@ def random_input(spec: NetworkSpec, batch: int, seed: int) -> ParityInput:
 
 
 def trimmed_object(obj: np.ndarray, positions_tf: np.ndarray | None, spec: NetworkSpec,
-                   padded_size: int | None = None) -> np.ndarray:
-    """TF ``trimmed_obj`` ``[B, N, N, 1]`` of per-patch objects (the whole batch as one upstream call)."""
+                   padded_size: int | None = None, *, centre: bool = True) -> np.ndarray:
+    """TF ``trimmed_obj`` ``[B, N, N, 1]`` of per-patch objects (the whole batch as one upstream call).
+
+    ``centre`` is the archive's reassembly semantics (:attr:`ModelEntry.reassembly_centring`)."""
     size = spec.padded_size if padded_size is None else padded_size
     if spec.object_big:
         try:
@@ -166,7 +168,7 @@ def trimmed_object(obj: np.ndarray, positions_tf: np.ndarray | None, spec: Netwo
         if positions_tf is None:
             raise ConversionRefused("reassembly needs positions [B, 1, 2, C]", field="positions")
     return reassemble(obj, positions_tf if positions_tf is not None else np.zeros((len(obj), 1, 2, 1), np.float32),
-                      N=spec.N, padded_size=size or spec.N, object_big=spec.object_big)
+                      N=spec.N, padded_size=size or spec.N, object_big=spec.object_big, centre=centre)
 
 
 # -- comparison ------------------------------------------------------------------------------------
@@ -216,6 +218,7 @@ class ArchiveUnderTest:
     spec: NetworkSpec
     tensors: Mapping[str, np.ndarray]
     sha256: str | None = None
+    reassembly_centring: bool = True  # the model's ModelEntry.reassembly_centring
 
 
 @dataclass
@@ -279,7 +282,8 @@ def parity_report(
             reference = inp.expected
             if inp.expected_level == TRIMMED:
                 try:
-                    actual = trimmed_to_canonical(trimmed_object(run.output, inp.positions_tf, run.archive.spec))
+                    actual = trimmed_to_canonical(trimmed_object(run.output, inp.positions_tf, run.archive.spec,
+                                                                 centre=run.archive.reassembly_centring))
                 except (ConversionRefused, ValueError) as exc:
                     notes.append(f"{GOLDEN} vs {run.label} not compared: {exc}")
                     continue
@@ -289,6 +293,10 @@ def parity_report(
     for ref, act in _pairs(runs):
         comparisons.append({"reference": ref.label, "actual": act.label, "level": PER_PATCH,
                             **compare(act.output, ref.output, rtol=rtol, atol=atol)})
+    for a in archives:
+        if inp.expected_level == TRIMMED and not a.reassembly_centring:
+            notes.append(f"{a.label or a.path}: {a.archive.era} reassembly translates each patch by its own offset "
+                         "(no batch-mean centring), as that era's upstream did")
     if not comparisons:
         notes.append("nothing to compare: fewer than two outputs (install more engines or pass a golden input)")
     return {
@@ -351,4 +359,5 @@ def archive_under_test(path: str | Path, *, label: str = "", model: str = "diffr
     entry = arch.models[model]
     if entry.spec is None:
         raise FormatError(f"model {model!r} has no network spec; it cannot be run", member=str(path))
-    return ArchiveUnderTest(label, str(path), arch, entry.spec, entry.tensors, file_sha256(path))
+    return ArchiveUnderTest(label, str(path), arch, entry.spec, entry.tensors, file_sha256(path),
+                            reassembly_centring=entry.reassembly_centring)

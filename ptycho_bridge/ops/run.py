@@ -58,7 +58,8 @@ def run_archive(
         objects.append(obj)
         if plan.want_trimmed:
             assert inp.positions_tf is not None
-            trimmed.append(trimmed_object(obj, inp.positions_tf[start : start + len(obj)], spec))
+            trimmed.append(trimmed_object(obj, inp.positions_tf[start : start + len(obj)], spec,
+                                          centre=aut.reassembly_centring))
     result = {"object": np.concatenate(objects, axis=0) if objects else
               np.zeros((0, spec.channels_out, spec.N, spec.N), np.complex64)}
     if plan.want_trimmed and trimmed:

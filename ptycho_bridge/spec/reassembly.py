@@ -9,7 +9,9 @@ reproduces TF's output to float32 rounding:
 
 1. offsets flattened batch-major (``k = b·C + c``) from the TF layout ``[B, 1, 2, C]``;
 2. **batch-mean centring** over all ``B·C`` rows of the call (so one sample's result depends on the
-   other samples in the batch — compare only whole batches);
+   other samples in the batch — compare only whole batches). Upstream's SavedModel era (Keras 2,
+   before the ``.keras`` layout) had no such step: ``centre=False`` reproduces it, each patch moved
+   by its own offset;
 3. real and imaginary parts separately: zero-pad each patch by ``(P−N)//2`` per side, translate by
    bilinear sampling at ``(x + off_x, y + off_y)`` (content moves by ``−off``), each of the four
    corners zeroed when outside the canvas (TF's XLA warp, ``fill_mode='zeros'``);
@@ -150,11 +152,13 @@ def reassemble(
     padded_size: int,
     object_big: bool = True,
     allow_large_batch: bool = False,
+    centre: bool = True,
 ) -> np.ndarray:
     """TF ``trimmed_obj`` from per-patch objects: complex64 ``[B, C, N, N]`` → complex64 ``[B, N, N, 1]``.
 
     ``positions_tf`` is TF's ``input_positions`` ``[B, 1, 2, C]`` (ignored when not ``object_big``).
-    The whole batch is one call: offsets are centred over all ``B·C`` patches, as upstream does.
+    The whole batch is one call: offsets are centred over all ``B·C`` patches, as upstream does;
+    ``centre=False`` skips that step (upstream's SavedModel era: no coupling between samples).
     """
     z = np.asarray(obj)
     if z.ndim != 4 or z.shape[2] != N or z.shape[3] != N:
@@ -174,7 +178,7 @@ def reassemble(
             f"B·C = {B * C} ≥ {BATCH_COLLAPSE_PATCHES}: upstream takes its batch-collapsing path here, "
             "which this reference does not reproduce; split the batch"
         )
-    off = centre_offsets(flat)
+    off = centre_offsets(flat) if centre else flat
     pad = _pad_width(N, padded_size)
     P = N + 2 * pad
     widths = ((0, 0), (pad, pad), (pad, pad))

@@ -325,3 +325,18 @@ class TestEraConformance:
         for entry in arch.models.values():
             dict(entry.tensors)
         assert list(tmp_path.iterdir()) == []
+
+
+def test_require_field_accepts_numpy_float_as_float() -> None:
+    """SavedModel-era params.dill pickles intensity_scale as numpy.float32: accepted, returned as float."""
+    import numpy as np
+
+    from ptycho_bridge.errors import FormatError
+    from ptycho_bridge.formats.base import require_field
+
+    value = require_field({"s": np.float32(988.2118)}, "s", (int, float), member="m")
+    assert type(value) is float and value == float(np.float32(988.2118))
+    with pytest.raises(FormatError):
+        require_field({"s": np.float32(1.0)}, "s", int, member="m")
+    with pytest.raises(FormatError):
+        require_field({"s": np.int64(1)}, "s", float, member="m")

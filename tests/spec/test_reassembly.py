@@ -159,3 +159,22 @@ def test_compare_regions_reports_each_region() -> None:
     assert res["centre"]["max_ref"] < res["border"]["max_ref"]
     same = R.compare_regions(R.trimmed_to_canonical(got), R.trimmed_to_canonical(ref), layout="nchw")
     assert same["border"]["max_abs_err"] == res["border"]["max_abs_err"]
+
+
+def test_centre_false_keeps_each_offset() -> None:
+    """The SavedModel era's reassembly: no batch-mean centring, so a common shift is not removed."""
+    rng = np.random.default_rng(3)
+    N, P = 16, 20
+    obj = (rng.random((3, 1, N, N)) + 1j * rng.random((3, 1, N, N))).astype(np.complex64)
+    pos = rng.uniform(-0.5, 0.5, (3, 1, 2, 1)).astype(np.float32)
+    centred = pos - pos.mean(axis=0, keepdims=True, dtype=np.float32)
+    # centre=False on pre-centred offsets equals centre=True on the raw ones (same float32 steps)
+    a = R.reassemble(obj, pos, N=N, padded_size=P)
+    b = R.reassemble(obj, R.centre_offsets(R.tf_positions_to_flat(pos)).reshape(3, 1, 2, 1), N=N, padded_size=P,
+                     centre=False)
+    assert np.array_equal(a, b)
+    # and without centring each sample's result is independent of the rest of the batch
+    one = R.reassemble(obj[:1], pos[:1], N=N, padded_size=P, centre=False)
+    assert np.array_equal(one, R.reassemble(obj, pos, N=N, padded_size=P, centre=False)[:1])
+    assert not np.allclose(R.reassemble(obj, centred, N=N, padded_size=P, centre=False),
+                           R.reassemble(obj, pos, N=N, padded_size=P, centre=False))
