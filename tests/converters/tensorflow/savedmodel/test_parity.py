@@ -60,7 +60,7 @@ def test_export_onnx_reassembly_follows_the_era(aut, tmp_path) -> None:  # type:
     import onnx
     from click.testing import CliRunner
 
-    from converters.onnx.export import make_session, run_session
+    from converters.onnx.engine import make_session, run_session
     from ptycho_bridge.cli import main
 
     out = tmp_path / "m.onnx"
