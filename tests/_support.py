@@ -9,6 +9,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 FIXTURES_DIR = SHARED / "fixtures" / "upstream"
+# Ptychodus 1.7's Lightning checkpoints (upstream torchapi-devel): case_N64_gs1/{model.ckpt, forward_golden.npz, …}
+PTYCHODUS_DIR = SHARED / "fixtures" / "ptychodus-torch"
 
 
 
