@@ -11,6 +11,8 @@ SHARED = REPO.parent / "shared"
 FIXTURES_DIR = SHARED / "fixtures" / "upstream"
 # upstream SavedModel-era archives (tf-savedmodel-1): one case dir per archive, golden.npz beside it
 SAVEDMODEL_DIR = SHARED / "fixtures" / "upstream-savedmodel"
+# Ptychodus 1.7's Lightning checkpoints (upstream torchapi-devel): case_N64_gs1/{model.ckpt, forward_golden.npz, …}
+PTYCHODUS_DIR = SHARED / "fixtures" / "ptychodus-torch"
 
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._support import FIXTURES_DIR
+from tests._support import FIXTURES_DIR, PTYCHODUS_DIR
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +15,12 @@ def fixtures_dir() -> Path:
     if not FIXTURES_DIR.is_dir():
         pytest.skip(f"upstream fixtures not found at {FIXTURES_DIR}")
     return FIXTURES_DIR
+
+
+@pytest.fixture(scope="session")
+def ptychodus_case() -> Path:
+    """The Ptychodus 1.7 checkpoint fixture folder (``model.ckpt``, ``forward_golden.npz``); skips when absent."""
+    case = PTYCHODUS_DIR / "case_N64_gs1"
+    if not (case / "model.ckpt").is_file():
+        pytest.skip(f"ptychodus-torch fixture not found at {case}")
+    return case

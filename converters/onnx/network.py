@@ -164,8 +164,9 @@ class Network:
         outer = g.slice(h, [latent - spec.c_outer], [latent], [1], f"{head}.outer_in")
         x2 = self.upsample2(self.double_conv(outer, f"{head}.outer"), f"{head}.outer.up")
         x2 = self.swish(self.conv_bn(x2, head, 2), f"{head}.outer_swish")
-        assert border is not None
-        x2 = g.op("Mul", [x2, border], f"{head}.outer_masked")
+        if spec.outer_mask:  # upstream torchapi-devel adds the outer branch unmasked
+            assert border is not None
+            x2 = g.op("Mul", [x2, border], f"{head}.outer_masked")
         return g.op("Add", [x1, x2], f"{head}.sum")
 
     def build(self, x: str) -> str:
@@ -173,10 +174,11 @@ class Network:
         spec, g = self.spec, self.g
         h = self.encoder(x)
         border = None
-        if spec.pad_object and spec.probe_big:
+        if spec.pad_object and spec.probe_big and spec.outer_mask:
             border = g.initializer("border_mask", 1.0 - centre_mask(spec.N)[None, None])
         amp = self.head(h, "amp", border)
         phase = self.head(h, "phase", border)
+        # a 1-channel amp (spec.amp_channels) broadcasts over the phase channels in Mul
         real = g.op("Mul", [amp, g.op("Cos", [phase], "phase.cos")], "object.real")
         imag = g.op("Mul", [amp, g.op("Sin", [phase], "phase.sin")], "object.imag")
         real = g.unsqueeze(real, [-1], "object.real_ri")

@@ -136,14 +136,18 @@ class Head(nn.Module):
 
     - ``pad_object`` (both upstreams): ``x1 = pad_{N/4}(act(conv1(h[:, :L−c])))``; with
       ``probe_big`` add ``x2 = silu(conv2(outer(h[:, −c:]))) · border`` (border = 1 outside the
-      centre square ``[N/4, 3N/4)²``).
+      centre square ``[N/4, 3N/4)²``); without ``outer_mask`` (upstream torchapi-devel) ``x2`` is
+      added unmasked. The amp head emits ``amp_channels`` when the spec sets it (1, broadcast over the
+      phase channels by the combine).
     - not ``pad_object`` (TF only): ``act(conv2(outer(h)))`` on all ``L`` latent channels, N×N
       directly, no slicing, padding or mask.
     """
 
-    def __init__(self, spec: NetworkSpec, activation) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, spec: NetworkSpec, activation, head: str) -> None:  # type: ignore[no-untyped-def]
         super().__init__()
         self.activation = activation
+        self.outer_mask = spec.outer_mask
+        cout = spec.head_channels(head)
         self.pad_object = spec.pad_object
         self.probe_big = spec.probe_big
         self.c_outer = spec.c_outer
@@ -155,11 +159,11 @@ class Head(nn.Module):
             blocks.append(UpBlock(cin, width))
             cin = width
         self.decoder = nn.ModuleList(blocks)
-        self.conv1 = _conv3x3(latent - spec.c_outer, spec.channels_out) if spec.narrow_head else None
+        self.conv1 = _conv3x3(latent - spec.c_outer, cout) if spec.narrow_head else None
         if spec.outer_tensors:
             outer_in = spec.c_outer if spec.pad_object else latent
             self.outer: UpBlock | None = UpBlock(outer_in, spec.outer_width)
-            self.conv2: nn.Conv2d | None = _conv3x3(spec.outer_width, spec.channels_out)
+            self.conv2: nn.Conv2d | None = _conv3x3(spec.outer_width, cout)
         else:
             self.outer = None
             self.conv2 = None
@@ -179,7 +183,7 @@ class Head(nn.Module):
             return x1
         assert self.outer is not None and self.conv2 is not None
         x2 = F.silu(self.conv2(self.outer(h[:, -self.c_outer :])))
-        return x1 + x2 * self.border
+        return x1 + (x2 * self.border if self.outer_mask else x2)
 
 
 class PtychoPinnCnn(nn.Module):
@@ -195,8 +199,8 @@ class PtychoPinnCnn(nn.Module):
             cin = width
         self.encoder = nn.ModuleList(blocks)
         self.bottleneck = Bottleneck(cin, spec.cbam_bottleneck)
-        self.amp = Head(spec, _amp_activation(spec.amp_activation))
-        self.phase = Head(spec, _phase_activation)
+        self.amp = Head(spec, _amp_activation(spec.amp_activation), "amp")
+        self.phase = Head(spec, _phase_activation, "phase")
 
     def amp_phase(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         for block in self.encoder:
@@ -206,7 +210,7 @@ class PtychoPinnCnn(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         amp, phase = self.amp_phase(x)
-        # Upstream torch's CombineComplex, in complex64.
+        # Upstream torch's CombineComplex, in complex64 (a 1-channel amp broadcasts over the phase channels).
         return amp.to(dtype=torch.complex64) * torch.exp(1j * phase.to(dtype=torch.complex64))
 
 

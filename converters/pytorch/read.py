@@ -26,8 +26,16 @@ from converters.pytorch.layout import (
     TORCH_CONFIG_KEYS,
     TORCH_CONFIG_READ_ORDER,
     TORCH_VERSION,
+    TORCHAPI_CONFIG_KEYS,
+    VARIANT_TORCHAPI,
 )
 from converters.pytorch.spec import spec_from_torch
+from converters.pytorch.torchapi import (
+    check_checkpoint_tensors,
+    lightning_version_warning,
+    looks_torchapi,
+    spec_from_hyper_parameters,
+)
 from converters.pytorch.torchzip import read_torch
 from ptycho_bridge.errors import FormatError, SpecError, UnsupportedError
 from ptycho_bridge.formats.base import (
@@ -271,6 +279,11 @@ class TorchJsonReader(EraReader):
 class LightningCheckpointReader(EraReader):
     """A bare Lightning ``.ckpt`` (a torch zip pickle): ``state_dict`` + ``hyper_parameters``.
 
+    One era, two upstream networks: upstream main's (``model_config`` has
+    ``use_legacy_decoder_channel_override``; :func:`spec_from_torch`) and torchapi-devel's, which
+    Ptychodus 1.7 trains and loads (the four configs hold exactly that branch's dataclass fields;
+    :mod:`converters.pytorch.torchapi`). The entry's payload names the variant (``variant``).
+
     It calls :mod:`converters.pytorch.torchzip` through the module (imported at the top of this file)
     so that ``import converters.pytorch.torchzip`` works as a program's first import: that import
     loads ``ptycho_bridge``, whose package init reaches this module (formats.detect → formats.eras)
@@ -289,6 +302,8 @@ class LightningCheckpointReader(EraReader):
         if "state_dict" not in data or "hyper_parameters" not in data:
             raise FormatError("torch file is not a Lightning checkpoint (needs state_dict and hyper_parameters)", member=zf.label)
         hp = require_dict(data["hyper_parameters"], member=zf.label, what="hyper_parameters")
+        if looks_torchapi(hp):
+            return _read_torchapi_checkpoint(zf, path, data, hp, self.era)
         config = torch_config_from(hp, member=f"{zf.label} [hyper_parameters]")
         params: dict[str, Any] = {}
         mc = config["model_config"]
@@ -328,3 +343,32 @@ class LightningCheckpointReader(EraReader):
             warnings=warnings,
             members={m.name: m.size for m in zf.iter_members()},
         )
+
+
+def _read_torchapi_checkpoint(zf: SafeZip, path: str, data: dict[str, Any], hp: dict[str, Any], era: str) -> BridgeArchive:
+    """A Ptychodus 1.7 (upstream torchapi-devel) checkpoint: the four configs decide every width."""
+    label = zf.label
+    spec, warnings = spec_from_hyper_parameters(hp, member=f"{label} [hyper_parameters]")
+    tensors, infos = canonical_state_dict(data["state_dict"], member=f"{label} [state_dict]")
+    check_checkpoint_tensors(spec, hp, tensors, member=f"{label} [state_dict]")
+    optimizer_states = data.get("optimizer_states")
+    entry = ModelEntry("diffraction_to_obj", spec, tensors, infos, payload={
+        "kind": "torch-state-dict", "member": label, "variant": VARIANT_TORCHAPI,
+        "global_step": data.get("global_step"), "lightning_version": data.get("pytorch-lightning_version"),
+        "optimizer_states": len(optimizer_states) if isinstance(optimizer_states, list) else 0,
+    }, warnings=list(warnings))
+    mc, dc = hp["model_config"], hp["data_config"]
+    params = {"N": spec.N, "gridsize": spec.gridsize, "n_filters_scale": spec.n_filters_scale,
+              "object.big": spec.object_big, "probe.big": spec.probe_big, "amp_activation": mc["amp_activation"],
+              "intensity_scale.trainable": mc["intensity_scale_trainable"], "offset": mc["offset"],
+              "max_position_jitter": mc["max_position_jitter"], "nphotons": dc["nphotons"]}
+    arch_warnings = lightning_version_warning(data)
+    if entry.payload["optimizer_states"]:
+        arch_warnings.append("checkpoint holds optimizer state (training only; not needed for inference)")
+    config: dict[str, Any] = {k: hp[k] for k in TORCHAPI_CONFIG_KEYS}
+    config["hyper_parameters"] = {k: v for k, v in hp.items() if k not in TORCHAPI_CONFIG_KEYS}
+    return BridgeArchive(
+        path=path, era=era, backend="pytorch", params=params, models={"diffraction_to_obj": entry},
+        intensity_scale=None, manifest={}, torch_config=config, warnings=arch_warnings,
+        members={m.name: m.size for m in zf.iter_members()},
+    )

@@ -21,6 +21,7 @@ from ptycho_bridge import __version__
 VERBS: dict[str, tuple[str, str]] = {
     "convert": ("ptycho_bridge.cli.convert", "Convert a model archive to the other backend, or refuse with the reason the networks differ."),
     "diff": ("ptycho_bridge.cli.diff", "Compare two archives (any eras) through their canonical tensors and parameters."),
+    "export-ckpt": ("ptycho_bridge.cli.export_ckpt", "Write ARCHIVE's network as the Lightning .ckpt Ptychodus 1.7 loads (upstream torchapi-devel), or refuse."),
     "export-onnx": ("ptycho_bridge.cli.export_onnx", "Export ARCHIVE's network to ONNX (imports neither TensorFlow nor PyTorch)."),
     "inspect": ("ptycho_bridge.cli.inspect", "Show what an archive holds, without TensorFlow or PyTorch and without executing anything."),
     "migrate": ("ptycho_bridge.cli.migrate", "Migrate a legacy archive (TF ModelManager, torch bundle, torch-json, Lightning .ckpt) to bridge-2."),

@@ -49,7 +49,12 @@ def _print_inspect(report: dict[str, Any]) -> None:
         flags = ["object_big", "probe_big", "pad_object", "cbam_encoder", "cbam_bottleneck", "batch_norm"]
         head.add_row("flags", " ".join(f"{f}={net.get(f)}" for f in flags))
         head.add_row("heads", f"amp_activation={net['amp_activation']} c_outer={net.get('c_outer')} "
-                              f"outer_width={net.get('outer_width')} channels_out={net.get('channels_out')}")
+                              f"outer_width={net.get('outer_width')} channels_out={net.get('channels_out')}"
+                              + (f" amp_channels={net['amp_channels']}" if "amp_channels" in net else "")
+                              + (" outer_mask=False" if net.get("outer_mask") is False else ""))
+        if "upstream_variant" in net:
+            head.add_row("upstream", f"{net['upstream_variant']} network (the Lightning model Ptychodus 1.7 loads; "
+                                     "outer branch added without the border mask)")
     console.print(head)
     models = Table(title="models", title_justify="left")
     for col in ("model", "payload", "tensors", "bytes", "notes"):

@@ -2,7 +2,8 @@
 
 The rule, the references and the report live in :mod:`ptycho_bridge.parity`; this module parses
 options, prints a rich table (or ``--json``, schema ``parity-report``) and sets the exit code:
-0 when every comparison passes, 1 when one fails or there was nothing to compare.
+0 when every comparison passes, 1 when one fails, there was nothing to compare, or an engine named
+in ``--engines`` cannot run (not installed, or unable to build the network): that is an error, not a skip.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from ptycho_bridge.cli import util
 from ptycho_bridge.cli.util import emit_json, guarded
@@ -29,7 +31,8 @@ from ptycho_bridge.ops.parity import (
 @click.argument("archive", type=click.Path(exists=True, path_type=Path))
 @click.argument("other", required=False, type=click.Path(exists=True, path_type=Path))
 @click.option("--engines", "engines_text", default=",".join(ENGINE_NAMES), show_default=True,
-              help="Comma-separated engines; those not installed are skipped and named.")
+              help="Comma-separated engines. Named here, an engine that cannot run (not installed, or unable to build the "
+                   "network) is an error; by default such engines are skipped and named.")
 @click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Input .npz: 'amplitude' [B,C,N,N] or an upstream golden.npz (its 'output' is compared too).")
 @click.option("--random", "use_random", is_flag=True, help="Use seeded random normalised input instead.")
@@ -56,14 +59,21 @@ def command(archive: Path, other: Path | None, engines_text: str, input_path: Pa
         archives.append(archive_under_test(other, label="B", model=model))
     first = archives[0]
     inp = random_input(first.spec, batch, seed) if use_random else load_input(input_path, first.archive, first.spec)
-    report = parity_report(archives, engines, inp, rtol=DEFAULT_RTOL if rtol is None else rtol, atol=atol)
+    strict = click.get_current_context().get_parameter_source("engines_text") != ParameterSource.DEFAULT
+    report = parity_report(archives, engines, inp, rtol=DEFAULT_RTOL if rtol is None else rtol, atol=atol,
+                           strict=strict)
     if as_json:
         emit_json(report)
     else:
-        _print(report)
+        _print(report, strict)
     if not report["ok"]:
         failed = [c for c in report["comparisons"] if not c["ok"]]
-        if failed:
+        if strict and report["engines"]["skipped"]:
+            s = report["engines"]["skipped"][0]
+            click.echo(f"error: requested engine {s['engine']} cannot run on {s['archive']}: {s['reason']}"
+                       + (f" (and {len(report['engines']['skipped']) - 1} more)" if len(report["engines"]["skipped"]) > 1
+                          else ""), err=True)
+        elif failed:
             worst = failed[0]
             region = max(worst["regions"], key=lambda r: worst["regions"][r]["worst_ratio"] or float("inf"))
             r = worst["regions"][region]
@@ -79,7 +89,7 @@ def _fmt(v: Any) -> str:
     return "—" if v is None else f"{v:.3g}"
 
 
-def _print(report: dict[str, Any]) -> None:
+def _print(report: dict[str, Any], strict: bool = False) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -104,6 +114,6 @@ def _print(report: dict[str, Any]) -> None:
     for run in report["engines"]["ran"]:
         console.print(f"ran {run['label']} in {run['seconds']:.2f} s")
     for s in report["engines"]["skipped"]:
-        console.print(f"[yellow]skipped[/yellow] {s['engine']} ({escape(s['archive'])}): {escape(s['reason'])}")
+        console.print(f"{'[red]error[/red]' if strict else '[yellow]skipped[/yellow]'} {s['engine']} ({escape(s['archive'])}): {escape(s['reason'])}")
     for n in report["notes"]:
         console.print(f"note: {escape(n)}")

@@ -247,8 +247,14 @@ def parity_report(
     rtol: float = DEFAULT_RTOL,
     atol: float | None = None,
     batch_size: int | None = None,
+    strict: bool = False,
 ) -> dict[str, Any]:
-    """Run ``inp`` through every requested, installed engine for every archive; compare; report."""
+    """Run ``inp`` through every requested, installed engine for every archive; compare; report.
+
+    ``strict`` (the engines were named by the user): an engine that cannot run — not installed, or
+    unable to express the network — fails the report (``ok`` false, a note per engine) instead of
+    being skipped; it is still listed under ``engines.skipped`` with its reason.
+    """
     base = archives[0].spec
     for a in archives[1:]:
         if (a.spec.channels_in, a.spec.N, a.spec.channels_out) != (base.channels_in, base.N, base.channels_out):
@@ -297,10 +303,13 @@ def parity_report(
         if inp.expected_level == TRIMMED and not a.reassembly_centring:
             notes.append(f"{a.label or a.path}: {a.archive.era} reassembly translates each patch by its own offset "
                          "(no batch-mean centring), as that era's upstream did")
+    failed_engines = bool(strict and skipped)
+    for s in skipped if strict else ():
+        notes.append(f"requested engine {s['engine']} cannot run on {s['archive']}: {s['reason']}")
     if not comparisons:
         notes.append("nothing to compare: fewer than two outputs (install more engines or pass a golden input)")
     return {
-        "ok": bool(comparisons) and all(c["ok"] for c in comparisons),
+        "ok": bool(comparisons) and all(c["ok"] for c in comparisons) and not failed_engines,
         "archives": [
             {"label": a.label, "path": a.path, "era": a.archive.era, "backend": a.archive.backend, "sha256": a.sha256,
              "network": a.spec.to_dict()}

@@ -14,6 +14,7 @@ from ptycho_bridge.formats.bridge2.verify import verify_checksums
 from ptycho_bridge.formats.detect import detect_reader, open_container
 from ptycho_bridge.io.safezip import DEFAULT_LIMITS, Limits
 from ptycho_bridge.model import BridgeArchive
+from ptycho_bridge.spec.network import NetworkSpec
 
 
 def network_summary(arch: BridgeArchive) -> dict[str, Any] | None:
@@ -22,7 +23,19 @@ def network_summary(arch: BridgeArchive) -> dict[str, Any] | None:
         return None
     spec = entry.spec.to_dict()
     spec["channels"] = entry.spec.channels
+    variant = upstream_variant(arch.backend, entry.spec)
+    if variant is not None:
+        spec["upstream_variant"] = variant
     return spec
+
+
+def upstream_variant(backend: str, spec: NetworkSpec) -> str | None:
+    """``'torchapi-devel'`` for a PyTorch network upstream's torchapi-devel branch builds (Ptychodus 1.7),
+    else None. Upstream main's torch network is the one every archive before it held, so its name is
+    left out of reports (they stay byte-identical): no ``upstream_variant`` on a PyTorch archive means main."""
+    if backend == "pytorch" and not spec.outer_mask:
+        return "torchapi-devel"
+    return None
 
 
 def inspect_report(arch: BridgeArchive, *, tensors: bool = False) -> dict[str, Any]:

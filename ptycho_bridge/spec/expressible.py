@@ -13,6 +13,8 @@ Targets:
   choices (zero-filled unused branches, the c_outer override) are the converter's business.
 - ``"pytorch-archive"`` / ``"tensorflow-archive"``: a spec is in the exact form that backend's
   factory emits, so its legacy members can be written (what the writers check).
+- ``"ptychodus-ckpt"``: the network upstream torchapi-devel's ``PtychoPINN_Lightning`` builds (the
+  Lightning ``.ckpt`` Ptychodus 1.7 loads; :mod:`converters.pytorch.ckpt` writes it).
 - ``"engine:torch"``, ``"engine:keras"``, ``"engine:onnx"``: what each of our engines implements.
 """
 
@@ -58,12 +60,18 @@ class Rule:
 
 def facts(spec: NetworkSpec) -> dict[str, Any]:
     """Spec fields plus derived sizes, for the reason templates."""
-    return {**spec.to_dict(), "channels": spec.channels, "latent_width": spec.latent_width,
+    return {**spec.to_dict(), "amp_channels": spec.amp_channels, "outer_mask": spec.outer_mask,
+            "amp_head_channels": spec.head_channels("amp"), "channels": spec.channels, "latent_width": spec.latent_width,
             "tf_outer_width": tf_outer_width(spec.N, spec.n_filters_scale), "torch_outer_width": spec.latent_width,
             "SUPPORTED": list(SUPPORTED_N), "TF_AMP_ACTIVATIONS": TF_AMP_ACTIVATIONS,
             "ENGINE_AMP_ACTIVATIONS": ENGINE_AMP_ACTIVATIONS}
 
 
+_UNMASKED = ("outer_mask=False (upstream torchapi-devel, Ptychodus 1.7): the outer branch is added over the whole "
+             "patch, {target} masks it to the border with 1 − M; the networks are not equivalent")
+_AMP_CHANNELS = ("amp_channels={amp_channels}: the amp head emits {amp_channels} channel(s) broadcast over "
+                 "{channels_out} phase channels (torchapi-devel's decoder_last_amp_channels); {target} emits the same "
+                 "count from both heads")
 _NOT_POLAR = "use_polar=False (legacy 'A + iφ' combine) is not supported by the {engine} engine; only the polar combine amp·exp(iφ) is implemented"
 
 RULES: dict[str, tuple[Rule, ...]] = {
@@ -98,6 +106,8 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Rule("use_polar", lambda s: not s.use_polar, "use_polar=False: not a torch network"),
         Rule("amp_activation", lambda s: s.amp_activation not in TORCH_AMP_ACTIVATIONS,
              "amp_activation={amp_activation!r}: upstream torch builds only sigmoid or SiLU"),
+        Rule("outer_mask", lambda s: s.probe_big and not s.outer_mask, _UNMASKED.replace("{target}", "TF")),
+        Rule("amp_channels", lambda s: s.amp_channels is not None, _AMP_CHANNELS.replace("{target}", "TF")),
         Rule("c_outer", lambda s: s.c_outer != TF_C_OUTER,
              "c_outer={c_outer}: TF routes exactly 4 latent channels to the outer branch (hard-coded), this torch "
              "network routes {c_outer}; the networks are not equivalent"),
@@ -127,6 +137,36 @@ RULES: dict[str, tuple[Rule, ...]] = {
              "with object_big, else 1"),
         Rule("amp_activation", lambda s: s.amp_activation not in TORCH_AMP_ACTIVATIONS,
              "amp_activation={amp_activation!r}: torch has sigmoid, and SiLU (= swish) for any other name"),
+        Rule("outer_mask", lambda s: s.probe_big and not s.outer_mask,
+             _UNMASKED.replace("{target}", "upstream main's torch network")
+             + "; export-ckpt writes it as the Lightning checkpoint Ptychodus loads"),
+        Rule("amp_channels", lambda s: s.amp_channels is not None,
+             _AMP_CHANNELS.replace("{target}", "the torch bundle writer (upstream main)")),
+    ),
+    # upstream torchapi-devel's PtychoPINN_Lightning (the Lightning .ckpt Ptychodus 1.7 loads)
+    "ptychodus-ckpt": (
+        Rule("N", lambda s: s.N not in SUPPORTED_N, "N={N}: torchapi-devel builds only {SUPPORTED}"),
+        Rule("pad_object", lambda s: not s.pad_object,
+             "pad_object={pad_object!r}: torchapi-devel always builds the padded head (narrow conv, outer branch)"),
+        Rule("use_polar", lambda s: not s.use_polar, "use_polar=False: torchapi-devel combines amp·exp(iφ)"),
+        Rule("outer_mask", lambda s: s.probe_big and s.outer_mask,
+             "outer_mask=True with probe_big=True: this network multiplies its outer (probe_big) branch by the border "
+             "mask 1 − M (TF / upstream-main torch); torchapi-devel adds it unmasked over the whole patch, and no "
+             "choice of weights turns one into the other"),
+        Rule("batch_norm", lambda s: s.batch_norm,
+             "batch_norm=True: the canonical tensor index has no decoder/head batch-norm names to write"),
+        Rule("outer_tensors", lambda s: not s.outer_tensors,
+             "outer_tensors=False: torchapi-devel always builds the outer branch"),
+        Rule("narrow_head", lambda s: not s.narrow_head, "narrow_head=False: torchapi-devel always builds conv1"),
+        Rule("outer_width", lambda s: s.outer_width != s.latent_width,
+             "outer_width={outer_width}: torchapi-devel's outer up-block is 32·n_filters_scale = {latent_width} wide"),
+        Rule("channels_in", lambda s: s.channels_in != (s.channels if s.object_big else 1),
+             "channels_in={channels_in}: torchapi-devel's encoder takes C_model channels with object_big, else 1"),
+        Rule("amp_activation", lambda s: s.amp_activation not in TORCH_AMP_ACTIVATIONS,
+             "amp_activation={amp_activation!r}: torchapi-devel has sigmoid, and SiLU (= swish) for any other name"),
+        Rule("c_outer", lambda s: not 1 <= s.c_outer <= s.latent_width // 2,
+             "c_outer={c_outer}: torchapi-devel routes max(1, int(32·nfs·f)) channels with f clamped to [0, 0.5], "
+             "i.e. 1..{latent_width_half}"),
     ),
     # the exact form upstream TF's factory emits (the TF legacy writer's precondition); see _tf_form_refusals
     "tensorflow-archive": (
@@ -144,6 +184,8 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Rule("cbam", lambda s: s.cbam_encoder or s.cbam_bottleneck,
              "the TF network has no CBAM attention (cbam_encoder/cbam_bottleneck)"),
         Rule("batch_norm", lambda s: s.batch_norm, "the TF network has no batch normalisation"),
+        Rule("outer_mask", lambda s: s.probe_big and not s.outer_mask, _UNMASKED.replace("{target}", "the TF network")),
+        Rule("amp_channels", lambda s: s.amp_channels is not None, _AMP_CHANNELS.replace("{target}", "the TF network")),
         Rule("amp_activation", lambda s: s.amp_activation not in ENGINE_AMP_ACTIVATIONS,
              "amp_activation {amp_activation!r} is not one of {ENGINE_AMP_ACTIVATIONS}"),
     ),
@@ -186,6 +228,7 @@ def refusals(spec: NetworkSpec, target: str) -> list[Refusal]:
     values = facts(spec)
     values["torch_channels_in"] = spec.channels if spec.object_big else 1
     values["ENGINE_AMP_ACTIVATIONS_LIST"] = list(ENGINE_AMP_ACTIVATIONS)
+    values["latent_width_half"] = spec.latent_width // 2
     out = [Refusal(rule.field, getattr(spec, rule.field, None), rule.reason.format(**values))
            for rule in RULES[target] if rule.breaks(spec)]
     if target == "tensorflow-archive" and not out:

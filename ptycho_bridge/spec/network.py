@@ -38,6 +38,8 @@ HEADS = ("amp", "phase")
 CBAM_REDUCTION = 16
 CBAM_SPATIAL_KERNEL = 7
 TF_C_OUTER = 4
+# Fields :meth:`NetworkSpec.to_dict` omits at these values (added after manifests were first written).
+OPTIONAL_DEFAULTS: dict[str, Any] = {"amp_channels": None, "outer_mask": True}
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,12 @@ class NetworkSpec:
     ``outer_width`` the width of that branch's up-block. ``outer_tensors`` says whether the
     outer-branch weights exist at all (torch always builds them; TF only when they are used).
     ``narrow_head`` says whether the narrow head conv (``conv1``) exists (TF: only with pad_object).
+    ``amp_channels`` is the amp head's output width when it differs from ``channels_out`` (upstream
+    torchapi-devel's ``decoder_last_amp_channels``: 1, broadcast over the phase channels); None means
+    ``channels_out``. ``outer_mask`` says whether the outer branch is multiplied by the border mask
+    ``1 − M`` before the sum (TF and upstream-main torch: yes; upstream torchapi-devel, which Ptychodus
+    1.7 loads: no). :meth:`to_dict` leaves both out at their defaults, so every manifest written before
+    they existed serialises byte-identically.
     """
 
     N: int
@@ -70,6 +78,8 @@ class NetworkSpec:
     use_polar: bool = True
     padded_size: int | None = None
     family: str = FAMILY
+    amp_channels: int | None = None
+    outer_mask: bool = True
 
     # -- derived sizes -------------------------------------------------------------------------
     @property
@@ -100,8 +110,18 @@ class NetworkSpec:
         """Channels entering the heads (``32·nfs``)."""
         return 32 * self.n_filters_scale
 
+    def head_channels(self, head: str) -> int:
+        """Output channels of head ``'amp'`` or ``'phase'`` (they differ only with ``amp_channels``)."""
+        if head == "amp" and self.amp_channels is not None:
+            return self.amp_channels
+        return self.channels_out
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        for name, default in OPTIONAL_DEFAULTS.items():
+            if d[name] == default and type(d[name]) is type(default):
+                del d[name]
+        return d
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "NetworkSpec":
@@ -130,6 +150,17 @@ class NetworkSpec:
                 f"{self.gridsize} means {expect_out}",
                 field="channels_out",
             )
+        if self.amp_channels is not None and (
+            type(self.amp_channels) is not int or self.amp_channels not in (1, self.channels_out)
+        ):
+            raise SpecError(
+                f"amp_channels={self.amp_channels!r} must be 1 (broadcast over the phase channels) or "
+                f"channels_out={self.channels_out}",
+                field="amp_channels",
+            )
+        if not isinstance(self.outer_mask, bool) or (not self.outer_mask and not self.pad_object):
+            raise SpecError(f"outer_mask={self.outer_mask!r} must be a bool, and False only with pad_object",
+                            field="outer_mask")
         if self.pad_object and not self.narrow_head:
             raise SpecError("pad_object=True requires the narrow head conv (narrow_head=True)", field="narrow_head")
         if (self.probe_big or not self.pad_object) and not self.outer_tensors:
@@ -196,9 +227,12 @@ def torch_spec(
     cbam_bottleneck: bool = False,
     batch_norm: bool = False,
     padded_size: int | None = None,
+    amp_channels: int | None = None,
+    outer_mask: bool = True,
 ) -> NetworkSpec:
     """The spec of the network upstream's torch factory builds: always the padded head, both branches,
-    polar combine, an outer up-block ``32·nfs`` wide; ``c_outer`` defaults to the head channel count."""
+    polar combine, an outer up-block ``32·nfs`` wide; ``c_outer`` defaults to the head channel count.
+    torchapi-devel (Ptychodus 1.7) passes ``outer_mask=False`` and may pass ``amp_channels=1``."""
     channels = gridsize * gridsize
     cout = channels if object_big else 1
     return NetworkSpec(
@@ -220,6 +254,8 @@ def torch_spec(
         batch_norm=batch_norm,
         use_polar=True,
         padded_size=padded_size,
+        amp_channels=None if amp_channels == cout else amp_channels,
+        outer_mask=outer_mask,
     )
 
 
@@ -298,6 +334,7 @@ def expected_tensors(spec: NetworkSpec) -> dict[str, tuple[int, ...]]:
         out.update(_cbam("bottleneck", prev))
     latent = spec.latent_width
     for head in HEADS:
+        cout = spec.head_channels(head)
         cin = 128 * spec.n_filters_scale
         for d, width in enumerate(spec.decoder_widths):
             for j, c in ((1, cin), (2, width)):
@@ -305,14 +342,14 @@ def expected_tensors(spec: NetworkSpec) -> dict[str, tuple[int, ...]]:
                     out[f"{head}.decoder.{d}.conv{j}.{p}"] = shape
             cin = width
         if spec.narrow_head:
-            for p, shape in _conv(spec.channels_out, latent - spec.c_outer).items():
+            for p, shape in _conv(cout, latent - spec.c_outer).items():
                 out[f"{head}.conv1.{p}"] = shape
         if spec.outer_tensors:
             outer_in = spec.c_outer if spec.pad_object else latent
             for j, c in ((1, outer_in), (2, spec.outer_width)):
                 for p, shape in _conv(spec.outer_width, c).items():
                     out[f"{head}.outer.conv{j}.{p}"] = shape
-            for p, shape in _conv(spec.channels_out, spec.outer_width).items():
+            for p, shape in _conv(cout, spec.outer_width).items():
                 out[f"{head}.conv2.{p}"] = shape
     return out
 
@@ -340,7 +377,8 @@ def check_tensors(
         if got != shape:
             raise SpecError(
                 f"tensor {name!r} has shape {list(got)} but the spec (N={spec.N}, gridsize={spec.gridsize}, "
-                f"n_filters_scale={spec.n_filters_scale}, c_outer={spec.c_outer}) requires {list(shape)}",
+                f"n_filters_scale={spec.n_filters_scale}, c_outer={spec.c_outer}"
+                f"{'' if spec.amp_channels is None else f', amp_channels={spec.amp_channels}'}) requires {list(shape)}",
                 member=member,
             )
     if not check_extra:

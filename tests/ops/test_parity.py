@@ -34,17 +34,12 @@ def _parity(*args: str) -> tuple[int, dict]:
 @pytest.mark.parametrize("case", CASES)
 def test_all_engines_match_golden(fixtures_dir: Path, case: str) -> None:
     d = fixtures_dir / case
-    code, doc = _parity(str(d / "wts.h5.zip"), "--engines", "onnx,torch,keras", "--input", str(d / "golden.npz"))
+    engines = "onnx,torch,keras" if case.startswith("tf_") else "onnx,torch"
+    code, doc = _parity(str(d / "wts.h5.zip"), "--engines", engines, "--input", str(d / "golden.npz"))
     assert code == 0, [c for c in doc["comparisons"] if not c["ok"]]
     ran = {r["engine"] for r in doc["engines"]["ran"]}
-    assert {"onnx", "torch"} <= ran
-    if case.startswith("tf_"):
-        assert "keras" in ran
-        assert doc["input"]["expected_output"] == "trimmed"
-    else:  # the Keras network has no CBAM: skipped, and the reason is given
-        (skip,) = doc["engines"]["skipped"]
-        assert skip["engine"] == "keras" and "CBAM" in skip["reason"]
-        assert doc["input"]["expected_output"] == "per-patch"
+    assert ran == set(engines.split(",")) and doc["engines"]["skipped"] == []
+    assert doc["input"]["expected_output"] == ("trimmed" if case.startswith("tf_") else "per-patch")
     golden = [c for c in doc["comparisons"] if c["reference"] == "golden"]
     assert {c["actual"] for c in golden} == ran
     for c in golden:
@@ -123,3 +118,16 @@ def test_compare_rule_is_elementwise_and_per_region() -> None:
     act = ref.copy()
     act[0, 0, 0, 0] = np.nan
     assert not compare(act, ref)["regions"]["border"]["ok"]
+
+
+def test_requested_engine_that_cannot_run_is_an_error(fixtures_dir: Path) -> None:
+    """The Keras network has no CBAM: named in --engines it fails the run (exit 1, reason given), not a skip."""
+    d = fixtures_dir / "torch_N64_gs1"
+    code, doc = _parity(str(d / "wts.h5.zip"), "--engines", "onnx,keras", "--random", "--batch", "1")
+    assert code == 1 and doc["ok"] is False
+    (skip,) = doc["engines"]["skipped"]
+    assert skip["engine"] == "keras" and "CBAM" in skip["reason"]
+    assert any("requested engine keras cannot run" in n for n in doc["notes"])
+    result = CliRunner().invoke(main, ["parity", str(d / "wts.h5.zip"), "--engines", "onnx,keras", "--random"])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: requested engine keras cannot run")
