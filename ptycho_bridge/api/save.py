@@ -76,8 +76,10 @@ def _array(key: str, value: Any) -> np.ndarray:
 
 def _state_of(obj: Any) -> tuple[dict[str, np.ndarray], NetworkSpec | None, Mapping[str, Any]]:
     """(state_dict as arrays, the spec the object carries or None, its Lightning hparams or {})."""
+    hparams: Any = {}
+    own: NetworkSpec | None = None
     if isinstance(obj, Mapping):
-        raw, own, hparams = obj, None, {}
+        raw = obj
     elif callable(getattr(obj, "state_dict", None)):
         raw = obj.state_dict()
         own = obj.spec if isinstance(getattr(obj, "spec", None), NetworkSpec) else None  # our engine's module

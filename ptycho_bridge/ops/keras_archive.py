@@ -63,7 +63,7 @@ def write_keras_archive(
     model = ModelToWrite(spec, arrays, "keras", model_member(PRIMARY, KERAS_MEMBER),
                          notes=[*(notes or []), f"TF-era members written by converters.tensorflow.write: "
                                 f"{', '.join(sorted(legacy))}"])
-    return write_archive(path, force=force, check=lambda tmp: _verify(tmp, spec, arrays), backend="tensorflow",
+    return write_archive(Path(path), force=force, check=lambda tmp: _verify(tmp, spec, arrays), backend="tensorflow",
                          source_era="keras-model", models={PRIMARY: model}, params=cfg, intensity_scale=scale,
                          legacy_members=legacy)
 

@@ -142,7 +142,7 @@ def write_torch_archive(path: str | os.PathLike[str], src: TorchSource, *, force
         "autoencoder": ModelToWrite(None, {}, "torch-sentinel", "autoencoder/model.pth", sentinel="autoencoder",
                                     notes=["placeholder {'_sentinel': 'autoencoder'} as upstream's save_torch_bundle writes"]),
     }
-    return write_archive(path, force=force, check=lambda tmp: _verify(tmp, src), backend="pytorch",
+    return write_archive(Path(path), force=force, check=lambda tmp: _verify(tmp, src), backend="pytorch",
                          source_era=src.source_era, models=models, params=params, intensity_scale=scale,
                          torch_config=src.torch_config if src.torch_config else config, legacy_members=legacy)
 
