@@ -155,3 +155,21 @@ def test_migrate_of_a_ckpt_points_to_pack(fixtures_dir: Path, tmp_path: Path) ->
 
     plan, _ = migrate(fixtures_dir / CASE / "lightning.ckpt", tmp_path / "m.zip", dry_run=True)
     assert any("ptycho-bridge pack" in note for note in plan.notes)
+
+
+def test_hostile_params_file_is_never_executed(fixtures_dir: Path, tmp_path: Path) -> None:
+    from tests._support import evil_dumps, evil_payloads
+
+    sentinel = tmp_path / "pwned"
+    params = {"intensity_scale": SCALE, "N": 64, **{f"evil_{i}": p for i, p in enumerate(evil_payloads(sentinel).values())}}
+    (tmp_path / "params.dill").write_bytes(evil_dumps(params))
+    pack(fixtures_dir / CASE / "lightning.ckpt", tmp_path / "o.zip", params_path=tmp_path / "params.dill")
+    assert not sentinel.exists()
+    assert not any(k.startswith("evil_") for k in read_archive(tmp_path / "o.zip").params)
+
+
+def test_params_contradicting_the_weights_are_refused(fixtures_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "params.json").write_text(json.dumps({"intensity_scale": SCALE, "gridsize": 2}))
+    with pytest.raises(BridgeError, match="gridsize"):
+        pack(fixtures_dir / CASE / "lightning.ckpt", tmp_path / "o.zip", params_path=tmp_path / "params.json")
+    assert not (tmp_path / "o.zip").exists()
