@@ -88,6 +88,20 @@ class ModelEntry:
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tensor_info.values())
 
+    # the field names ``inspect --json`` uses, so that code reads like the JSON it was written from
+    @property
+    def network(self) -> NetworkSpec | None:
+        """The network spec (``inspect --json``: ``models.<name>.network``); None for a sentinel."""
+        return self.spec
+
+    @property
+    def n_tensors(self) -> int:
+        return len(self.tensor_info)
+
+    @property
+    def tensor_bytes(self) -> int:
+        return self.nbytes
+
 
 @dataclass
 class BridgeArchive:
@@ -111,6 +125,22 @@ class BridgeArchive:
         if "diffraction_to_obj" in self.models:
             return self.models["diffraction_to_obj"]
         raise KeyError("archive has no diffraction_to_obj model")
+
+    @property
+    def network(self) -> NetworkSpec | None:
+        """The inference model's spec (``inspect --json``: top-level ``network``), or None."""
+        entry = self.models.get("diffraction_to_obj") or next((m for m in self.models.values() if m.spec), None)
+        return entry.spec if entry is not None else None
+
+    @property
+    def format_version(self) -> str | None:
+        """bridge-2's ``format_version`` (None for legacy eras), as ``inspect --json`` reports it."""
+        return self.manifest.get("format_version") if self.era == "bridge-2" else None
+
+    @property
+    def source_era(self) -> str | None:
+        """The era a bridge-2 archive was converted, migrated or saved from (None for legacy eras)."""
+        return self.manifest.get("source_era") if self.era == "bridge-2" else None
 
     @property
     def probe(self) -> np.ndarray | None:

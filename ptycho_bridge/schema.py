@@ -23,6 +23,7 @@ SCHEMA_FILES = {
     "diff-report": "diff-report.schema.json",
     "parity-report": "parity-report.schema.json",
     "export-ckpt-report": "export-ckpt-report.schema.json",
+    "pack-report": "pack-report.schema.json",
 }
 
 

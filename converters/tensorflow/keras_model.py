@@ -42,12 +42,13 @@ import numpy as np
 
 from ptycho_bridge.errors import SpecError
 from ptycho_bridge.spec.expressible import require
-from ptycho_bridge.spec.mapping import canonical_to_tf_array
+from ptycho_bridge.spec.mapping import canonical_to_tf_array, tf_to_canonical_array
 from ptycho_bridge.spec.network import (
     AMP_ACTIVATION_KIND,
     HEADS,
     NetworkSpec,
     check_tensors,
+    expected_tensors,
     resolve_padded_size,
 )
 from ptycho_bridge.spec.reassembly import BATCH_COLLAPSE_PATCHES, centre_mask
@@ -333,6 +334,7 @@ def build_keras_model(spec: NetworkSpec, tensors: Mapping[str, np.ndarray], *, i
         w = np.asarray(tensors[f"{prefix}.weight"], dtype=np.float32)
         b = np.asarray(tensors[f"{prefix}.bias"], dtype=np.float32)
         layer.set_weights([canonical_to_tf_array(f"{prefix}.weight", w), b])
+    core.ptycho_spec = spec  # what spec_and_tensors (save_keras) reads back: the core knows its network
     if intensity_scale is None:
         return core
     if not (intensity_scale > 0 and math.isfinite(intensity_scale)):
@@ -390,6 +392,24 @@ def core_of(model: Any) -> Any:
             except LookupError:
                 continue
     raise LookupError(f"no {CORE_NAME!r} model inside {model.name!r}")
+
+
+def spec_and_tensors(model: Any) -> tuple[NetworkSpec, dict[str, np.ndarray]]:
+    """The spec and the *current* canonical tensors (after any training) of a model this module built.
+
+    ``LookupError`` when ``model`` was not built here (no core, or a core without its spec).
+    """
+    core = core_of(model)
+    spec = getattr(core, "ptycho_spec", None)
+    if not isinstance(spec, NetworkSpec):
+        raise LookupError(f"{core.name!r} does not record the NetworkSpec it was built from")
+    prefixes = sorted({name.rsplit(".", 1)[0] for name in expected_tensors(spec)})
+    tensors: dict[str, np.ndarray] = {}
+    for prefix in prefixes:
+        kernel, bias = core.get_layer(prefix.replace(".", "_")).get_weights()
+        tensors[f"{prefix}.weight"] = tf_to_canonical_array(f"{prefix}.weight", np.asarray(kernel, dtype=np.float32))
+        tensors[f"{prefix}.bias"] = np.asarray(bias, dtype=np.float32)
+    return spec, tensors
 
 
 def run_core(model: Any, x_norm: np.ndarray) -> np.ndarray:

@@ -86,7 +86,9 @@ def _ckpt_legacy_members(arch: BridgeArchive, notes: list[str]) -> dict[str, byt
     if arch.intensity_scale is None:
         notes.append("the checkpoint records no intensity_scale, which upstream's params.dill needs: no torch bundle "
                      "members written, so upstream's torch bundle loaders cannot open the output; the canonical "
-                     "tensors and configs are complete")
+                     "tensors and configs are complete. To get an archive upstream's load_inference_bundle_torch "
+                     "opens, run `ptycho-bridge pack CHECKPOINT -o OUT.zip --intensity-scale X` (or --params "
+                     "params.dill) with the training intensity scale")
         return {}
     entry = arch.primary
     assert entry.spec is not None

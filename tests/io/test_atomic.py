@@ -113,3 +113,21 @@ def test_error_inside_write_leaves_no_temp_file_and_keeps_previous(tmp_path: Pat
     with pytest.raises(OutputExistsError), atomic_write(dest) as fh:
         fh.write(b"x")
     assert dest.read_bytes() == b"previous"
+
+
+def test_check_runs_on_the_finished_file_and_a_failure_leaves_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ptycho_bridge.io.atomic import atomic_write
+
+    seen = []
+
+    def check(tmp):  # type: ignore[no-untyped-def]
+        seen.append(tmp.read_bytes())
+        raise ValueError("bad")
+
+    target = tmp_path / "out.bin"
+    try:
+        with atomic_write(target, check=check) as fh:
+            fh.write(b"data")
+    except ValueError:
+        pass
+    assert seen == [b"data"] and list(tmp_path.iterdir()) == []

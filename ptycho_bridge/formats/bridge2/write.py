@@ -17,7 +17,7 @@ import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -201,10 +201,16 @@ def build_members(
     return manifest, members
 
 
-def write_members(path: str | Path, manifest: Mapping[str, Any], members: Mapping[str, bytes], *, force: bool = False) -> Path:
-    """Write ``manifest.json`` first, then the members; weights stored and aligned, the rest deflated."""
+def write_members(
+    path: str | Path, manifest: Mapping[str, Any], members: Mapping[str, bytes], *, force: bool = False,
+    check: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write ``manifest.json`` first, then the members; weights stored and aligned, the rest deflated.
+
+    ``check`` receives the complete temporary file before the atomic rename (see :func:`atomic_write`).
+    """
     target = Path(path)
-    with atomic_write(target, force=force) as fh:
+    with atomic_write(target, force=force, check=check) as fh:
         with zipfile.ZipFile(fh, "w") as zf:
             info = zipfile.ZipInfo("manifest.json", date_time=FIXED_DATE)
             info.compress_type = zipfile.ZIP_DEFLATED
@@ -221,7 +227,12 @@ def write_members(path: str | Path, manifest: Mapping[str, Any], members: Mappin
     return target
 
 
-def write_archive(path: str | Path, *, force: bool = False, **kwargs: Any) -> Path:
-    """Build and atomically write a bridge-2 archive; see :func:`build_members` for the arguments."""
+def write_archive(
+    path: str | Path, *, force: bool = False, check: Callable[[Path], None] | None = None, **kwargs: Any
+) -> Path:
+    """Build and atomically write a bridge-2 archive; see :func:`build_members` for the arguments.
+
+    ``check`` validates the written temporary file before the rename (nothing is left if it raises).
+    """
     manifest, members = build_members(**kwargs)
-    return write_members(path, manifest, members, force=force)
+    return write_members(path, manifest, members, force=force, check=check)
