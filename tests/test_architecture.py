@@ -46,7 +46,11 @@ MODULES = _modules()
 def _project_imports(tree: ast.AST) -> list[tuple[ast.ImportFrom | ast.Import, bool]]:
     """Every import of a project module, with whether it sits at module level."""
     found = []
-    top = set(id(n) for n in getattr(tree, "body", []))
+    body = list(getattr(tree, "body", []))
+    for node in list(body):  # ``if TYPE_CHECKING:`` imports are module-level (for type checkers only)
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+            body.extend(node.body)
+    top = set(id(n) for n in body)
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES:
             found.append((node, id(node) in top))
