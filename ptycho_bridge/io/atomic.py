@@ -11,7 +11,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator
 
 from ptycho_bridge.errors import OutputExistsError
 
@@ -38,8 +38,13 @@ def refuse_existing(path: str | os.PathLike[str], *, force: bool) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], *, force: bool = False) -> Iterator[IO[bytes]]:
+def atomic_write(path: str | os.PathLike[str], *, force: bool = False,
+                 check: Callable[[Path], None] | None = None) -> Iterator[IO[bytes]]:
     """Yield a binary file; on success it atomically becomes ``path``; on error nothing is left.
+
+    ``check(temp_path)`` runs on the complete, fsynced temporary file before the rename; if it raises,
+    the temporary file is removed and nothing appears at ``path`` (writers validate their output here,
+    so an invalid archive is never left behind).
 
     Without ``force`` the commit is a hard link, which fails if ``path`` appeared meanwhile, so a
     file created by someone else during the write is never clobbered either.
@@ -55,6 +60,8 @@ def atomic_write(path: str | os.PathLike[str], *, force: bool = False) -> Iterat
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        if check is not None:
+            check(tmp)
         if force:
             os.replace(tmp, target)
         else:
