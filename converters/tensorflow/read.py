@@ -62,6 +62,7 @@ from ptycho_bridge.io.h5 import (
     read_array,
     walk_datasets,
 )
+from ptycho_bridge.io.h5_isolated import run_isolated
 from ptycho_bridge.io.safepickle import Opaque, Record
 from ptycho_bridge.io.safezip import SafeZip
 from ptycho_bridge.model import (
@@ -109,7 +110,8 @@ def read_keras_payload(zf: SafeZip, member: str, *, model_name: str, params: dic
         metadata = meta if isinstance(meta, dict) else {}
     keras.close()
 
-    h5 = open_h5(weights_bytes, member=weights_label)
+    conv_paths_wanted = [f"{vars_group(role.alias)}/{index}" for role in graph.convs for index, _ in CONV_VARS]
+    scan = run_isolated(_scan_weights, weights_bytes, conv_paths_wanted, weights_label, member=weights_label)
     infos: dict[str, TensorInfo] = {}
     paths: dict[str, str] = {}
     shapes: dict[str, tuple[int, ...]] = {}
@@ -117,27 +119,27 @@ def read_keras_payload(zf: SafeZip, member: str, *, model_name: str, params: dic
         group_path = vars_group(role.alias)
         for index, param in CONV_VARS:
             path = f"{group_path}/{index}"
-            dset = get_dataset(h5, path, member=weights_label)
-            if param == "weight":  # the group's layer name, once per conv (get_dataset has vetted its links)
-                stored_name = get_attr(h5[group_path], "name", member=weights_label)
-                if stored_name is not None and str(stored_name) != role.layer_name:
+            found = scan["convs"][path]
+            if param == "weight":  # the group's layer name, once per conv
+                stored_name = found["name"]
+                if stored_name is not None and stored_name != role.layer_name:
                     raise SpecError(
                         f"weight group {group_path} belongs to layer {stored_name!r}, config.json says {role.layer_name!r}",
                         member=weights_label,
                     )
             name = f"{role.canonical}.{param}"
-            shape = tuple(int(d) for d in dset.shape)
+            shape = tuple(int(d) for d in found["shape"])
             if param == "weight":
                 if len(shape) != 4:
                     raise SpecError(f"{path} has shape {list(shape)}, expected a 4-D HWIO kernel", member=weights_label)
                 shape = (shape[3], shape[2], shape[0], shape[1])
             shapes[name] = shape
             paths[name] = path
-            infos[name] = TensorInfo(name, shape, str(dset.dtype), source_name=path)
+            infos[name] = TensorInfo(name, shape, found["dtype"], source_name=path)
     check_tensors(spec, shapes, member=weights_label)
     conv_paths = set(paths.values())
     optimizer = 0
-    for path, _dset in walk_datasets(h5, member=weights_label):
+    for path in scan["datasets"]:
         rel = path.lstrip("/")
         if rel in conv_paths:
             continue
@@ -145,17 +147,10 @@ def read_keras_payload(zf: SafeZip, member: str, *, model_name: str, params: dic
             optimizer += 1
             continue
         raise SpecError(f"weight file holds {rel!r}, which no layer of the network owns", member=weights_label)
-    h5.close()
 
     def load() -> dict[str, np.ndarray]:
-        f = open_h5(weights_bytes, member=weights_label, checked=True)  # heaps checked when read() opened it
-        try:
-            return {
-                name: tf_to_canonical_array(name, read_array(get_dataset(f, path, member=weights_label), member=weights_label))
-                for name, path in paths.items()
-            }
-        finally:
-            f.close()
+        arrays = run_isolated(_read_weights, weights_bytes, paths, weights_label, member=weights_label)
+        return {name: tf_to_canonical_array(name, arrays[name]) for name in paths}
 
     payload = {
         "kind": "keras",
@@ -175,15 +170,45 @@ def read_keras_payload(zf: SafeZip, member: str, *, model_name: str, params: dic
 
 
 def _model_h5_scale(zf: SafeZip, member: str) -> float | None:
-    f = open_h5(zf.read(member, max_size=MAX_MODEL_H5), member=zf.member_label(member))
+    label = zf.member_label(member)
+    return run_isolated(_read_scale, zf.read(member, max_size=MAX_MODEL_H5), label, member=label)
+
+
+# -- libhdf5 work, run in a forked child by io.h5_isolated (plain data back) ---------------------------
+def _scan_weights(weights_bytes: bytes, conv_paths: list[str], label: str) -> dict[str, Any]:
+    """Shape, dtype and the group's ``name`` attribute of each conv variable; every dataset path."""
+    h5 = open_h5(weights_bytes, member=label)
     try:
-        value = get_attr(f, MODEL_H5_SCALE_ATTR, member=zf.member_label(member))
+        convs: dict[str, Any] = {}
+        for path in conv_paths:
+            dset = get_dataset(h5, path, member=label)
+            group_path = path.rsplit("/", 1)[0]
+            stored = get_attr(h5[group_path], "name", member=label) if dict(CONV_VARS).get(path.rsplit("/", 1)[1]) == "weight" else None
+            convs[path] = {"shape": [int(d) for d in dset.shape], "dtype": str(dset.dtype),
+                           "name": None if stored is None else str(stored)}
+        return {"convs": convs, "datasets": [path for path, _ in walk_datasets(h5, member=label)]}
+    finally:
+        h5.close()
+
+
+def _read_weights(weights_bytes: bytes, paths: dict[str, str], label: str) -> dict[str, np.ndarray]:
+    f = open_h5(weights_bytes, member=label)
+    try:
+        return {name: read_array(get_dataset(f, path, member=label), member=label) for name, path in paths.items()}
+    finally:
+        f.close()
+
+
+def _read_scale(data: bytes, label: str) -> float | None:
+    f = open_h5(data, member=label)
+    try:
+        value = get_attr(f, MODEL_H5_SCALE_ATTR, member=label)
         if value is None:
             return None
         arr = np.asarray(value)
         if arr.size != 1 or arr.dtype.kind not in "iuf":
             raise FormatError(f"intensity_scale attribute is {arr.dtype}{list(arr.shape)}, expected a number",
-                              member=zf.member_label(member), field=MODEL_H5_SCALE_ATTR)
+                              member=label, field=MODEL_H5_SCALE_ATTR)
         return float(arr.reshape(()))
     finally:
         f.close()

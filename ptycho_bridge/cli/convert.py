@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from ptycho_bridge.cli.util import emit_json, guarded
+from ptycho_bridge.cli.util import emit_json, guarded, no_verify_option
 from ptycho_bridge.formats.detect import read_archive
 from ptycho_bridge.io.atomic import refuse_existing, resolve_output
 from ptycho_bridge.ops.convert import plan_conversion, write_conversion
@@ -26,13 +26,14 @@ from ptycho_bridge.ops.convert import plan_conversion, write_conversion
               help="Folder (gets wts.h5.zip) or .zip path.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@no_verify_option
 @guarded
-def command(archive: Path, to: str, out: Path, force: bool, as_json: bool) -> None:
+def command(archive: Path, to: str, out: Path, force: bool, as_json: bool, no_verify: bool) -> None:
     """Convert a model archive to the other backend, or refuse with the reason the networks differ."""
 
     target = resolve_output(out)
     refuse_existing(target, force=force)
-    arch = read_archive(archive)
+    arch = read_archive(archive, verify=not no_verify)
     plan = plan_conversion(arch, to)
     path = write_conversion(arch, plan, target, force=force)
     doc: dict[str, Any] = {

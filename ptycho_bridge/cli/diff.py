@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from ptycho_bridge.cli import util
-from ptycho_bridge.cli.util import emit_json, guarded
+from ptycho_bridge.cli.util import emit_json, guarded, no_verify_option
 from ptycho_bridge.formats.detect import read_archive
 from ptycho_bridge.ops.diff import diff_archives
 
@@ -24,11 +24,12 @@ from ptycho_bridge.ops.diff import diff_archives
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report (schemas/diff-report.schema.json).")
 @click.option("--atol", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
               help="Largest absolute difference still counted as equal (arrays and floats); 0 means bit-identical.")
+@no_verify_option
 @guarded
-def command(a: Path, b: Path, as_json: bool, atol: float) -> None:
+def command(a: Path, b: Path, as_json: bool, atol: float, no_verify: bool) -> None:
     """Compare two archives (any eras) through their canonical tensors and parameters."""
 
-    report = diff_archives(read_archive(a), read_archive(b), atol=atol)
+    report = diff_archives(read_archive(a, verify=not no_verify), read_archive(b, verify=not no_verify), atol=atol)
     if as_json:
         emit_json(report)
     else:

@@ -16,7 +16,7 @@ import click
 from converters.onnx.export import build_onnx, save_onnx
 from converters.onnx.layout import MIN_OPSET
 from ptycho_bridge import __version__
-from ptycho_bridge.cli.util import guarded
+from ptycho_bridge.cli.util import guarded, no_verify_option
 from ptycho_bridge.io.atomic import refuse_existing, resolve_output
 from ptycho_bridge.ops.parity import archive_under_test
 
@@ -30,13 +30,14 @@ from ptycho_bridge.ops.parity import archive_under_test
 @click.option("--reassembly", is_flag=True,
               help="Add TF's reassembly stage (extra input 'positions', output 'trimmed_object').")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
+@no_verify_option
 @guarded
-def command(archive: Path, out: Path, model: str, opset: int | None, reassembly: bool, force: bool) -> None:
+def command(archive: Path, out: Path, model: str, opset: int | None, reassembly: bool, force: bool, no_verify: bool) -> None:
     """Export ARCHIVE's network to ONNX (imports neither TensorFlow nor PyTorch)."""
 
     target = resolve_output(out, "model.onnx")
     refuse_existing(target, force=force)
-    aut = archive_under_test(archive, model=model)
+    aut = archive_under_test(archive, model=model, verify=not no_verify)
     metadata = {
         "source_archive": archive.name,
         "source_sha256": aut.sha256 or "",

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from ptycho_bridge.cli import util
-from ptycho_bridge.cli.util import emit_json, guarded
+from ptycho_bridge.cli.util import emit_json, guarded, no_verify_option
 from ptycho_bridge.io.atomic import resolve_output
 from ptycho_bridge.ops.migrate import migrate
 
@@ -24,12 +24,13 @@ from ptycho_bridge.ops.migrate import migrate
 @click.option("--dry-run", is_flag=True, help="Show the members that would be written; write nothing.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@no_verify_option
 @guarded
-def command(archive: Path, out: Path, dry_run: bool, force: bool, as_json: bool) -> None:
+def command(archive: Path, out: Path, dry_run: bool, force: bool, as_json: bool, no_verify: bool) -> None:
     """Migrate a legacy archive (TF ModelManager, torch bundle, torch-json, Lightning .ckpt) to bridge-2."""
 
     target = resolve_output(out)
-    plan, verified = migrate(archive, target, force=force, dry_run=dry_run)
+    plan, verified = migrate(archive, target, force=force, dry_run=dry_run, read_verify=not no_verify)
     members = plan.member_table()
     doc: dict[str, Any] = {
         "source": str(archive),

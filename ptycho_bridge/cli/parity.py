@@ -16,7 +16,7 @@ import click
 from click.core import ParameterSource
 
 from ptycho_bridge.cli import util
-from ptycho_bridge.cli.util import emit_json, guarded
+from ptycho_bridge.cli.util import emit_json, guarded, no_verify_option
 from ptycho_bridge.ops.engines import ENGINE_NAMES, parse_engines
 from ptycho_bridge.ops.parity import (
     DEFAULT_RTOL,
@@ -43,9 +43,11 @@ from ptycho_bridge.ops.parity import (
               help="Absolute tolerance (default 1e-5·max|ref| per region).")
 @click.option("--model", default="diffraction_to_obj", show_default=True, help="Which model of the archives.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report (schemas/parity-report.schema.json).")
+@no_verify_option
 @guarded
 def command(archive: Path, other: Path | None, engines_text: str, input_path: Path | None, use_random: bool,
-            batch: int, seed: int, rtol: float | None, atol: float | None, model: str, as_json: bool) -> None:
+            batch: int, seed: int, rtol: float | None, atol: float | None, model: str, as_json: bool,
+            no_verify: bool) -> None:
     """Check that engines (and, with OTHER, two archives) give the same object on one input."""
 
     try:
@@ -54,9 +56,9 @@ def command(archive: Path, other: Path | None, engines_text: str, input_path: Pa
         raise click.BadParameter(str(exc), param_hint="--engines") from None
     if (input_path is None) == (not use_random):
         raise click.UsageError("give exactly one of --input FILE or --random")
-    archives = [archive_under_test(archive, label="A" if other else "", model=model)]
+    archives = [archive_under_test(archive, label="A" if other else "", model=model, verify=not no_verify)]
     if other is not None:
-        archives.append(archive_under_test(other, label="B", model=model))
+        archives.append(archive_under_test(other, label="B", model=model, verify=not no_verify))
     first = archives[0]
     inp = random_input(first.spec, batch, seed) if use_random else load_input(input_path, first.archive, first.spec)
     strict = click.get_current_context().get_parameter_source("engines_text") != ParameterSource.DEFAULT

@@ -19,7 +19,7 @@ from typing import Iterator
 import click
 import numpy as np
 
-from ptycho_bridge.cli.util import guarded
+from ptycho_bridge.cli.util import guarded, no_verify_option
 from ptycho_bridge.errors import ConversionRefused
 from ptycho_bridge.io.atomic import atomic_write, refuse_existing, resolve_output
 from ptycho_bridge.ops.engines import ENGINE_NAMES
@@ -56,12 +56,13 @@ def _with_progress(chunks: Iterator[np.ndarray], total: int, label: str) -> Iter
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--model", default="diffraction_to_obj", show_default=True, help="Which model of the archive.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
+@no_verify_option
 @guarded
-def command(archive: Path, input_path: Path, out: Path, engine: str, batch_size: int, model: str, force: bool) -> None:
+def command(archive: Path, input_path: Path, out: Path, engine: str, batch_size: int, model: str, force: bool, no_verify: bool) -> None:
     """Run ARCHIVE's network on --input with one engine; write the object to OUT."""
     target = resolve_output(out, "output.npz")
     refuse_existing(target, force=force)
-    aut = archive_under_test(archive, model=model)
+    aut = archive_under_test(archive, model=model, verify=not no_verify)
     inp = load_input(input_path, aut.archive, aut.spec)
     try:
         plan = plan_run(aut, inp, batch_size)

@@ -50,6 +50,12 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def no_verify_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--no-verify``: skip the sha256 check of the bytes a command reads (bridge-2; docs/security.md)."""
+    return click.option("--no-verify", "no_verify", is_flag=True,
+                        help="Do not check the sha256 of the tensor bytes read (bridge-2); only for archives you trust.")(fn)
+
+
 def console():  # type: ignore[no-untyped-def]
     from rich.console import Console
 

@@ -34,6 +34,10 @@ class EraReader(ABC):
     # the root manifest.dill "version" this era writes (legacy pickled eras only)
     legacy_manifest_version: ClassVar[str | None] = None
 
+    def __init__(self, *, verify: bool = True) -> None:
+        # eras with checksums verify the bytes they hand out (docs/security.md); the rest ignore it
+        self.verify = verify
+
     @classmethod
     @abstractmethod
     def detect(cls, zf: SafeZip, hints: dict[str, Any]) -> bool:

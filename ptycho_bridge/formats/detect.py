@@ -55,19 +55,22 @@ def open_container(path: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS
     return SafeZip(p, label=p.name, limits=limits)
 
 
-def read_archive(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS, verify: bool = False) -> BridgeArchive:
+def read_archive(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS, verify: bool = True,
+                 full_check: bool = False) -> BridgeArchive:
     """Read any supported archive (a ``wts.h5.zip``, its folder, or a Lightning ``.ckpt``).
 
-    ``verify=True`` (archives with checksums, i.e. bridge-2): before returning, read every member with
-    its CRC-32 and check its sha256, and every tensor's sha256 and ``offset`` (what ``validate`` does).
-    Plain reads skip this: the bridge-2 tensor fast path trusts the manifest's offsets within bounds.
+    ``verify`` (the default; archives with checksums, i.e. bridge-2): every byte handed out is checked
+    against the manifest when it is read -- ``params.json`` and each ``weights.h5`` member by sha256
+    (the probe included), each tensor view by its own sha256 -- and a mismatch raises
+    :class:`ChecksumError`. ``verify=False`` trusts the content (``inspect``, ``--no-verify``).
+    ``full_check=True`` additionally runs :func:`verify_checksums` before returning (what ``validate``
+    does: every member, every tensor, every ``offset`` against the HDF5 metadata).
     """
     zf = open_container(path, limits)
     try:
         reader, hints = detect_reader(zf)
-        arch = reader().read(zf, str(path), hints)
-        if verify and reader.has_checksums:
-
+        arch = reader(verify=verify).read(zf, str(path), hints)
+        if full_check and reader.has_checksums:
             verify_checksums(zf, arch.manifest)
         return arch
     finally:

@@ -38,13 +38,13 @@ def refuse_existing(path: str | os.PathLike[str], *, force: bool) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(
-    path: str | os.PathLike[str], *, force: bool = False, check: Callable[[Path], None] | None = None
-) -> Iterator[IO[bytes]]:
+def atomic_write(path: str | os.PathLike[str], *, force: bool = False,
+                 check: Callable[[Path], None] | None = None) -> Iterator[IO[bytes]]:
     """Yield a binary file; on success it atomically becomes ``path``; on error nothing is left.
 
-    ``check`` (optional) is called with the finished temporary file before the commit; if it raises,
-    the temporary file is removed and ``path`` is never created (writers validate what they wrote).
+    ``check(temp_path)`` runs on the complete, fsynced temporary file before the rename; if it raises,
+    the temporary file is removed and nothing appears at ``path`` (writers validate their output here,
+    so an invalid archive is never left behind).
 
     Without ``force`` the commit is a hard link, which fails if ``path`` appeared meanwhile, so a
     file created by someone else during the write is never clobbered either.

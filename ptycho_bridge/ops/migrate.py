@@ -118,10 +118,11 @@ def _upgraded_tf_members(arch: BridgeArchive, notes: list[str]) -> dict[str, byt
     return members
 
 
-def plan_migration(source: str | os.PathLike[str], output: str | os.PathLike[str]) -> MigrationPlan:
+def plan_migration(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
+                   read_verify: bool = True) -> MigrationPlan:
     """Read ``source`` (any legacy era) and build the bridge-2 archive that would replace it."""
 
-    arch = read_archive(source)
+    arch = read_archive(source, verify=read_verify)
     label = Path(source).name
     if arch.era not in LEGACY_ERAS:
         raise UnsupportedError(f"already a {arch.era} archive; nothing to migrate", member=label)
@@ -190,34 +191,41 @@ def plan_migration(source: str | os.PathLike[str], output: str | os.PathLike[str
 
 def migrate(
     source: str | os.PathLike[str], output: str | os.PathLike[str], *, force: bool = False, dry_run: bool = False,
-    verify: bool = True,
+    verify: bool = True, read_verify: bool = True,
 ) -> tuple[MigrationPlan, dict[str, Any] | None]:
-    """Plan, then (unless ``dry_run``) write atomically and verify; returns the plan and the check summary."""
+    """Plan, then (unless ``dry_run``) write, verify and only then rename into place; returns the plan
+    and the check summary. With ``verify`` the written file must pass ``validate`` and be bit-identical
+    to the source *before* the atomic rename: a failing output is removed, never left behind."""
     target = Path(output)
     refuse_existing(target, force=force)
     if target.exists() and target.resolve() == Path(source).resolve():
         raise OutputExistsError(f"{target} is the source archive: migrate to a new path, check it, then replace the "
                                 "source yourself (an unverified in-place migration could lose the only copy)")
-    plan = plan_migration(source, target)
+    plan = plan_migration(source, target, read_verify=read_verify)
     if dry_run:
         return plan, None
-    write_members(target, plan.manifest, plan.members, force=force)
-    if not verify:
-        return plan, None
-    return plan, verify_migration(plan, target)
+    summary: dict[str, Any] = {}
+
+    def check(tmp: Path) -> None:
+        summary.update(verify_migration(plan, tmp, label=str(target)))
+
+    write_members(target, plan.manifest, plan.members, force=force, check=check if verify else None)
+    return plan, (summary if verify else None)
 
 
-def verify_migration(plan: MigrationPlan, output: str | os.PathLike[str]) -> dict[str, Any]:
-    """Re-read the written archive: it must validate and be equivalent (bit-identical) to the source."""
+def verify_migration(plan: MigrationPlan, output: str | os.PathLike[str], *, label: str | None = None) -> dict[str, Any]:
+    """Re-read the written archive: it must validate and be equivalent (bit-identical) to the source.
+    ``label`` names the final output when ``output`` is still the temporary file."""
 
+    label = label or str(output)
     result = validate_path(output)
     if not result["valid"]:
-        raise FormatError(f"migrated archive fails validation: {result['errors'][0]}", member=str(output))
+        raise FormatError(f"migrated archive fails validation: {result['errors'][0]}", member=label)
     source = plan.archive if plan.archive is not None else read_archive(plan.source)
     report = diff_archives(source, read_archive(output), atol=0.0)
     if not report["equivalent"]:
         raise FormatError(f"migrated archive differs from its source in {report['differences']} place(s); "
-                          f"run `ptycho-bridge diff {plan.source} {output}`", member=str(output))
+                          f"run `ptycho-bridge diff {plan.source} <output>`", member=label)
     compared = sum(m["compared"] for m in report["models"])
     return {"valid": True, "equivalent": True, "tensors_compared": compared,
             "checksums": next((c["detail"] for c in result["checks"] if c["check"] == "checksums"), "")}

@@ -359,10 +359,12 @@ def file_sha256(path: str | Path) -> str | None:
     return h.hexdigest()
 
 
-def archive_under_test(path: str | Path, *, label: str = "", model: str = "diffraction_to_obj") -> ArchiveUnderTest:
-    """Read an archive and pick the model every engine runs (its spec and canonical tensors)."""
+def archive_under_test(path: str | Path, *, label: str = "", model: str = "diffraction_to_obj",
+                       verify: bool = True) -> ArchiveUnderTest:
+    """Read an archive and pick the model every engine runs (its spec and canonical tensors, checked
+    against the archive's sha256 index unless ``verify`` is false)."""
 
-    arch = read_archive(path)
+    arch = read_archive(path, verify=verify)
     if model not in arch.models:
         raise FormatError(f"no model {model!r} (models: {sorted(arch.models)})", member=str(path))
     entry = arch.models[model]

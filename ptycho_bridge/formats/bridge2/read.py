@@ -3,21 +3,27 @@
 Root ``manifest.json`` (validated by ``schemas/manifest.schema.json``) is the source of truth; it
 indexes every member with size + sha256 and every canonical tensor with dtype, shape and sha256.
 ``params.json`` holds the parameter snapshot; arrays (the probe) live in the primary model's
-``weights.h5`` under ``/params/``. Checksums are verified by :func:`verify_checksums`
-(``validate`` runs it; plain reads skip it for speed).
+``weights.h5`` under ``/params/``. ``validate`` runs :func:`verify_checksums` (every member, every
+tensor, offsets against HDF5); a plain read verifies what it consumes (``verify=True``, the default):
+the whole ``weights.h5`` member's sha256 once when it is read, and each tensor view's sha256, so the
+bytes a command uses are the bytes that were sealed (``docs/security.md``). ``verify=False`` is
+``inspect`` (no tensor bytes) and ``--no-verify``.
 
 Reads are in place: ``weights.h5`` is stored uncompressed in the zip, so tensors are views of one
 read of the member's bytes at their file offset (:func:`read_member_buffer`). When the manifest
 records every tensor's ``offset`` (the safetensors-style index) the views are taken straight from it
-(:func:`tensors_at_offsets`): no HDF5 parsing and no CRC-32 — bridge-2 integrity is the sha256 index,
-which ``validate`` (and ``read_archive(verify=True)``) checks together with every ``offset``. Without
-offsets, or for deflated members and in-memory containers, h5py parses the metadata of a CRC-checked
-buffer (:func:`read_in_place`). Params arrays (the probe) are read through a window on the member
-(:class:`MemberWindow`), so ``inspect`` reads HDF5 metadata and the probe, never the tensors.
+(:func:`tensors_at_offsets`): no HDF5 parsing and no CRC-32 — bridge-2 integrity is the sha256 index.
+Without offsets, or for deflated members and in-memory containers, h5py parses the metadata of a
+CRC-checked buffer (:func:`read_in_place`). Params arrays (the probe) are read through a window on
+the member (:class:`MemberWindow`) when not verifying, so ``inspect`` reads HDF5 metadata and the
+probe, never the tensors. Every libhdf5 call on archive bytes runs in a forked child
+(:mod:`ptycho_bridge.io.h5_isolated`), and only native-order, contiguous, unfiltered datasets are
+read (:func:`check_native_layout`): what the offset path and h5py read is the same bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -25,19 +31,22 @@ import numpy as np
 from ptycho_bridge import schema
 from ptycho_bridge.errors import (
     ArchiveError,
+    ChecksumError,
     CorruptArchiveError,
     FormatError,
     SpecError,
     UnsafeArchiveError,
 )
-from ptycho_bridge.formats.base import EraReader, cached_json, read_json
+from ptycho_bridge.formats.base import MAX_JSON_BYTES, EraReader, cached_json, read_json
 from ptycho_bridge.formats.bridge2.layout import (
     FORMAT,
     TENSOR_DTYPES,
     TENSOR_GROUP,
     check_format_version,
+    tensor_sha256,
 )
 from ptycho_bridge.formats.bridge2.params import decode_value
+from ptycho_bridge.formats.bridge2.verify import check_member_sha256, check_native_layout
 from ptycho_bridge.io.buffers import (
     BufferFile,
     MemberWindow,
@@ -48,6 +57,7 @@ from ptycho_bridge.io.h5 import (
     get_dataset,
     open_h5,
 )
+from ptycho_bridge.io.h5_isolated import run_isolated
 from ptycho_bridge.io.safezip import SafeZip
 from ptycho_bridge.model import BridgeArchive, LazyTensors, ModelEntry, TensorInfo
 from ptycho_bridge.spec.network import NetworkSpec, check_tensors
@@ -83,6 +93,7 @@ class BridgeReader(EraReader):
             raise FormatError(f"members listed in manifest.json but absent: {sorted(listed - present)}", member=where, field="members")
 
         weights_cache: dict[str, np.ndarray] = {}
+        verify = self.verify
 
         def weights_buffer(member: str, check_crc: bool = True) -> np.ndarray:
             # tensors load lazily, after read() returned and the container was closed: reopen by path
@@ -91,9 +102,12 @@ class BridgeReader(EraReader):
                     raise FormatError("weights member listed in manifest.json is absent", member=zf.member_label(member))
                 if zf.closed and zf.path is not None:
                     with SafeZip(zf.path, label=zf.label, limits=zf.limits) as again:
-                        weights_cache[member] = read_member_buffer(again, member, check_crc=check_crc)
+                        buf = read_member_buffer(again, member, check_crc=check_crc and not verify)
                 else:
-                    weights_cache[member] = read_member_buffer(zf, member, check_crc=check_crc)
+                    buf = read_member_buffer(zf, member, check_crc=check_crc and not verify)
+                if verify:  # one sha256 of the whole member replaces its CRC-32: what is consumed was sealed
+                    check_member_sha256(member, memoryview(buf), manifest, label=zf.member_label(member))
+                weights_cache[member] = buf
             return weights_cache[member]
 
         models: dict[str, ModelEntry] = {}
@@ -122,7 +136,8 @@ class BridgeReader(EraReader):
             models[name] = ModelEntry(
                 name,
                 spec,
-                LazyTensors(infos, _tensor_loader(zf, weights, infos, weights_buffer, offsets if in_place else None)),
+                LazyTensors(infos, _tensor_loader(zf, weights, infos, weights_buffer, offsets if in_place else None,
+                                                  verify=verify)),
                 infos,
                 payload=dict(entry["payload"], weights=entry["weights"]),
                 warnings=list(entry.get("notes", [])),
@@ -131,6 +146,9 @@ class BridgeReader(EraReader):
         torch_config = None
         if "params.json" in zf:
             pwhere = zf.member_label("params.json")
+            if verify:
+                check_member_sha256("params.json", zf.read("params.json", max_size=MAX_JSON_BYTES), manifest,
+                                    label=pwhere)
             doc = read_json(zf, "params.json")
             schema.validate("params", doc, member=pwhere)
 
@@ -141,16 +159,13 @@ class BridgeReader(EraReader):
                 label = zf.member_label(ref["member"])
                 if ref["member"] not in zf:
                     raise FormatError("weights member named in params.json is absent", member=label)
-                cached = weights_cache.get(ref["member"])
+                # A verifying read hashes the whole member first and reads the probe from those bytes.
+                cached = weights_buffer(ref["member"]) if verify else weights_cache.get(ref["member"])
                 store = BufferFile(cached) if cached is not None else MemberWindow.open(zf, ref["member"])
                 if store is None:
                     store = BufferFile(weights_buffer(ref["member"]))
-                try:
-                    f = open_h5(store, member=label)
-                    try:
-                        arr = read_in_place(store, get_dataset(f, ref["dataset"], member=label), member=label)
-                    finally:
-                        f.close()
+                try:  # libhdf5 runs on these bytes in a forked child (io.h5_isolated)
+                    arr = run_isolated(_read_params_array, store, ref["dataset"], label, member=label)
                 finally:
                     store.close()
                 if list(arr.shape) != list(ref["shape"]) or str(arr.dtype) != ref["dtype"]:
@@ -177,31 +192,56 @@ class BridgeReader(EraReader):
 
 
 def _tensor_loader(zf: SafeZip, member: str, infos: dict[str, TensorInfo], weights_buffer,  # type: ignore[no-untyped-def]
-                   offsets: dict[str, int] | None = None):
-    """The loader of one model's tensors: views at the manifest's offsets when given, else via h5py."""
+                   offsets: dict[str, int] | None = None, *, verify: bool = True):
+    """The loader of one model's tensors: views at the manifest's offsets when given, else via h5py
+    (in a forked child); with ``verify`` every tensor's bytes are hashed against the manifest."""
     label = zf.member_label(member)
 
     def load() -> dict[str, np.ndarray]:
         if offsets is not None:  # stored member in a file, every tensor indexed with its offset
-            return tensors_at_offsets(weights_buffer(member, check_crc=False), infos, offsets, member=label)
+            return tensors_at_offsets(weights_buffer(member, check_crc=False), infos, offsets, member=label,
+                                      verify=verify)
         store = BufferFile(weights_buffer(member))
-        f = open_h5(store, member=label)
         try:
-            out = {}
-            group = _tensor_group(f, member=label) if infos else None
-            for name, info in infos.items():
-                dset = get_dataset(group, name, member=label)  # one link level per tensor, not two
-                if tuple(dset.shape) != info.shape or str(dset.dtype) != info.dtype:
-                    raise SpecError(
-                        f"tensor {name!r} is {dset.dtype}{list(dset.shape)}, manifest says {info.dtype}{list(info.shape)}",
-                        member=label,
-                    )
-                out[name] = read_in_place(store, dset, member=label)
-            return out
+            out = run_isolated(_read_tensors, store, {k: [list(i.shape), i.dtype] for k, i in infos.items()}, label,
+                               member=label)
         finally:
-            f.close()
+            store.close()
+        if verify:
+            for name, info in infos.items():
+                if tensor_sha256(out[name]) != info.sha256:
+                    raise ChecksumError(f"tensor {name!r} sha256 does not match manifest.json", member=label)
+        return out
 
     return load
+
+
+# -- libhdf5 work, run in a forked child by io.h5_isolated (plain arrays back) --------------------------
+def _read_tensors(store: BufferFile, index: dict[str, list[Any]], label: str) -> dict[str, np.ndarray]:
+    f = open_h5(store, member=label)
+    try:
+        out = {}
+        group = _tensor_group(f, member=label) if index else None
+        for name, (shape, dtype) in index.items():
+            dset = get_dataset(group, name, member=label)  # one link level per tensor, not two
+            check_native_layout(dset, member=label)
+            if tuple(dset.shape) != tuple(shape) or str(dset.dtype) != dtype:
+                raise SpecError(f"tensor {name!r} is {dset.dtype}{list(dset.shape)}, manifest says {dtype}{list(shape)}",
+                                member=label)
+            out[name] = read_in_place(store, dset, member=label)
+        return out
+    finally:
+        f.close()
+
+
+def _read_params_array(store: BufferFile, dataset: str, label: str) -> np.ndarray:
+    f = open_h5(store, member=label)
+    try:
+        dset = get_dataset(f, dataset, member=label)
+        check_native_layout(dset, member=label)
+        return read_in_place(store, dset, member=label)
+    finally:
+        f.close()
 
 
 def _tensor_group(f, *, member: str):  # type: ignore[no-untyped-def]
@@ -227,14 +267,16 @@ def _tensor_group(f, *, member: str):  # type: ignore[no-untyped-def]
 
 # -- in-place reads of stored weights.h5 members ----------------------------------------------------
 def tensors_at_offsets(buf: np.ndarray, infos: dict[str, TensorInfo], offsets: dict[str, int], *,
-                       member: str) -> dict[str, np.ndarray]:
+                       member: str, verify: bool = True) -> dict[str, np.ndarray]:
     """Every tensor as a view of the member buffer at its manifest ``offset`` (no HDF5, no copy).
 
     Why: parsing HDF5 costs 50-100 µs per tensor; the manifest already says dtype, shape and where the
     bytes are. Bounds hold whatever the manifest says: a byte range outside the member is refused
     naming the tensor, so a lying offset can never read past the member. A lying offset *inside* the
-    member yields wrong values, which the sha256 index catches (``validate`` also cross-checks every
-    offset against HDF5). Unaligned data is copied (numpy and torch want aligned arrays).
+    member yields wrong values, which the sha256 index catches: with ``verify`` (the default) the bytes
+    of every view are hashed and compared with the tensor's manifest sha256 -- the checksum covers
+    C-order little-endian bytes, exactly what the view reads, so a tensor stored big-endian or an
+    offset pointing at other bytes is refused here as in ``validate``. Unaligned data is copied.
     """
     size = int(buf.size)
     out: dict[str, np.ndarray] = {}
@@ -252,6 +294,9 @@ def tensors_at_offsets(buf: np.ndarray, infos: dict[str, TensorInfo], offsets: d
                 f"tensor {name!r}: manifest.json offset {offset} + {nbytes} bytes lies outside the {size}-byte member",
                 member=member,
             )
+        if verify and hashlib.sha256(memoryview(buf)[offset:offset + nbytes]).hexdigest() != info.sha256:
+            raise ChecksumError(f"tensor {name!r} sha256 does not match manifest.json (bytes at offset {offset})",
+                                member=member)
         arr = np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(info.shape)
         out[name] = arr if arr.flags.aligned else arr.copy()
     return out

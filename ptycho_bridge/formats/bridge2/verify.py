@@ -1,17 +1,20 @@
 """Verify a bridge-2 archive against its manifest: every member's size and sha256, every tensor's offset and sha256.
 
-Why: the sha256 index is bridge-2's integrity guarantee; ``validate`` and ``read_archive(verify=True)``
-run this check, separate from the fast reader so the two cannot drift silently.
+Why: the sha256 index is bridge-2's integrity guarantee; ``validate`` runs this full check (the fast
+reader verifies only what it consumes, with :func:`check_member_sha256` and per-tensor hashes). Both
+refuse the same layouts (:func:`check_native_layout`), so they cannot read different values.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 from typing import Any
 
 from ptycho_bridge.errors import ChecksumError, CorruptArchiveError, FormatError
 from ptycho_bridge.formats.bridge2.layout import TENSOR_GROUP, tensor_sha256
 from ptycho_bridge.io.h5 import get_dataset, open_h5, read_array, walk_datasets
+from ptycho_bridge.io.h5_isolated import run_isolated
 from ptycho_bridge.io.safezip import SafeZip
 
 
@@ -36,27 +39,71 @@ def verify_checksums(zf: SafeZip, manifest: dict[str, Any]) -> list[str]:
             continue
         label = zf.member_label(entry["weights"])
         data = weights_data.get(entry["weights"])
-        f = open_h5(zf.read(entry["weights"]) if data is None else data, member=label)
-        try:
-            names = {p.split("/", 2)[2] for p, _ in walk_datasets(f, member=label) if p.startswith(f"/{TENSOR_GROUP}/")}
-            extra = names - set(entry["tensors"])
-            if extra:
-                raise FormatError(f"tensors not indexed in manifest.json: {sorted(extra)}", member=label)
-            for tname, meta in entry["tensors"].items():
-                dset = get_dataset(f, f"/{TENSOR_GROUP}/{tname}", member=label)
-                if "offset" in meta:
-                    try:
-                        actual = dset.id.get_offset() if dset.chunks is None and not dset.compression else None
-                    except Exception as exc:
-                        raise CorruptArchiveError(f"tensor {tname!r}: cannot read HDF5 data offset ({exc})",
-                                                  member=label) from None
-                    if actual != meta["offset"]:
-                        raise ChecksumError(f"tensor {tname!r} offset {meta['offset']} in manifest.json, HDF5 data "
-                                            f"offset is {actual}", member=label)
-                arr = read_array(dset, member=label)
-                if tensor_sha256(arr) != meta["sha256"]:
-                    raise ChecksumError(f"tensor {tname!r} sha256 does not match manifest.json", member=label)
-                checked.append(f"{model}:{tname}")
-        finally:
-            f.close()
+        image = zf.read(entry["weights"]) if data is None else data
+        # libhdf5 parses the image in a forked child (a crash or a loop becomes an error line)
+        found = run_isolated(_tensor_facts, image, sorted(entry["tensors"]), label, member=label)
+        extra = set(found["names"]) - set(entry["tensors"])
+        if extra:
+            raise FormatError(f"tensors not indexed in manifest.json: {sorted(extra)}", member=label)
+        for tname, meta in entry["tensors"].items():
+            actual, digest = found["tensors"][tname]
+            if "offset" in meta and actual != meta["offset"]:
+                raise ChecksumError(f"tensor {tname!r} offset {meta['offset']} in manifest.json, HDF5 data "
+                                    f"offset is {actual}", member=label)
+            if digest != meta["sha256"]:
+                raise ChecksumError(f"tensor {tname!r} sha256 does not match manifest.json", member=label)
+            checked.append(f"{model}:{tname}")
     return checked
+
+
+def check_member_sha256(name: str, data: bytes | memoryview, manifest: dict[str, Any], *, label: str) -> None:
+    """One member's bytes against its manifest size and sha256 (what a verifying read consumes)."""
+    meta = manifest["members"].get(name)
+    if meta is None:
+        raise FormatError("member not listed in manifest.json", member=label)
+    if len(data) != meta["size"]:
+        raise ChecksumError(f"size {len(data)} bytes, manifest says {meta['size']}", member=label)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != meta["sha256"]:
+        raise ChecksumError(f"sha256 {digest[:16]}…, manifest says {meta['sha256'][:16]}… (pass --no-verify to "
+                            "read it anyway)", member=label)
+
+
+def check_native_layout(dset, *, member: str) -> None:  # type: ignore[no-untyped-def]
+    """Refuse what the bridge-2 writer never produces: big-endian, chunked or filtered datasets.
+
+    Why: the offset fast path reads a tensor's raw bytes as contiguous little-endian data; h5py would
+    byte-swap or de-chunk the same dataset. Refusing both here keeps ``validate`` and every other
+    command reading the same values (and keeps libhdf5 away from chunk B-trees).
+    """
+    try:
+        order, chunks = dset.dtype.byteorder, dset.chunks
+        filtered = bool(dset.compression or dset.shuffle or dset.fletcher32 or dset.scaleoffset)
+    except Exception as exc:
+        raise CorruptArchiveError(f"cannot read HDF5 dataset layout {dset.name} ({exc.__class__.__name__}: {exc})",
+                                  member=member) from None
+    if order == ">" or (order == "=" and sys.byteorder == "big"):
+        raise FormatError(f"HDF5 dataset {dset.name} is stored big-endian; bridge-2 datasets are little-endian",
+                          member=member)
+    if chunks is not None or filtered:
+        raise FormatError(f"HDF5 dataset {dset.name} is chunked or filtered; bridge-2 datasets are contiguous and "
+                          "unfiltered", member=member)
+
+
+def _tensor_facts(image: bytes, names: list[str], label: str) -> dict[str, Any]:
+    """(run in the child) every /tensors dataset name; per indexed tensor its data offset and sha256."""
+    f = open_h5(image, member=label)
+    try:
+        present = [p.split("/", 2)[2] for p, _ in walk_datasets(f, member=label) if p.startswith(f"/{TENSOR_GROUP}/")]
+        tensors: dict[str, Any] = {}
+        for tname in names:
+            dset = get_dataset(f, f"/{TENSOR_GROUP}/{tname}", member=label)
+            check_native_layout(dset, member=label)
+            try:
+                offset = dset.id.get_offset()
+            except Exception as exc:
+                raise CorruptArchiveError(f"tensor {tname!r}: cannot read HDF5 data offset ({exc})", member=label) from None
+            tensors[tname] = [None if offset is None else int(offset), tensor_sha256(read_array(dset, member=label))]
+        return {"names": present, "tensors": tensors}
+    finally:
+        f.close()

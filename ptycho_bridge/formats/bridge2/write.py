@@ -30,7 +30,10 @@ from ptycho_bridge.formats.bridge2.layout import (
     tensor_sha256,
 )
 from ptycho_bridge.formats.bridge2.params import encode_value
+from ptycho_bridge.formats.bridge2.read import BridgeReader
+from ptycho_bridge.formats.bridge2.verify import verify_checksums
 from ptycho_bridge.io.atomic import atomic_write
+from ptycho_bridge.io.safezip import SafeZip
 from ptycho_bridge.model import primary_name
 from ptycho_bridge.spec.network import NetworkSpec, check_tensors
 
@@ -201,16 +204,16 @@ def build_members(
     return manifest, members
 
 
-def write_members(
-    path: str | Path, manifest: Mapping[str, Any], members: Mapping[str, bytes], *, force: bool = False,
-    check: Callable[[Path], None] | None = None,
-) -> Path:
+def write_members(path: str | Path, manifest: Mapping[str, Any], members: Mapping[str, bytes], *, force: bool = False,
+                  check: Callable[[Path], None] | None = None) -> Path:
     """Write ``manifest.json`` first, then the members; weights stored and aligned, the rest deflated.
 
-    ``check`` receives the complete temporary file before the atomic rename (see :func:`atomic_write`).
+    Before the atomic rename the temporary file is checked -- by ``check`` when given (``migrate``
+    passes a full validate + diff), else by :func:`self_check` -- so a failing output is never left.
     """
     target = Path(path)
-    with atomic_write(target, force=force, check=check) as fh:
+    with atomic_write(target, force=force,
+                      check=check if check is not None else lambda tmp: self_check(tmp, label=target.name)) as fh:
         with zipfile.ZipFile(fh, "w") as zf:
             info = zipfile.ZipInfo("manifest.json", date_time=FIXED_DATE)
             info.compress_type = zipfile.ZIP_DEFLATED
@@ -225,6 +228,16 @@ def write_members(
                     info.external_attr = 0o644 << 16
                 zf.writestr(info, data)
     return target
+
+
+def self_check(path: Path, *, label: str) -> None:
+    """What a reader will do with the written file: open it within the container limits, read it,
+    load and hash every tensor, and verify every checksum (raises the reader's ArchiveError)."""
+    with SafeZip(path, label=label) as zf:
+        arch = BridgeReader(verify=True).read(zf, str(path))
+        for entry in arch.models.values():
+            dict(entry.tensors)
+        verify_checksums(zf, arch.manifest)
 
 
 def write_archive(

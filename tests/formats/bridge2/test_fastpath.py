@@ -2,7 +2,7 @@
 
 The writer records each tensor's data offset inside ``weights.h5``; the reader takes views at those
 offsets without h5py; bounds hold whatever the manifest says; ``validate`` and
-``read_archive(verify=True)`` cross-check every offset against HDF5 (docs/archive-format.md §3).
+``read_archive(full_check=True)`` cross-check every offset against HDF5 (docs/archive-format.md §3).
 """
 
 from __future__ import annotations
@@ -136,26 +136,29 @@ def test_in_bounds_lying_offset_fails_validate_naming_the_tensor(archives: dict[
     donor = next(k for k in tensors if k != victim and nbytes[k] >= nbytes[victim] and tensors[k]["dtype"] == "float32")
     tensors[victim]["offset"] = tensors[donor]["offset"]
     bad = _with_manifest(src, tmp_path / "lie.zip", manifest)
-    loaded = dict(read_archive(bad).primary.tensors)  # in bounds: the reader cannot tell
+    loaded = dict(read_archive(bad, verify=False).primary.tensors)  # --no-verify: in bounds, taken as is
     assert loaded[victim].tobytes() != dict(read_archive(src).primary.tensors)[victim].tobytes()
     report = validate_path(bad)
     assert not report["valid"]
     assert victim in report["errors"][0] and "offset" in report["errors"][0] and WEIGHTS in report["errors"][0]
+    with pytest.raises(ChecksumError, match="offset") as info:  # the default read hashes each view
+        dict(read_archive(bad).primary.tensors)
+    assert victim in str(info.value)
     with pytest.raises(ChecksumError, match="offset") as info:
-        read_archive(bad, verify=True)
+        read_archive(bad, full_check=True)
     assert victim in str(info.value)
 
 
 def test_verify_true_catches_what_the_fast_path_does_not(archives: dict[str, Path], tmp_path: Path) -> None:
-    """The fast path skips CRC-32; a changed tensor byte is caught by sha256 under verify=True / validate."""
+    """The fast path skips CRC-32; a changed tensor byte is caught by sha256 (the default) and validate."""
     src = archives["sample"]
-    read_archive(src, verify=True)  # a good archive verifies
+    dict(read_archive(src, full_check=True).primary.tensors)  # a good archive verifies
     manifest = _manifest(src)
     meta = next(iter(manifest["models"]["diffraction_to_obj"]["tensors"].items()))
     data = bytearray(read_member(src, WEIGHTS))
     data[meta[1]["offset"]] ^= 0x40
     bad = rewrite_zip(src, tmp_path / "flip.zip", replace={WEIGHTS: bytes(data)})  # CRC recomputed, sha256 stale
-    dict(read_archive(bad).primary.tensors)  # documented: a plain read trusts the content
+    dict(read_archive(bad, verify=False).primary.tensors)  # --no-verify trusts the content
     with pytest.raises(ChecksumError):
-        read_archive(bad, verify=True)
+        read_archive(bad)
     assert not validate_path(bad)["valid"]

@@ -1,0 +1,216 @@
+"""Run libhdf5 (h5py) on untrusted bytes in a forked child with resource limits and a timeout.
+
+Why: libhdf5 is C code that was not written for hostile input. A two-byte change to a Keras
+``model.weights.h5`` (the VLEN type field of a layer ``name`` attribute) makes it dereference garbage
+(SIGSEGV), and a chunk B-tree node that points at itself makes it recurse until the stack is gone.
+In-process, either kills the command (exit 139, no ``error:`` line). :func:`run_isolated` forks, runs
+the parse in the child under ``RLIMIT_CPU``, ``RLIMIT_AS`` (the parent's address space plus a budget)
+and no core dumps, and turns a signal, a non-zero exit or a timeout into a :class:`CorruptArchiveError`
+naming the member. ``fork`` (not ``spawn``) keeps the cost to a few milliseconds: the child already has
+numpy and h5py imported (``docs/performance.md``).
+
+The result comes back through a pipe as a JSON header plus raw array bytes -- never a pickle, since the
+child has run libhdf5 on archive bytes and is no more trusted than they are. Only plain JSON values,
+numeric numpy arrays (checked dtype, size matching the bytes sent) and :class:`ArchiveError`
+subclasses (by name, from an allowlist) cross back.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import resource
+import select
+import signal
+import struct
+import time
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+
+from ptycho_bridge import errors
+from ptycho_bridge.errors import ArchiveError, CorruptArchiveError
+
+TIMEOUT_S = 60.0  # wall clock per isolated parse
+CPU_S = 60  # RLIMIT_CPU of the child (a fresh child's CPU time starts at zero)
+MEMORY_BUDGET = 4 * 1024**3  # RLIMIT_AS: the address space the child had at fork plus this
+MAX_RESULT = 4 * 1024**3  # bytes the parent accepts back (tensors of one weights member)
+ISOLATE_ENV = "PTYCHO_BRIDGE_H5_IN_PROCESS"  # "1": run in-process (debugging only; no crash protection)
+
+_ERRORS = {cls.__name__: cls for cls in (
+    errors.CorruptArchiveError, errors.UnsafeArchiveError, errors.ArchiveLimitError, errors.PickleDecodeError,
+    errors.FormatError, errors.SpecError, errors.ChecksumError, errors.UnsupportedError,
+)}
+_HEADER = struct.Struct("<Q")
+
+
+def run_isolated(fn: Callable[..., Any], *args: Any, member: str, timeout: float = TIMEOUT_S) -> Any:
+    """``fn(*args)`` run in a forked child; its result (plain data and numeric arrays) or its ArchiveError.
+
+    A crash, a non-zero exit, an unreadable result or ``timeout`` seconds without one become one
+    :class:`CorruptArchiveError` naming ``member``.
+    """
+    if os.environ.get(ISOLATE_ENV) == "1":
+        return fn(*args)
+    rfd, wfd = os.pipe()
+    with warnings.catch_warnings():  # Python 3.12 warns when forking a threaded process; the child only parses
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child; coverage cannot follow os._exit
+        os.close(rfd)
+        status = 0
+        try:
+            _limit_child()
+            try:
+                payload = _encode({"ok": fn(*args)})
+            except ArchiveError as exc:
+                payload = _encode({"error": [type(exc).__name__, exc.reason, exc.member, exc.field]})
+            except Exception as exc:  # h5py's many exception types on corrupt metadata
+                payload = _encode({"error": ["CorruptArchiveError",
+                                             f"cannot parse HDF5 ({exc.__class__.__name__}: {exc})"[:500], member, None]})
+            with os.fdopen(wfd, "wb") as out:
+                out.write(payload)
+        except BaseException:
+            status = 70
+        finally:
+            os._exit(status)
+    os.close(wfd)
+    try:
+        data = _read_all(rfd, pid, timeout, member)
+    finally:
+        os.close(rfd)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        name = signal.Signals(sig).name if sig in signal.valid_signals() else str(sig)
+        why = "hit its CPU limit" if sig == signal.SIGXCPU else f"crashed ({name})"
+        raise CorruptArchiveError(f"libhdf5 {why} while parsing this HDF5 file; refused", member=member)
+    if os.WEXITSTATUS(status) != 0 or not data:
+        raise CorruptArchiveError("libhdf5 failed while parsing this HDF5 file (isolated parser exited "
+                                  f"{os.WEXITSTATUS(status)}); refused", member=member)
+    doc = _decode(data, member)
+    if "error" in doc:
+        name, reason, err_member, field = doc["error"]
+        cls = _ERRORS.get(name, CorruptArchiveError)
+        raise cls(str(reason), member=err_member if isinstance(err_member, str) else member,
+                  field=field if isinstance(field, str) else None)
+    return doc["ok"]
+
+
+def _limit_child() -> None:
+    faulthandler.disable()  # a crash here is reported by the parent as one line, not a C traceback
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_CPU, (CPU_S, CPU_S + 1))
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            vm = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        cap = vm + MEMORY_BUDGET
+        if hard != resource.RLIM_INFINITY:
+            cap = min(cap, hard)
+        if soft == resource.RLIM_INFINITY or cap < soft:
+            resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    except (OSError, ValueError):  # no /proc (not Linux): CPU limit and timeout still hold
+        pass
+
+
+def _read_all(fd: int, pid: int, timeout: float, member: str) -> bytearray:
+    deadline = time.monotonic() + timeout
+    out = bytearray()  # writable, so the arrays handed back are writable views (torch wants that)
+    while True:
+        left = deadline - time.monotonic()
+        ready = select.select([fd], [], [], max(0.0, left))[0] if left > 0 else []
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise CorruptArchiveError(f"libhdf5 did not finish parsing this HDF5 file within {timeout:g} s; refused",
+                                      member=member)
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return out
+        out += chunk
+        if len(out) > MAX_RESULT + (1 << 24):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise CorruptArchiveError("isolated HDF5 parse returned more data than allowed", member=member)
+
+
+# -- the wire format: JSON header (arrays as references) + raw array bytes ---------------------------
+def _encode(doc: Any) -> bytes:
+    blobs: list[bytes] = []
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            arr = np.ascontiguousarray(value)
+            blobs.append(arr.tobytes())
+            return {"__nd__": len(blobs) - 1, "dtype": arr.dtype.str, "shape": list(arr.shape)}
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        return str(value)
+
+    header = json.dumps({"doc": plain(doc), "sizes": [len(b) for b in blobs]}).encode("utf-8")
+    return _HEADER.pack(len(header)) + header + b"".join(blobs)
+
+
+def _decode(data: bytearray, member: str) -> Any:
+    def bad(why: str) -> CorruptArchiveError:
+        return CorruptArchiveError(f"isolated HDF5 parse returned an unreadable result ({why})", member=member)
+
+    if len(data) < _HEADER.size:
+        raise bad("short")
+    (hlen,) = _HEADER.unpack_from(data)
+    if hlen > len(data) - _HEADER.size:
+        raise bad("header length")
+    try:
+        head = json.loads(data[_HEADER.size:_HEADER.size + hlen])
+    except (ValueError, RecursionError):
+        raise bad("header") from None
+    sizes = head.get("sizes") if isinstance(head, dict) else None
+    if not isinstance(sizes, list) or not all(isinstance(s, int) and s >= 0 for s in sizes):
+        raise bad("sizes")
+    starts, pos = [], _HEADER.size + hlen
+    for s in sizes:
+        starts.append(pos)
+        pos += s
+    if pos != len(data):
+        raise bad("length")
+    view = memoryview(data)
+
+    def revive(value: Any) -> Any:
+        if isinstance(value, dict):
+            if "__nd__" in value:
+                i, dtype, shape = value.get("__nd__"), value.get("dtype"), value.get("shape")
+                if not (isinstance(i, int) and 0 <= i < len(sizes) and isinstance(dtype, str)
+                        and isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+                    raise bad("array reference")
+                try:
+                    dt = np.dtype(dtype)
+                except TypeError:
+                    raise bad(f"dtype {dtype!r:.40}") from None
+                if dt.kind not in "biufc" or dt.hasobject:
+                    raise bad(f"dtype {dtype!r:.40}")
+                count = 1
+                for d in shape:
+                    count *= d
+                if count * dt.itemsize != sizes[i]:
+                    raise bad("array size")
+                return np.frombuffer(view[starts[i]:starts[i] + sizes[i]], dtype=dt).reshape(shape)
+            return {k: revive(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [revive(v) for v in value]
+        return value
+
+    doc = revive(head.get("doc"))
+    if not isinstance(doc, dict) or not ({"ok"} <= set(doc) or "error" in doc):
+        raise bad("document")
+    if "error" in doc and not (isinstance(doc["error"], list) and len(doc["error"]) == 4):
+        raise bad("error")
+    return doc
