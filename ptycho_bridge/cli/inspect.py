@@ -13,6 +13,14 @@ from ptycho_bridge.formats.detect import read_archive
 from ptycho_bridge.ops.report import inspect_report
 
 
+# what each upstream torch network variant is, for people
+VARIANT_TEXT = {
+    "main": "main network (upstream PtychoPINN main's ptycho_torch: save_torch_bundle, load_inference_bundle_torch)",
+    "torchapi-devel": "torchapi-devel network (the Lightning model Ptychodus 1.7 loads; outer branch added without "
+                      "the border mask)",
+}
+
+
 @click.command("inspect")
 @click.argument("archive", type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report (schemas/inspect-report.schema.json).")
@@ -53,8 +61,7 @@ def _print_inspect(report: dict[str, Any]) -> None:
                               + (f" amp_channels={net['amp_channels']}" if "amp_channels" in net else "")
                               + (" outer_mask=False" if net.get("outer_mask") is False else ""))
         if "upstream_variant" in net:
-            head.add_row("upstream", f"{net['upstream_variant']} network (the Lightning model Ptychodus 1.7 loads; "
-                                     "outer branch added without the border mask)")
+            head.add_row("upstream", VARIANT_TEXT[net["upstream_variant"]])
     console.print(head)
     models = Table(title="models", title_justify="left")
     for col in ("model", "payload", "tensors", "bytes", "notes"):

@@ -30,12 +30,12 @@ def network_summary(arch: BridgeArchive) -> dict[str, Any] | None:
 
 
 def upstream_variant(backend: str, spec: NetworkSpec) -> str | None:
-    """``'torchapi-devel'`` for a PyTorch network upstream's torchapi-devel branch builds (Ptychodus 1.7),
-    else None. Upstream main's torch network is the one every archive before it held, so its name is
-    left out of reports (they stay byte-identical): no ``upstream_variant`` on a PyTorch archive means main."""
-    if backend == "pytorch" and not spec.outer_mask:
-        return "torchapi-devel"
-    return None
+    """Which upstream torch network a PyTorch archive holds: ``'torchapi-devel'`` (the branch Ptychodus 1.7
+    loads: outer branch without the border mask) or ``'main'`` (upstream main's ``ptycho_torch``); None for
+    other backends, whose network has one upstream definition."""
+    if backend != "pytorch":
+        return None
+    return "main" if spec.outer_mask else "torchapi-devel"
 
 
 def inspect_report(arch: BridgeArchive, *, tensors: bool = False) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -195,3 +196,11 @@ def test_odd_but_loadable_checkpoint_warns(decoded: dict, tmp_path: Path, name: 
     warnings = " | ".join(arch.warnings + arch.primary.warnings)
     assert arch.primary.payload["variant"] == "torchapi-devel"
     assert fragment in warnings
+
+
+@pytest.mark.parametrize("case,want", [("torch_N64_gs1", "main"), ("torch_N64_gs2", "main"), ("tf_N64_gs1", None)])
+def test_inspect_names_the_upstream_network_variant(fixtures_dir, case, want) -> None:  # type: ignore[no-untyped-def]
+    """Every PyTorch archive names its upstream network (main here; torchapi-devel above); TF has one network."""
+    result = CliRunner().invoke(main, ["inspect", "--json", str(fixtures_dir / case / "wts.h5.zip")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["network"].get("upstream_variant") == want
