@@ -30,6 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import MB, emit, fixture, migrate_fixture, synthetic_large, time_call
 
 
+def load() -> str:
+    """The machine's load average: the box may be shared, and noisy runs should be visible."""
+    import os
+
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def load_all(path: Path) -> int:
     from ptycho_bridge import read_archive
 
@@ -99,6 +106,7 @@ def main() -> None:
     args = ap.parse_args()
     from ptycho_bridge import read_archive
 
+    before = load()
     tmp = Path(tempfile.mkdtemp(prefix="pb-bench-"))
     sources = [
         ("bridge-2 (from tf_N64_gs1)", migrate_fixture(fixture("tf_N64_gs1"), tmp / "a.zip")),
@@ -137,7 +145,8 @@ def main() -> None:
                          "read+tensors ms": raw * 1e3, "tensor MB/s": tensor_bytes / MB / raw,
                          "% of plain": 100 * (tensor_bytes / raw) / (size / plain)})
             rows.append({"archive": "  ablation: CRC-32 of the members alone", "read+tensors ms": crc * 1e3})
-    emit("tensor read bandwidth (median, page cache warm)", rows, args.json)
+    emit(f"tensor read bandwidth (median, page cache warm; load average 1/5/15 min before {before}, after {load()})",
+         rows, args.json)
 
 
 if __name__ == "__main__":

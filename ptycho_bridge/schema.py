@@ -79,9 +79,10 @@ def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
 def _validator(name: str):  # type: ignore[no-untyped-def]
     from jsonschema import Draft202012Validator
 
-    schema = load_schema(name)
-    Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(inline_refs(schema))
+    # no ``check_schema`` here: checking a shipped schema against the meta-schema cost 45-75 ms per
+    # process on the first bridge-2 read (docs/performance.md); tests/test_schema.py checks every
+    # shipped schema once instead
+    return Draft202012Validator(inline_refs(load_schema(name)))
 
 
 def schema_errors(name: str, document: Any) -> list[str]:

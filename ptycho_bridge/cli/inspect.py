@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ptycho_bridge.cli import util
+from ptycho_bridge.cli import batch, util
 from ptycho_bridge.cli.util import emit_json, guarded
 from ptycho_bridge.formats.detect import read_archive
 from ptycho_bridge.ops.report import inspect_report
@@ -22,18 +23,40 @@ VARIANT_TEXT = {
 
 
 @click.command("inspect")
-@click.argument("archive", type=click.Path(dir_okay=True, path_type=Path))
+@click.argument("archives", nargs=-1, required=True, type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report (schemas/inspect-report.schema.json).")
+@click.option("--jsonl", "as_jsonl", is_flag=True,
+              help="One inspect-report per line, per archive read; failures go to stderr as error lines.")
 @click.option("--tensors", is_flag=True, help="List every canonical tensor with shape and dtype.")
+@click.option("-r", "--recursive", is_flag=True, help=batch.RECURSIVE_HELP)
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, help=batch.JOBS_HELP)
 @guarded
-def command(archive: Path, as_json: bool, tensors: bool) -> None:
+def command(archives: tuple[Path, ...], as_json: bool, as_jsonl: bool, tensors: bool, recursive: bool,
+            jobs: int | None) -> None:
     """Show what an archive holds, without TensorFlow or PyTorch and without executing anything."""
 
-    report = inspect_report(read_archive(archive, verify=False), tensors=tensors)  # reads no tensor bytes
-    if as_json:
-        emit_json(report)
+    paths = batch.expand(archives, recursive)
+    single = batch.resolve_single(archives, paths)
+    if single is not None and not as_jsonl:
+        report = inspect_report(read_archive(single, verify=False), tensors=tensors)  # reads no tensor bytes
+        if as_json:
+            emit_json(report)
+            return
+        _print_inspect(report)
         return
-    _print_inspect(report)
+    if as_json:
+        raise click.UsageError("--json prints one archive's report; use --jsonl for several archives")
+    failed = 0
+    for path, report, error in batch.inspect_many(paths, tensors=tensors, jobs=jobs or batch.default_jobs()):
+        if report is None:
+            failed += 1
+            click.echo(f"error: {path}: {error}", err=True)
+        elif as_jsonl:
+            batch.emit_line(report)
+        else:
+            _print_inspect(report)
+    batch.verdict(len(paths) - failed, failed, ("read", "failed"))
+    sys.exit(1 if failed else 0)
 
 
 def _print_inspect(report: dict[str, Any]) -> None:

@@ -23,14 +23,17 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf.message import DecodeError, Message
+from typing import TYPE_CHECKING
 
 from ptycho_bridge.errors import ArchiveLimitError, FormatError
 
-_F = descriptor_pb2.FieldDescriptorProto
-_TYPES = {"int32": _F.TYPE_INT32, "int64": _F.TYPE_INT64, "string": _F.TYPE_STRING, "bool": _F.TYPE_BOOL,
-          "fixed32": _F.TYPE_FIXED32, "bytes": _F.TYPE_BYTES, "enum_int": _F.TYPE_INT32}
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+
+# protobuf (~20-35 ms to import) is imported on first use, not at module import: era detection imports
+# this module for every archive, and only SavedModel-era archives need it (docs/performance.md)
+_TYPE_NAMES = {"int32": "TYPE_INT32", "int64": "TYPE_INT64", "string": "TYPE_STRING", "bool": "TYPE_BOOL",
+               "fixed32": "TYPE_FIXED32", "bytes": "TYPE_BYTES", "enum_int": "TYPE_INT32"}
 PACKAGE = "ptycho_bridge_savedmodel"
 
 # message name -> [(field name, number, type or message name, repeated)]
@@ -69,6 +72,9 @@ MESSAGES: dict[str, list[tuple[str, int, str, bool]]] = {
 @lru_cache(maxsize=None)
 def _classes() -> dict[str, type[Message]]:
     """Message classes from a private descriptor pool (built once per process)."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    _F = descriptor_pb2.FieldDescriptorProto
     fdp = descriptor_pb2.FileDescriptorProto(name="ptycho_bridge_savedmodel.proto", package=PACKAGE, syntax="proto3")
     for msg_name, fields in MESSAGES.items():
         msg = fdp.message_type.add(name=msg_name)
@@ -79,7 +85,7 @@ def _classes() -> dict[str, type[Message]]:
                 f.type = _F.TYPE_MESSAGE
                 f.type_name = f".{PACKAGE}{ftype}"
             else:
-                f.type = _TYPES[ftype]
+                f.type = getattr(_F, _TYPE_NAMES[ftype])
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
     return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{PACKAGE}.{name}"))
@@ -94,6 +100,8 @@ def parse(name: str, data: bytes, *, member: str, field: str | None = None, max_
     """Decode ``data`` as message ``name``; bounded by ``max_bytes``; errors name member and field."""
     if len(data) > max_bytes:
         raise ArchiveLimitError(f"{name} is {len(data)} bytes, limit {max_bytes}", member=member, field=field or name)
+    from google.protobuf.message import DecodeError
+
     msg = message_class(name)()
     try:
         msg.ParseFromString(bytes(data))

@@ -1,0 +1,76 @@
+"""Lean start-up: each command, in a fresh interpreter, imports only what its output needs.
+
+Why a subprocess: ``sys.modules`` of the test process is polluted by every other test. Per path, the
+modules listed are the ones that path has been made not to need (``docs/performance.md``); numpy is
+still needed by every archive read (pickled probes and the era readers decode to ndarrays), h5py by
+the HDF5 eras (TF ``.keras``, bridge-2's probe) and jsonschema by bridge-2 (its manifest is untrusted
+input that the schema bounds).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from ptycho_bridge.io.safezip import SafeZip
+from tests._support import FIXTURES_DIR, REPO
+
+FRAMEWORKS = ("torch", "tensorflow", "keras", "onnx", "onnxruntime", "scipy", "matplotlib", "dill")
+HEAVY = ("numpy", "h5py", "jsonschema", "google.protobuf", "rich")
+
+
+def imported(args: list[str]) -> tuple[int, list[str]]:
+    """Exit code of ``ptycho-bridge ARGS`` run in a fresh interpreter, and the watched modules it imported."""
+    code = textwrap.dedent(f"""
+        import contextlib, io, json, sys
+        from ptycho_bridge.cli import main
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                main({args!r}, standalone_mode=False)
+            rc = 0
+        except SystemExit as exc:
+            rc = exc.code or 0
+        watched = {FRAMEWORKS + HEAVY!r}
+        print(json.dumps([rc, sorted(m for m in watched if m in sys.modules)]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    rc, mods = json.loads(proc.stdout.strip().splitlines()[-1])
+    return rc, mods
+
+
+def _package_is_lazy() -> bool:
+    code = "import sys, ptycho_bridge; print('numpy' in sys.modules)"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO).stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["schema", "--list"], ["schema", "manifest"]], ids=" ".join)
+def test_help_and_schema_import_nothing_heavy(args: list[str]) -> None:
+    if not _package_is_lazy():
+        pytest.skip("`import ptycho_bridge` still imports numpy here: the lazy public API (__getattr__) is not merged")
+    rc, mods = imported(args)
+    assert rc == 0 and mods == [], mods
+
+
+# era -> (fixture, modules the inspect path must not import)
+INSPECT = {
+    "torch-bundle-2": (("torch_N64_gs1", "wts.h5.zip"), ("h5py", "jsonschema", "google.protobuf", "rich")),
+    "lightning-ckpt": (("torch_N64_gs1", "lightning.ckpt"), ("h5py", "jsonschema", "google.protobuf", "rich")),
+    "tf-modelmanager-1": (("tf_N64_gs1", "wts.h5.zip"), ("jsonschema", "google.protobuf", "rich")),
+}
+
+
+@pytest.mark.skipif(not FIXTURES_DIR.is_dir(), reason=f"fixtures not found at {FIXTURES_DIR}")
+@pytest.mark.parametrize("era", sorted(INSPECT))
+def test_inspect_json_imports_only_what_the_era_needs(era: str) -> None:
+    (case, name), forbidden = INSPECT[era]
+    path = FIXTURES_DIR / case / name
+    with SafeZip(path, label=name) as zf:  # the fixture is the era it claims (else the test proves nothing)
+        assert ("manifest.dill" in zf.names()) == (era != "lightning-ckpt")
+    rc, mods = imported(["inspect", "--json", str(path)])
+    assert rc == 0
+    assert [m for m in mods if m in forbidden + FRAMEWORKS] == []
