@@ -22,6 +22,7 @@ SCHEMA_FILES = {
     "validate-report": "validate-report.schema.json",
     "diff-report": "diff-report.schema.json",
     "parity-report": "parity-report.schema.json",
+    "reconstruct-report": "reconstruct-report.schema.json",
 }
 
 

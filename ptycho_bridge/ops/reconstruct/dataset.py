@@ -198,7 +198,7 @@ def _finish(ds: ScanDataset, get: Any, shape_of: Any, dtype_of: Any, names: set[
         if len(shp) != 2 or dt.kind not in "fciu":
             raise FormatError(f"expected a 2-D numeric object, got {shp} {dt}", field=k)
         ds.keys_used["objectGuess"], ds.object_shape = k, shp
-        ds.object_reader = lambda: get(k)
+        ds.object_reader = lambda key=k: get(key)
         ds.notes.append("objectGuess: not used by inference; only for the comparison image")
     k = _resolve(names, keys, "scan_index")
     if k is not None:
