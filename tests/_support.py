@@ -11,6 +11,8 @@ SHARED = REPO.parent / "shared"
 FIXTURES_DIR = SHARED / "fixtures" / "upstream"
 # upstream SavedModel-era archives (tf-savedmodel-1): one case dir per archive, golden.npz beside it
 SAVEDMODEL_DIR = SHARED / "fixtures" / "upstream-savedmodel"
+# upstream TF-path reconstructions of one simulated scan (dataset_N64.npz + one folder per case)
+RECONSTRUCT_DIR = SHARED / "fixtures" / "reconstruct"
 
 
 
