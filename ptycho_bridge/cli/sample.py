@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from ptycho_bridge.cli.util import guarded
-from ptycho_bridge.io.atomic import resolve_output
+from ptycho_bridge.io.atomic import refuse_existing, resolve_output
 from ptycho_bridge.ops.sample import DATASET_NAME, write_sample, write_sample_dataset
 
 
@@ -22,7 +22,9 @@ from ptycho_bridge.ops.sample import DATASET_NAME, write_sample, write_sample_da
 def command(out: Path, force: bool) -> None:
     """Write a small deterministic bridge-2 demo archive (no external data needed)."""
 
-    path = write_sample(resolve_output(out), force=force)
+    target = resolve_output(out)
+    refuse_existing(target.parent / DATASET_NAME, force=force)  # refuse before writing either file
+    path = write_sample(target, force=force)
     dataset = write_sample_dataset(path.parent / DATASET_NAME, force=force)
-    click.echo(str(path))
-    click.echo(str(dataset))
+    click.echo(str(path))  # stdout stays the archive path alone (scripts capture it)
+    click.echo(f"scan for reconstruct: {dataset}", err=True)
