@@ -79,5 +79,17 @@ class ConversionRefused(BridgeError):
         super().__init__(message)
 
 
+class OptionError(BridgeError):
+    """A requested option cannot apply to this input (more groups than patterns, a crop wider than N …).
+
+    ``option`` names the command-line option (``--n-groups``); the message says what would work.
+    """
+
+    def __init__(self, message: str, *, option: str) -> None:
+        self.option = option
+        self.reason = message
+        super().__init__(f"{option}: {message}")
+
+
 class OutputExistsError(BridgeError):
     """A writer refused to replace an existing file without ``force``."""

@@ -24,6 +24,7 @@ SCHEMA_FILES = {
     "parity-report": "parity-report.schema.json",
     "export-ckpt-report": "export-ckpt-report.schema.json",
     "pack-report": "pack-report.schema.json",
+    "reconstruct-report": "reconstruct-report.schema.json",
 }
 
 

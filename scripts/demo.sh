@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The main job on the bundled sample: install the core package (no TensorFlow, no PyTorch),
-# write the deterministic sample archive, inspect it and validate it.
+# The main job on the bundled sample: install the core package with the ONNX engine and the reconstruct
+# extra (no TensorFlow, no PyTorch), write the deterministic sample archive and its small simulated scan,
+# inspect and validate the archive, then reconstruct the scan into ./demo-output/reconstruction/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q -e . 2>&1 | grep -v "is ignored: it is neither" || true
-out=$(mktemp -d)
-.venv/bin/ptycho-bridge sample -o "$out"
-.venv/bin/ptycho-bridge inspect "$out/wts.h5.zip"
-.venv/bin/ptycho-bridge validate "$out/wts.h5.zip"
+.venv/bin/python -m pip install -q -e ".[onnx,reconstruct]" 2>&1 | grep -v "is ignored: it is neither" || true
+out=demo-output
+mkdir -p "$out"
+.venv/bin/ptycho-bridge sample -o "$out/sample" --force
+.venv/bin/ptycho-bridge inspect "$out/sample/wts.h5.zip"
+.venv/bin/ptycho-bridge validate "$out/sample/wts.h5.zip"
+.venv/bin/ptycho-bridge reconstruct "$out/sample/wts.h5.zip" "$out/sample/dataset.npz" -o "$out/reconstruction" --force
+echo "demo output in ./$out/ (reconstruction: ./$out/reconstruction/amplitude.png, phase.png, object.npz)"

@@ -13,6 +13,8 @@ FIXTURES_DIR = SHARED / "fixtures" / "upstream"
 SAVEDMODEL_DIR = SHARED / "fixtures" / "upstream-savedmodel"
 # Ptychodus 1.7's Lightning checkpoints (upstream torchapi-devel): case_N64_gs1/{model.ckpt, forward_golden.npz, …}
 PTYCHODUS_DIR = SHARED / "fixtures" / "ptychodus-torch"
+# upstream TF-path reconstructions of one simulated scan (dataset_N64.npz + one folder per case)
+RECONSTRUCT_DIR = SHARED / "fixtures" / "reconstruct"
 
 
 

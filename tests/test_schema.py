@@ -124,7 +124,7 @@ def test_sample_command(tmp_path: Path) -> None:
     lines = again.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert run_cli("sample", "-o", out, "--force").exit_code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["wts.h5.zip"]  # no temp files left behind
+    assert sorted(p.name for p in out.iterdir()) == ["dataset.npz", "wts.h5.zip"]  # the scan beside it; no temp files
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "migrate": ("ptycho_bridge.cli.migrate", "Migrate a legacy archive (TF ModelManager, torch bundle, torch-json, Lightning .ckpt) to bridge-2."),
     "pack": ("ptycho_bridge.cli.pack", "Package a Lightning .ckpt or model.pth with its training params into an archive upstream's torch loader opens."),
     "parity": ("ptycho_bridge.cli.parity", "Check that engines (and, with OTHER, two archives) give the same object on one input."),
+    "reconstruct": ("ptycho_bridge.cli.reconstruct", "Reconstruct a scan DATASET with ARCHIVE's model and stitch the object image into OUTDIR."),
     "run": ("ptycho_bridge.cli.run", "Run ARCHIVE's network on --input with one engine; write the object to OUT."),
     "sample": ("ptycho_bridge.cli.sample", "Write a small deterministic bridge-2 demo archive (no external data needed)."),
     "schema": ("ptycho_bridge.cli.schema", "Print one of the JSON Schemas shipped with ptycho-bridge."),

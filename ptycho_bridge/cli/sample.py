@@ -1,4 +1,7 @@
-"""``ptycho-bridge sample``: write the bundled deterministic demo archive."""
+"""``ptycho-bridge sample``: write the bundled deterministic demo archive and a small scan beside it.
+
+The scan (``dataset.npz``, 64 simulated N=64 patterns) lets ``reconstruct`` run without the fixtures.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,8 @@ from pathlib import Path
 import click
 
 from ptycho_bridge.cli.util import guarded
-from ptycho_bridge.io.atomic import resolve_output
-from ptycho_bridge.ops.sample import write_sample
+from ptycho_bridge.io.atomic import refuse_existing, resolve_output
+from ptycho_bridge.ops.sample import DATASET_NAME, write_sample, write_sample_dataset
 
 
 @click.command("sample")
@@ -19,5 +22,9 @@ from ptycho_bridge.ops.sample import write_sample
 def command(out: Path, force: bool) -> None:
     """Write a small deterministic bridge-2 demo archive (no external data needed)."""
 
-    path = write_sample(resolve_output(out), force=force)
-    click.echo(str(path))
+    target = resolve_output(out)
+    refuse_existing(target.parent / DATASET_NAME, force=force)  # refuse before writing either file
+    path = write_sample(target, force=force)
+    dataset = write_sample_dataset(path.parent / DATASET_NAME, force=force)
+    click.echo(str(path))  # stdout stays the archive path alone (scripts capture it)
+    click.echo(f"scan for reconstruct: {dataset}", err=True)

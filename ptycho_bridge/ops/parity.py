@@ -177,17 +177,23 @@ def _finite(v: float) -> float | None:
 
 
 def compare(actual: np.ndarray, reference: np.ndarray, *, rtol: float = DEFAULT_RTOL,
-            atol: float | None = None) -> dict[str, Any]:
-    """Per-region errors of ``actual`` vs ``reference`` (both ``[B, C, N, N]``) and the verdict."""
+            atol: float | None = None, regions: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Per-region errors of ``actual`` vs ``reference`` (both ``[B, C, N, N]``) and the verdict.
+
+    ``regions`` (name → boolean mask over the last two axes) replaces the centre/border split, e.g.
+    one ``"object"`` region for a stitched object, which has no ×1000 border.
+    """
     a = np.asarray(actual)
     e = np.asarray(reference)
     if a.shape != e.shape:
         raise ValueError(f"shape mismatch: {list(a.shape)} vs reference {list(e.shape)}")
-    centre, border = centre_border_masks(e.shape[-1])
+    if regions is None:
+        centre, border = centre_border_masks(e.shape[-1])
+        regions = {"centre": centre, "border": border}
     diff = np.abs(a.astype(np.complex128) - e.astype(np.complex128))
     mag = np.abs(e.astype(np.complex128))
-    regions: dict[str, Any] = {}
-    for name, mask in (("centre", centre), ("border", border)):
+    found: dict[str, Any] = {}
+    for name, mask in regions.items():
         d, m = diff[..., mask], mag[..., mask]
         max_ref = float(m.max()) if m.size else 0.0
         tol_abs = DEFAULT_ATOL_FACTOR * max_ref if atol is None else float(atol)
@@ -196,7 +202,7 @@ def compare(actual: np.ndarray, reference: np.ndarray, *, rtol: float = DEFAULT_
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(allowed > 0, d / np.where(allowed > 0, allowed, 1.0), np.where(d > 0, np.inf, 0.0))
         sig = m > REL_FLOOR * max_ref
-        regions[name] = {
+        found[name] = {
             "max_abs_err": _finite(float(d.max())) if d.size else 0.0,
             "max_rel_err": _finite(float((d[sig] / m[sig]).max())) if sig.any() else 0.0,
             "rms_err": _finite(float(np.sqrt(np.mean(d**2)))) if d.size else 0.0,
@@ -206,7 +212,7 @@ def compare(actual: np.ndarray, reference: np.ndarray, *, rtol: float = DEFAULT_
             "worst_ratio": _finite(float(ratio.max())) if ratio.size else 0.0,
             "ok": bool(finite and (ratio.size == 0 or float(ratio.max()) <= 1.0)),
         }
-    return {"ok": all(r["ok"] for r in regions.values()), "regions": regions}
+    return {"ok": all(r["ok"] for r in found.values()), "regions": found}
 
 
 # -- the report --------------------------------------------------------------------------------------

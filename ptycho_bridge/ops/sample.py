@@ -14,9 +14,13 @@ from typing import Any
 import numpy as np
 
 from ptycho_bridge.formats.bridge2.write import ModelToWrite, write_archive
+from ptycho_bridge.io.atomic import atomic_write
 from ptycho_bridge.spec.network import expected_tensors, tf_padded_size, tf_spec
 
 SAMPLE_SEED = 20261128
+DATASET_NAME = "dataset.npz"
+DATASET_SIDE = 8  # 8 x 8 = 64 scan positions
+DATASET_STEP = 6.0  # px between positions (patches of the stitch crop, 20 px, overlap)
 
 
 def sample_params(N: int = 64, gridsize: int = 1) -> dict[str, Any]:
@@ -57,3 +61,36 @@ def write_sample(path: str | Path, *, force: bool = False) -> Path:
         path, force=force, backend="tensorflow", source_era="sample",
         models={"diffraction_to_obj": model}, params=params, intensity_scale=params["intensity_scale"],
     )
+
+
+def sample_dataset(N: int = 64) -> dict[str, np.ndarray]:
+    """A small simulated scan in upstream's dataset format, matching the sample archive (N=64).
+
+    64 positions on a jittered 8 x 8 grid over a smooth complex object; each pattern is the far-field
+    amplitude ``|FFT(probe · object patch)|`` of the sample probe (no noise). Seeded: identical everywhere.
+    """
+    rng = np.random.default_rng(SAMPLE_SEED + 2)
+    probe = sample_params(N)["probe"][..., 0]
+    margin = N // 2 + 4
+    side = int(2 * margin + DATASET_STEP * (DATASET_SIDE - 1)) + 1
+    yy, xx = np.mgrid[:side, :side] / side
+    amp = 0.75 + 0.2 * np.cos(6 * np.pi * xx) * np.cos(4 * np.pi * yy)
+    phase = 0.8 * np.exp(-((xx - 0.55) ** 2 + (yy - 0.45) ** 2) / 0.05)
+    obj = (amp * np.exp(1j * phase)).astype(np.complex64)
+    k = np.arange(DATASET_SIDE * DATASET_SIDE)
+    x = margin + DATASET_STEP * (k % DATASET_SIDE) + rng.uniform(-1, 1, k.size)
+    y = margin + DATASET_STEP * (k // DATASET_SIDE) + rng.uniform(-1, 1, k.size)
+    patterns = np.empty((k.size, N, N), np.float32)
+    for i, (cx, cy) in enumerate(zip(np.rint(x).astype(int), np.rint(y).astype(int))):
+        patch = obj[cy - N // 2:cy + N // 2, cx - N // 2:cx + N // 2]
+        patterns[i] = np.abs(np.fft.fftshift(np.fft.fft2(probe * patch))) / N
+    return {"diffraction": patterns, "xcoords": x, "ycoords": y, "xcoords_start": x.copy(), "ycoords_start": y.copy(),
+            "probeGuess": probe.astype(np.complex64), "objectGuess": obj}
+
+
+def write_sample_dataset(path: str | Path, *, force: bool = False) -> Path:
+    """Write :func:`sample_dataset` as an uncompressed ``.npz`` (atomically)."""
+    target = Path(path)
+    with atomic_write(target, force=force) as fh:
+        np.savez(fh, **sample_dataset())
+    return target

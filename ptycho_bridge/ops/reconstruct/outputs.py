@@ -1,0 +1,213 @@
+"""What ``reconstruct`` writes: ``object.npz``, PNGs, optional TIFFs, the JSON report — all or nothing.
+
+Why a folder built aside: a reconstruction is several files that belong together; a reader must
+never see a half-written set. Everything is written into a temporary sibling directory
+(``.OUTDIR.partial-*``) and renamed onto ``OUTDIR`` at the end; on any error the temporary directory
+is removed and nothing is left. With ``force`` an existing ``OUTDIR`` is moved aside first and
+deleted only after the new one is in place.
+
+Images are made with matplotlib's Agg canvas (``Figure`` + ``FigureCanvasAgg``: no pyplot, no global
+backend state), like upstream's ``save_reconstruction_images``: amplitude in grey, phase in viridis,
+a colour bar and axes in canvas pixels. The report is checked against
+``schemas/reconstruct-report.schema.json`` before it is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from ptycho_bridge import __version__
+from ptycho_bridge.errors import OutputExistsError
+from ptycho_bridge.ops.reconstruct.pipeline import ReconstructionResult
+from ptycho_bridge.schema import validate
+
+FORMATS = ("png", "npz", "tiff")
+REPORT_NAME = "reconstruct.json"
+REPORT_SCHEMA = "reconstruct-report"
+
+
+def parse_formats(text: str) -> list[str]:
+    """``"png,npz"`` → ``["png", "npz"]``; ``ValueError`` for anything else (npz and png are always written)."""
+    names = [t.strip().lower() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in FORMATS]
+    if bad or not names:
+        raise ValueError(f"unknown format(s) {bad or [text]}; choose from {', '.join(FORMATS)}")
+    return list(dict.fromkeys(names))
+
+
+# -- images ------------------------------------------------------------------------------------------
+def _figure(width: float, height: float):  # type: ignore[no-untyped-def]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_image(path: Path, image: np.ndarray, *, title: str, cmap: str, label: str) -> None:
+    """One image with a colour bar and pixel axes (upstream's layout: 8×8 inches, cmap per quantity)."""
+    fig = _figure(6.4, 5.6)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(image, cmap=cmap, origin="upper", interpolation="nearest")
+    ax.set_title(title)
+    ax.set_xlabel("x (px)")
+    ax.set_ylabel("y (px)")
+    fig.colorbar(im, ax=ax, label=label)
+    fig.tight_layout()
+    fig.savefig(path if hasattr(path, "write") else str(path), format="png")
+
+
+def covered_box(obj: np.ndarray) -> tuple[slice, slice]:
+    """Rows/cols of the canvas that some patch covers (uncovered pixels are exactly 0)."""
+    rows = np.flatnonzero(np.any(obj != 0, axis=1))
+    cols = np.flatnonzero(np.any(obj != 0, axis=0))
+    if rows.size == 0:
+        return slice(0, obj.shape[0]), slice(0, obj.shape[1])
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
+def guess_on_canvas(guess: np.ndarray, size: int, com_xy: Iterable[float]) -> np.ndarray:
+    """``objectGuess`` resampled (nearest pixel) onto our canvas: canvas (r, c) = object(r − P/2 + com_y, c − P/2 + com_x)."""
+    cx, cy = (float(v) for v in com_xy)
+    r = np.rint(np.arange(size) - size / 2 + cy).astype(np.int64)
+    c = np.rint(np.arange(size) - size / 2 + cx).astype(np.int64)
+    out = np.zeros((size, size), np.complex64)
+    rv, cv = (r >= 0) & (r < guess.shape[0]), (c >= 0) & (c < guess.shape[1])
+    out[np.ix_(rv, cv)] = guess[np.ix_(r[rv], c[cv])]
+    return out
+
+
+def save_comparison(path: Path, obj: np.ndarray, guess: np.ndarray, com_xy: Iterable[float]) -> None:
+    """Amplitude and phase of ours beside ``objectGuess``, both cropped to the scanned (covered) area."""
+    ref = guess_on_canvas(guess, obj.shape[0], com_xy)
+    rows, cols = covered_box(obj)
+    fig = _figure(10, 8.4)
+    panels = ((np.abs(obj), "reconstruction amplitude", "gray"), (np.abs(ref), "objectGuess amplitude", "gray"),
+              (np.angle(obj), "reconstruction phase", "viridis"), (np.angle(ref), "objectGuess phase", "viridis"))
+    for i, (img, title, cmap) in enumerate(panels):
+        ax = fig.add_subplot(2, 2, i + 1)
+        im = ax.imshow(img[rows, cols], cmap=cmap, interpolation="nearest",
+                       extent=(cols.start - 0.5, cols.stop - 0.5, rows.stop - 0.5, rows.start - 0.5))
+        ax.set_title(title)
+        ax.set_xlabel("x (px)")
+        ax.set_ylabel("y (px)")
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path if hasattr(path, "write") else str(path), format="png")
+
+
+def save_difference_plot(path: Any, ours: np.ndarray, other: np.ndarray, other_name: str) -> None:
+    """Amplitude difference ``|ours| − |other|`` and phase difference ``angle(ours · conj(other))``."""
+    fig = _figure(11, 4.8)
+    for i, (img, title, cmap) in enumerate((
+        (np.abs(ours) - np.abs(other), f"|ours| − |{other_name}|", "RdBu_r"),
+        (np.angle(ours * np.conj(other)), f"phase(ours) − phase({other_name})", "RdBu_r"),
+    )):
+        ax = fig.add_subplot(1, 2, i + 1)
+        lim = float(np.max(np.abs(img))) or 1.0
+        im = ax.imshow(img, cmap=cmap, vmin=-lim, vmax=lim, interpolation="nearest")
+        ax.set_title(title)
+        ax.set_xlabel("x (px)")
+        ax.set_ylabel("y (px)")
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path if hasattr(path, "write") else str(path), format="png")
+
+
+# -- the folder --------------------------------------------------------------------------------------
+def write_files(folder: Path, result: ReconstructionResult, formats: Iterable[str]) -> list[str]:
+    """Every output file into ``folder`` (exists, empty); returns their names."""
+    names = ["object.npz", "amplitude.png", "phase.png"]
+    with open(folder / "object.npz", "wb") as fh:
+        np.savez(fh, object=result.object, amplitude=result.amplitude, phase=result.phase,
+                 groups=result.groups, global_offsets=result.global_offsets, local_offsets=result.local_offsets,
+                 norm_scale=np.float32(result.norm_scale), intensity_scale=np.float64(result.intensity_scale))
+    save_image(folder / "amplitude.png", result.amplitude, title="amplitude", cmap="gray", label="|object|")
+    save_image(folder / "phase.png", result.phase, title="phase", cmap="viridis", label="phase (rad)")
+    if result.object_guess is not None:
+        save_comparison(folder / "comparison.png", result.object, result.object_guess, result.canvas["com_xy"])
+        names.append("comparison.png")
+    if "tiff" in formats:
+        import tifffile
+
+        tifffile.imwrite(folder / "amplitude.tiff", result.amplitude.astype(np.float32))
+        tifffile.imwrite(folder / "phase.tiff", result.phase.astype(np.float32))
+        names += ["amplitude.tiff", "phase.tiff"]
+    return names
+
+
+def refuse_existing_dir(outdir: Path, *, force: bool) -> None:
+    if outdir.exists() and not force:
+        raise OutputExistsError(f"{outdir} exists; pass --force to replace it")
+    if outdir.exists() and not outdir.is_dir():
+        raise OutputExistsError(f"{outdir} exists and is not a folder")
+
+
+def write_outputs(outdir: str | Path, result: ReconstructionResult, report: dict[str, Any], *,
+                  formats: Iterable[str] = ("png", "npz"), force: bool = False) -> Path:
+    """Build the folder aside, validate the report, rename it onto ``outdir`` (all or nothing)."""
+    target = Path(outdir)
+    refuse_existing_dir(target, force=force)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    old: Path | None = None
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        report["files"] = sorted(write_files(tmp, result, formats) + [REPORT_NAME])
+        validate(REPORT_SCHEMA, report, member=REPORT_NAME)
+        (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / "previous")
+        os.rename(tmp, target)
+        tmp = None  # type: ignore[assignment]
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if old is not None and not target.exists():  # put the previous folder back
+                os.replace(old / "previous", target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def build_report(result: ReconstructionResult, *, formats: Iterable[str], comparison: dict[str, Any] | None,
+                 argv: dict[str, Any]) -> dict[str, Any]:
+    """The ``reconstruct.json`` document (schema ``reconstruct-report``); ``files`` is filled in on write."""
+    info = result.info
+    return {
+        "tool": "ptycho-bridge", "version": __version__, "command": "reconstruct",
+        "archive": {"path": info["archive"], "sha256": info["archive_sha256"], "backend": info["backend"],
+                    "N": info["N"], "gridsize": info["gridsize"], "padded_size": info["padded_size"],
+                    "padded_size_source": info["padded_size_source"],
+                    "reassembly_centring": info["reassembly_centring"]},
+        "dataset": {"path": info["dataset"], "format": info["dataset_format"], "patterns": info["n_patterns_file"],
+                    "keys": info["keys_used"], "reader": info["patterns"]},
+        "engine": info["engine"],
+        "choices": {**argv, "n_groups": info["n_groups"], "subsample_seed": info["subsample_seed"],
+                    "centring": info["centring"], "centring_batch": info["centring_batch"],
+                    "formats": list(formats)},
+        "groups": {"count": int(result.groups.shape[0]), "per_group": int(result.groups.shape[1]),
+                   "patterns_used": int(np.unique(result.groups).size)},
+        "norm_scale": result.norm_scale, "intensity_scale": result.intensity_scale,
+        "canvas": {"size": result.canvas["size"], "pad": result.canvas["pad"], "crop": result.canvas["crop"],
+                   "com_xy": result.canvas["com_xy"], "max_canvas": result.canvas["max_canvas"]},
+        "timings": {k: round(float(v), 6) for k, v in result.timings.items()},
+        "comparison": comparison,
+        "notes": list(result.notes),
+        "files": [],
+    }

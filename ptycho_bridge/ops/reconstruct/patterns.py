@@ -1,0 +1,173 @@
+"""Chunked, bounded-memory access to a stack of diffraction patterns (``.npz`` member or HDF5 dataset).
+
+A :class:`PatternSource` yields float32 ``(k, N, N)`` blocks for an index array (``take``) without ever
+holding the whole stack. Storage layouts handled (``storage_shape`` is the C-order shape on disk after
+dropping a size-1 channel axis; Fortran-ordered arrays are read as their reversed C-order shape):
+
+- pattern-first ``(M, N, N)``: a block is a contiguous byte range;
+- pattern-last ``(N, N, M)``: a block is a strided gather (slow for big files; store (M, N, N) instead);
+- ``transpose``: each pattern is stored transposed (Fortran order), fixed after reading.
+
+Back ends: ``MappedPatterns`` (np.memmap of a byte range, mapped per call and unmapped right after, so
+resident pages never accumulate — whole-file maps would count the whole file in RSS),
+``StreamPatterns`` (deflated ``.npz`` member: forward-only decompression for increasing indices; anything
+else spools the member once to a temporary file and switches to a map), ``H5Patterns`` (h5py slicing).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from ptycho_bridge.errors import OptionError
+from ptycho_bridge.ops.reconstruct.npzfile import MemberStream, NpzMember, spool_member
+
+
+class PatternSource:
+    """Base: ``count`` patterns of ``N x N``; ``take(indices) -> float32 (len, N, N)``."""
+
+    count: int
+    N: int
+    pattern_first: bool
+    transpose: bool
+    dtype: np.dtype
+    description: str
+
+    def take(self, indices: np.ndarray) -> np.ndarray:
+        """Patterns at ``indices`` (any order, duplicates allowed) as float32 ``(len, N, N)``."""
+        idx = np.asarray(indices, dtype=np.int64).ravel()
+        if idx.size == 0:
+            return np.zeros((0, self.N, self.N), np.float32)
+        if idx.min() < 0 or idx.max() >= self.count:
+            raise OptionError(f"pattern index out of range [0, {self.count})", option="indices")
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        block = self._read_sorted(uniq)  # storage order, shape (u, N, N) or (N, N, u)
+        if not self.pattern_first:
+            block = np.moveaxis(block, -1, 0)
+        if self.transpose:
+            block = np.swapaxes(block, 1, 2)
+        out = np.asarray(block, dtype=np.float32)
+        return out[inverse] if uniq.size != idx.size or not np.array_equal(uniq, idx) else np.ascontiguousarray(out)
+
+    def _read_sorted(self, uniq: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release files / temporary spools."""
+
+
+class MappedPatterns(PatternSource):
+    """Patterns in a contiguous byte range of a file (stored npz member, raw spool)."""
+
+    def __init__(self, path: str, offset: int, storage_shape: tuple[int, int, int], dtype: np.dtype,
+                 pattern_first: bool, transpose: bool, description: str, owned_tmp: str | None = None) -> None:
+        self.path, self.offset, self.storage_shape, self.dtype = path, int(offset), storage_shape, np.dtype(dtype)
+        self.pattern_first, self.transpose, self.description = pattern_first, transpose, description
+        self.count = storage_shape[0] if pattern_first else storage_shape[2]
+        self.N = storage_shape[1] if pattern_first else storage_shape[0]
+        self._owned_tmp = owned_tmp
+
+    def _read_sorted(self, uniq: np.ndarray) -> np.ndarray:
+        lo, hi = int(uniq[0]), int(uniq[-1]) + 1
+        if self.pattern_first:
+            per = self.N * self.N * self.dtype.itemsize
+            mm = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset + lo * per,
+                           shape=(hi - lo, self.N, self.N))
+            out = np.array(mm[uniq - lo])  # copy, then unmap
+        else:
+            mm = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.storage_shape)
+            out = np.array(mm[:, :, uniq])
+        del mm
+        return out
+
+    def close(self) -> None:
+        if self._owned_tmp and os.path.exists(self._owned_tmp):
+            os.unlink(self._owned_tmp)
+            self._owned_tmp = None
+
+
+class StreamPatterns(PatternSource):
+    """A deflated npz member: streamed forward for increasing indices, spooled for random access."""
+
+    STREAM_BLOCK = 1024  # patterns decompressed per read
+
+    def __init__(self, path: str, member: NpzMember, storage_shape: tuple[int, int, int], pattern_first: bool,
+                 transpose: bool, description: str, spool_dir: str | None = None) -> None:
+        self.path, self.member, self.storage_shape = path, member, storage_shape
+        self.dtype = member.dtype
+        self.pattern_first, self.transpose, self.description = pattern_first, transpose, description
+        self.count = storage_shape[0] if pattern_first else storage_shape[2]
+        self.N = storage_shape[1] if pattern_first else storage_shape[0]
+        self.spool_dir = spool_dir
+        self._stream: MemberStream | None = None
+        self._mapped: MappedPatterns | None = None
+        self.restarts = 0
+
+    def _spool(self) -> MappedPatterns:
+        if self._mapped is None:
+            tmp = spool_member(self.path, self.member, self.spool_dir)
+            self._mapped = MappedPatterns(tmp, 0, self.storage_shape, self.dtype, self.pattern_first,
+                                          self.transpose, self.description + " (spooled)", owned_tmp=tmp)
+            if self._stream is not None:
+                self._stream.close()
+                self._stream = None
+        return self._mapped
+
+    def _read_sorted(self, uniq: np.ndarray) -> np.ndarray:
+        if self._mapped is not None or not self.pattern_first:
+            return self._spool()._read_sorted(uniq)
+        per = self.N * self.N * self.dtype.itemsize
+        if self._stream is None:
+            self._stream = MemberStream(self.path, self.member)
+        if int(uniq[0]) * per < self._stream.pos:  # going backwards: one more decompression pass
+            self._stream.reopen()
+            self.restarts += 1
+        out = np.empty((uniq.size, self.N, self.N), self.dtype)
+        done = 0
+        while done < uniq.size:  # bounded blocks: sparse indices never pull the whole range into memory
+            lo = int(uniq[done])
+            hi = min(lo + self.STREAM_BLOCK, int(uniq[-1]) + 1)
+            sel = uniq[done:np.searchsorted(uniq, hi)]
+            self._stream.skip(lo * per - self._stream.pos)
+            raw = np.frombuffer(self._stream.read((hi - lo) * per), dtype=self.dtype).reshape(hi - lo, self.N, self.N)
+            out[done:done + sel.size] = raw[sel - lo]
+            done += sel.size
+        return out
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+        if self._mapped is not None:
+            self._mapped.close()
+            self._mapped = None
+
+
+class H5Patterns(PatternSource):
+    """An HDF5 dataset read with h5py slicing (sorted unique indices, as h5py requires)."""
+
+    def __init__(self, h5file: Any, dataset: Any, storage_shape: tuple[int, int, int], pattern_first: bool,
+                 description: str) -> None:
+        self._file, self.ds, self.storage_shape = h5file, dataset, storage_shape
+        self.dtype = np.dtype(dataset.dtype)
+        self.pattern_first, self.transpose, self.description = pattern_first, False, description
+        self.count = storage_shape[0] if pattern_first else storage_shape[2]
+        self.N = storage_shape[1] if pattern_first else storage_shape[0]
+        self._squeeze_last = dataset.ndim == 4
+
+    def _read_sorted(self, uniq: np.ndarray) -> np.ndarray:
+        lo, hi = int(uniq[0]), int(uniq[-1]) + 1
+        contiguous = hi - lo == uniq.size
+        sel: Any = slice(lo, hi) if contiguous else uniq
+        if self.pattern_first:
+            out = self.ds[sel, :, :, 0] if self._squeeze_last else self.ds[sel]
+        else:
+            out = self.ds[:, :, sel]
+        return np.asarray(out)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

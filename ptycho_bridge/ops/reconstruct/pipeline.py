@@ -1,0 +1,202 @@
+"""``reconstruct``: archive + scan dataset -> stitched complex object, upstream's TF inference semantics.
+
+Stages (each timed):
+
+1. ``open``      read the archive (:mod:`.modelinfo`) and validate the dataset headers and small arrays;
+2. ``group``     upstream's subsample / grouping / offsets (:mod:`grouping`);
+3. ``normalise`` pass 1 over the distinct grouped patterns: energies, finiteness, ``s`` (:mod:`normalise`);
+4. per block of groups (pass 2): ``read`` patterns -> ``model`` (X_full, canonical x_norm, engine in
+   batches of ``batch_size``) -> ``merge`` (upstream's per-group reassembly + trim, :mod:`.merge`, in chunks of
+   ``centring_batch`` = 32 groups aligned on multiples of 32 in group order, because upstream's Keras
+   ``predict`` batch of 32 centres local offsets over the batch) -> ``stitch`` (streaming canvas).
+
+Differences from upstream, on purpose: every group keeps its own output (upstream's batch collapse for
+B·C >= 64 per predict batch is not reproduced); the engine batch size is free (only ``centring_batch``
+decides the merge chunks; ``centring_batch=1`` centres each group on itself); float32 coordinates are
+accepted (upstream asserts float64); unseeded subsampling draws and reports a seed.
+Memory: a block holds ``max(batch_size, centring_batch)`` groups (rounded up to a multiple of
+``centring_batch``); nothing holds all patterns or all patches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Union
+
+import numpy as np
+
+from ptycho_bridge.errors import ArchiveError, OptionError
+from ptycho_bridge.ops.engines import ENGINE_NAMES, load_engine
+from ptycho_bridge.ops.reconstruct.dataset import named, open_dataset
+from ptycho_bridge.ops.reconstruct.grouping import make_groups
+from ptycho_bridge.ops.reconstruct.merge import group_merge
+from ptycho_bridge.ops.reconstruct.modelinfo import ModelInfo, open_model
+from ptycho_bridge.ops.reconstruct.normalise import grouped_energies, model_input, norm_scale, pattern_energies, x_full
+from ptycho_bridge.ops.reconstruct.stitch import DEFAULT_MAX_CANVAS, Stitcher, plan_canvas
+
+UPSTREAM_PREDICT_BATCH = 32
+Progress = Callable[[str, int, int], None]
+EngineArg = Union[str, Callable[[np.ndarray], np.ndarray]]
+
+
+@dataclass
+class ReconstructionResult:
+    """The stitched object and everything needed to explain it."""
+
+    object: np.ndarray  # complex64 (P, P)
+    amplitude: np.ndarray  # float32 (P, P)
+    phase: np.ndarray  # float32 (P, P)
+    groups: np.ndarray  # (B, C) file indices
+    global_offsets: np.ndarray  # (B, 2) float64 [x, y]
+    local_offsets: np.ndarray  # (B, C, 2) float64 [x, y] (sign: -(coords - group mean))
+    norm_scale: float
+    intensity_scale: float
+    timings: dict[str, float]
+    canvas: dict[str, Any]
+    info: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    object_guess: np.ndarray | None = None  # the dataset's objectGuess (complex64), when present
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.t: dict[str, float] = {}
+
+    def add(self, name: str, since: float) -> float:
+        now = time.perf_counter()
+        self.t[name] = self.t.get(name, 0.0) + now - since
+        return now
+
+
+def build_runner(engine: EngineArg, info: ModelInfo, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
+    """An engine name from the registry (built once) or a caller's callable, as ``x_norm -> [B,Cout,N,N]``."""
+    if callable(engine):
+        return engine
+    if engine not in ENGINE_NAMES:
+        raise OptionError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}", option="--engine")
+    loaded = load_engine(engine, info.spec, info.tensors, threads=threads)
+    return loaded.run
+
+
+def reconstruct(
+    archive: str | Path | ModelInfo,
+    dataset: str | Path,
+    engine: EngineArg = "onnx",
+    *,
+    n_groups: int | None = None,
+    subsample: int | None = None,
+    subsample_seed: int | None = None,
+    batch_size: int = 64,
+    crop: int = 20,
+    keys: Mapping[str, str] | None = None,
+    centring_batch: int = UPSTREAM_PREDICT_BATCH,
+    max_canvas: int = DEFAULT_MAX_CANVAS,
+    threads: int | None = None,
+    read_chunk: int = 1024,
+    require_probe: bool = True,
+    spool_dir: str | None = None,
+    with_object_guess: bool = False,
+    progress: Progress | None = None,
+    inspect: Callable[[dict[str, Any]], None] | None = None,
+) -> ReconstructionResult:
+    """Reconstruct the object of ``dataset`` with the inference model of ``archive``.
+
+    ``engine``: "onnx" | "torch" | "keras", or a callable ``x_norm [B,C,N,N] -> complex64 [B,Cout,N,N]``.
+    ``n_groups`` = upstream's nsamples (default: all patterns for gridsize 1, M // C groups otherwise);
+    ``subsample``/``subsample_seed`` = upstream's ``--n_subsample``/``--subsample_seed``.
+    ``progress(stage, done, total)`` is called per chunk ("normalise": patterns, "reconstruct": groups).
+    ``inspect`` (tests): called per merge chunk with its group range, X_full, x_norm, raw and merged patches.
+    Raises the project's errors (``FormatError`` naming the dataset key, ``OptionError``, ``EngineUnavailable``).
+    """
+    for name, value in (("--batch-size", batch_size), ("centring_batch", centring_batch), ("read_chunk", read_chunk)):
+        if value < 1:
+            raise OptionError(f"must be >= 1, got {value}", option=name)
+    if max_canvas < crop:
+        raise OptionError(f"must be at least the crop ({crop}), got {max_canvas}", option="--max-canvas")
+    tm = _Timer()
+    t = time.perf_counter()
+    info = archive if isinstance(archive, ModelInfo) else open_model(archive)
+    ds = open_dataset(str(dataset), info.N, keys=keys, require_probe=require_probe, spool_dir=spool_dir)
+    notes = list(ds.notes)
+    key = ds.keys_used["diffraction"]
+    try:
+        t = tm.add("open", t)
+        g = make_groups(ds.x, ds.y, info.channels, n_groups=n_groups, subsample=subsample,
+                        subsample_seed=subsample_seed)
+        notes += g.notes
+        try:  # the canvas bound is checked before any pattern is read or any canvas allocated
+            plan = plan_canvas(g.coords_offsets, crop, max_canvas)
+        except ArchiveError as exc:
+            raise named(exc, str(dataset)) from None
+        t = tm.add("group", t)
+
+        try:
+            energies = pattern_energies(ds.patterns, g.groups.ravel(), chunk=read_chunk, key=key,
+                                        progress=(lambda d, n: progress("normalise", d, n)) if progress else None)
+            s = norm_scale(grouped_energies(energies, g.groups), info.N)
+        except ArchiveError as exc:
+            raise named(exc, str(dataset)) from None
+        t = tm.add("normalise", t)
+
+        run = build_runner(engine, info, threads)
+        t = tm.add("engine_build", t)
+
+        stitcher = Stitcher(plan, info.N)
+        B, N = g.groups.shape[0], info.N
+        block = int(math.ceil(max(batch_size, centring_batch) / centring_batch) * centring_batch)
+        for b0 in range(0, B, block):
+            b1 = min(B, b0 + block)
+            grp = g.groups[b0:b1]
+            pats = ds.patterns.take(grp.ravel()).reshape(grp.shape + (N, N))
+            t = tm.add("read", t)
+            xf = x_full(pats, s)
+            xn = model_input(xf, info.backend, info.intensity_scale)
+            raw = np.concatenate([np.asarray(run(xn[i:i + batch_size])).astype(np.complex64, copy=False)
+                                  for i in range(0, xn.shape[0], batch_size)])
+            t = tm.add("model", t)
+            for c0 in range(0, b1 - b0, centring_batch):
+                c1 = min(b1 - b0, c0 + centring_batch)
+                merged = group_merge(raw[c0:c1], g.coords_relative[b0 + c0:b0 + c1], N=N,
+                                     padded_size=info.padded_size, object_big=bool(info.spec.object_big),
+                                     centre=info.reassembly_centring)
+                t = tm.add("merge", t)
+                stitcher.add(merged, g.coords_offsets[b0 + c0:b0 + c1])
+                t = tm.add("stitch", t)
+                if inspect is not None:
+                    inspect({"start": b0 + c0, "stop": b0 + c1, "x_full": xf[c0:c1], "x_norm": xn[c0:c1],
+                             "raw": raw[c0:c1], "merged": merged})
+            if progress:
+                progress("reconstruct", b1, B)
+        obj = stitcher.result()
+        amp, phase = np.abs(obj).astype(np.float32), np.angle(obj).astype(np.float32)
+        t = tm.add("stitch", t)
+        guess = ds.object_guess() if with_object_guess else None
+    finally:
+        ds.close()
+    timings = dict(tm.t)
+    timings["total"] = sum(timings.values())
+    # the four coarse stages: read (open + pass 1 + pass-2 reads), group, model (build + run + merge), stitch
+    timings["stage_read"] = timings.get("open", 0.0) + timings.get("normalise", 0.0) + timings.get("read", 0.0)
+    timings["stage_group"] = timings.get("group", 0.0)
+    timings["stage_model"] = timings.get("engine_build", 0.0) + timings.get("model", 0.0) + timings.get("merge", 0.0)
+    timings["stage_stitch"] = timings.get("stitch", 0.0)
+    centring = (f"per {centring_batch}-group predict batch (upstream's Keras predict)" if info.reassembly_centring
+                else "none (the archive's era did not centre)")
+    return ReconstructionResult(
+        object=obj, amplitude=amp, phase=phase, groups=g.groups, global_offsets=g.global_offsets,
+        local_offsets=g.local_offsets, norm_scale=float(s), intensity_scale=info.intensity_scale, timings=timings,
+        canvas={"size": plan.size, "pad": plan.pad, "crop": plan.crop, "com_xy": [float(v) for v in plan.com],
+                "max_canvas": max_canvas},
+        info={"archive": str(info.path), "archive_sha256": info.sha256, "backend": info.backend, "N": info.N,
+              "gridsize": info.gridsize, "padded_size": info.padded_size,
+              "padded_size_source": info.padded_size_source, "reassembly_centring": info.reassembly_centring,
+              "centring": centring, "engine": engine if isinstance(engine, str) else "callable",
+              "dataset": str(dataset), "dataset_format": ds.format, "keys_used": dict(ds.keys_used),
+              "n_patterns_file": ds.count, "n_groups": int(B), "n_groups_requested": n_groups,
+              "subsample": subsample, "subsample_seed": g.subsample_seed,
+              "centring_batch": centring_batch, "batch_size": batch_size, "patterns": ds.patterns.description},
+        notes=notes, object_guess=guess,
+    )
