@@ -782,7 +782,10 @@ def test_issue12_ckpt_stride0_tensor_fails_validate(ctx: Ctx) -> None:
 
 def _bridge_unwritten_probe(side: int) -> Callable[[Ctx, dict, dict[str, bytes]], None]:
     def mutate(ctx: Ctx, manifest: dict, members: dict[str, bytes]) -> None:
-        ref = json.loads(members["params.json"])["params"]["probe"]["$array"]
+        doc = json.loads(members["params.json"])
+        ref = doc["params"]["probe"]["$array"]
+        ref.update(shape=[side, side], dtype="complex64")  # the declared shape agrees: only the bytes are missing
+        members["params.json"] = json.dumps(doc).encode()
 
         def edit(f: h5py.File) -> None:
             del f[ref["dataset"]]
@@ -881,3 +884,122 @@ def test_issue12_keras_utils_get_file_refused(ctx: Ctx, edit: Callable[[dict], N
     assert code == 1 and "keras.utils" in " ".join(json.loads(out)["archives"][0]["errors"])
     code, _, err = _cli("migrate", str(path), "-o", str(ctx.tmp / "out"))
     assert code == 1 and "keras.utils" in err and not (ctx.tmp / "out").exists()
+
+
+# -- finding 5: typed decoding (no traceback from a value of the wrong type) -----------------------
+def _tf_params_with(ctx: Ctx, **changes: Any) -> Path:
+    from ptycho_bridge.io.safepickle import decode, load_inert
+
+    raw = ctx.tf["diffraction_to_obj/params.dill"]
+    params = decode(load_inert(raw, member="p"), member="p")
+    params.update(changes)
+    return ctx.tf_with(params_dill=_dumps(params, 2))
+
+
+def _torch_config_with(ctx: Ctx, **model_config: Any) -> Path:
+    from ptycho_bridge.io.safepickle import decode, load_inert
+
+    members = zip_members(ctx.torch["torch_scaling_metadata.pt"])
+    pkl_name = next(n for n in members if n.endswith("data.pkl"))
+    meta = decode(load_inert(members[pkl_name], member="m"), member="m")
+    meta["model_config"] = {**meta["model_config"], **model_config}
+    members[pkl_name] = _dumps(meta, 2)
+    return ctx.torch_with("torch_scaling_metadata.pt", zip_bytes(members))
+
+
+def _bridge_json(edit: Callable[[dict, dict], None], *, raw: Callable[[bytes], bytes] | None = None):
+    def mutate(ctx: Ctx, manifest: dict, members: dict[str, bytes]) -> None:
+        params = json.loads(members["params.json"])
+        edit(manifest, params)
+        members["params.json"] = json.dumps(params).encode()
+    return mutate
+
+
+def _bridge_raw_manifest(ctx: Ctx, replace: Callable[[bytes], bytes]) -> Path:
+    members = zip_members(ctx.bridge(lambda *_: None))
+    members["manifest.json"] = replace(members["manifest.json"])
+    return ctx.write(members)
+
+
+def _first_tensor(manifest: dict) -> dict:
+    return next(iter(manifest["models"]["diffraction_to_obj"]["tensors"].values()))
+
+
+TYPED = [
+    ("json_int_over_4300_digits", lambda c: _bridge_raw_manifest(c, lambda b: b.replace(b'"intensity_scale": ', b'"x": ' + b"9" * 5000 + b', "intensity_scale": ', 1)),
+     "manifest.json", "JSON integer of 5000 digits"),
+    ("json_float_overflow_intensity_scale", lambda c: _bridge_raw_manifest(c, lambda b: re_sub(rb'"intensity_scale": [0-9.e+]+', b'"intensity_scale": 1e400', b)),
+     "manifest.json", "overflows to infinity"),
+    ("bridge_float_valued_shape", lambda c: c.bridge(lambda _, m, __: _first_tensor(m).__setitem__("shape", [32.0, 1.0, 3.0, 3.0])),
+     "manifest.json", "shape"),
+    ("bridge_float_valued_N", lambda c: c.bridge(lambda _, m, __: m["models"]["diffraction_to_obj"]["network"].__setitem__("N", 64.0)),
+     "manifest.json", "N"),
+    ("bridge_model_name_trailing_newline", lambda c: c.bridge(lambda _, m, __: m["models"].__setitem__(
+        "diffraction_to_obj\n", m["models"].pop("diffraction_to_obj"))), "manifest.json", "control character"),
+    ("bridge_version_trailing_newline", lambda c: c.bridge(lambda _, m, __: m.__setitem__("format_version", "2.0.0\n")),
+     "manifest.json", "control character"),
+    ("bridge_lone_surrogate_tool", lambda c: _bridge_raw_manifest(c, lambda b: b.replace(b'"tool": "ptycho-bridge"', b'"tool": "\\ud800"')),
+     "manifest.json", "surrogate"),
+    ("bridge_params_intensity_scale_inf", lambda c: c.bridge(_bridge_json(lambda m, p: p["params"].__setitem__(
+        "intensity_scale", {"$float": "inf"}))), "params.json", "intensity_scale"),
+    ("tf_version_ndarray", lambda c: _tf_params_with(c, _version=np.array([1.0, 2.0])), "params.dill", "_version"),
+    ("tf_intensity_scale_huge_int", lambda c: _tf_params_with(c, intensity_scale=10**400), "params.dill", "intensity_scale"),
+    ("tf_N_huge_int", lambda c: _tf_params_with(c, N=10**5000), "params.dill", "integer of"),
+    ("tf_offset_str", lambda c: _tf_params_with(c, offset="4"), "params.dill", "offset"),
+    ("tf_offset_none", lambda c: _tf_params_with(c, offset=None), "params.dill", "offset"),
+    ("tf_offset_nan", lambda c: _tf_params_with(c, offset=float("nan")), "params.dill", "offset"),
+    ("tf_offset_list", lambda c: _tf_params_with(c, offset=[4]), "params.dill", "offset"),
+    ("tf_jitter_inf", lambda c: _tf_params_with(c, max_position_jitter=float("inf")), "params.dill", "max_position_jitter"),
+    ("torch_c_outer_fraction_str", lambda c: _torch_config_with(c, use_legacy_decoder_channel_override=True,
+                                                               decoder_last_c_outer_fraction="0.25"),
+     "wts.h5.zip:diffraction_to_obj/model.pth", "[model_config.decoder_last_c_outer_fraction]"),
+    ("torch_c_outer_fraction_list", lambda c: _torch_config_with(c, use_legacy_decoder_channel_override=True,
+                                                                decoder_last_c_outer_fraction=[0.25]),
+     "wts.h5.zip:diffraction_to_obj/model.pth", "[model_config.decoder_last_c_outer_fraction]"),
+    ("torch_c_outer_fraction_nan", lambda c: _torch_config_with(c, use_legacy_decoder_channel_override=True,
+                                                               decoder_last_c_outer_fraction=float("nan")),
+     "wts.h5.zip:diffraction_to_obj/model.pth", "[model_config.decoder_last_c_outer_fraction]"),
+    ("torch_config_flag_array", lambda c: _torch_config_with(c, batch_norm=np.array([True, False])),
+     "wts.h5.zip:diffraction_to_obj/model.pth", "[model_config.batch_norm]"),
+]
+
+
+def re_sub(pattern: bytes, repl: bytes, data: bytes) -> bytes:
+    import re
+
+    return re.sub(pattern, repl, data, count=1)
+
+
+@pytest.mark.parametrize(("build", "member", "detail"), [t[1:] for t in TYPED], ids=[t[0] for t in TYPED])
+def test_issue12_typed_decoding(ctx: Ctx, build: Callable[[Ctx], Path], member: str, detail: str) -> None:
+    """A decoded value of the wrong type is one ``error:`` line naming member and field, never a traceback."""
+    path = build(ctx)
+    code, out, err = _cli("validate", str(path))
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1, (out, err)
+    assert member in err and detail in err, err
+    for verb in ("inspect", "migrate"):
+        args = ("-o", str(ctx.tmp / "out")) if verb == "migrate" else ()
+        code, out, err = _cli(verb, str(path), *args)
+        assert code in (0, 1) and "Traceback" not in err, (verb, err)
+        if code == 1:
+            assert err.startswith("error: ") and err.count("\n") == 1, (verb, err)
+    assert not (ctx.tmp / "out").exists()
+
+
+def test_issue12_cli_safety_net(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside the tests, an unexpected ValueError/TypeError/... is one ``error:`` line; in them, a traceback."""
+    import click
+
+    from ptycho_bridge.cli import util
+
+    @click.command()
+    @util.guarded
+    def boom() -> None:
+        int("x\nok: spoofed")
+
+    monkeypatch.delenv(util.STRICT_ENV, raising=False)
+    result = CliRunner().invoke(boom, [])
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: unexpected ValueError") and "\\nok: spoofed" in result.stderr
+    monkeypatch.setenv(util.STRICT_ENV, "1")
+    assert isinstance(CliRunner().invoke(boom, []).exception, ValueError)

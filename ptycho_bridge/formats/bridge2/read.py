@@ -30,7 +30,7 @@ from ptycho_bridge.errors import (
     SpecError,
     UnsafeArchiveError,
 )
-from ptycho_bridge.formats.base import EraReader, cached_json, read_json
+from ptycho_bridge.formats.base import EraReader, cached_json, read_json, require_float
 from ptycho_bridge.formats.bridge2.layout import (
     FORMAT,
     TENSOR_DTYPES,
@@ -148,7 +148,11 @@ class BridgeReader(EraReader):
                 try:
                     f = open_h5(store, member=label)
                     try:
-                        arr = read_in_place(store, get_dataset(f, ref["dataset"], member=label), member=label)
+                        dset = get_dataset(f, ref["dataset"], member=label)
+                        if list(dset.shape) != list(ref["shape"]):  # compared before a byte is read
+                            raise FormatError(f"{ref['dataset']} has shape {list(dset.shape)}, params.json says "
+                                              f"{ref['shape']}", member=pwhere)
+                        arr = read_in_place(store, dset, member=label)
                     finally:
                         f.close()
                 finally:
@@ -162,6 +166,10 @@ class BridgeReader(EraReader):
 
             params = decode_value(doc["params"], load_array=load_array)
             torch_config = decode_value(doc.get("torch_config"), load_array=load_array)
+            if "intensity_scale" in params:
+                require_float(params["intensity_scale"], member=pwhere, field="intensity_scale", positive=True)
+        if manifest["intensity_scale"] is not None:
+            require_float(manifest["intensity_scale"], member=where, field="intensity_scale", positive=True)
         return BridgeArchive(
             path=path,
             era=self.era,
