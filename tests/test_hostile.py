@@ -907,6 +907,15 @@ def _torch_config_with(ctx: Ctx, **model_config: Any) -> Path:
     return ctx.torch_with("torch_scaling_metadata.pt", zip_bytes(members))
 
 
+def _ckpt_with_item(ctx: Ctx, key: str, value_ops: bytes) -> Path:
+    """The Lightning checkpoint with ``data[key]`` replaced: one SETITEM spliced before the final STOP."""
+    members = zip_members(ctx.ckpt)
+    name = next(n for n in members if n.endswith("/data.pkl"))
+    pkl = members[name]
+    members[name] = pkl[:-1] + _s(key) + value_ops + b"s."
+    return ctx.write_raw(zip_bytes(members), "lightning.ckpt")
+
+
 def _bridge_json(edit: Callable[[dict, dict], None], *, raw: Callable[[bytes], bytes] | None = None):
     def mutate(ctx: Ctx, manifest: dict, members: dict[str, bytes]) -> None:
         params = json.loads(members["params.json"])
@@ -959,6 +968,12 @@ TYPED = [
     ("torch_c_outer_fraction_nan", lambda c: _torch_config_with(c, use_legacy_decoder_channel_override=True,
                                                                decoder_last_c_outer_fraction=float("nan")),
      "wts.h5.zip:diffraction_to_obj/model.pth", "[model_config.decoder_last_c_outer_fraction]"),
+    ("torch_config_architecture_array", lambda c: _torch_config_with(c, architecture=np.array([1, 2])),
+     "wts.h5.zip:diffraction_to_obj/model.pth", "[architecture]"),
+    ("torch_config_parity_mode_array", lambda c: _torch_config_with(c, parity_scale_mode=np.array([1, 2])),
+     "wts.h5.zip:diffraction_to_obj/model.pth", "[model_config.parity_scale_mode]"),
+    ("ckpt_optimizer_states_int", lambda c: _ckpt_with_item(c, "optimizer_states", _i(5)), "lightning.ckpt",
+     "[optimizer_states]: optimizer_states must be a list"),
     ("torch_config_flag_array", lambda c: _torch_config_with(c, batch_norm=np.array([True, False])),
      "wts.h5.zip:diffraction_to_obj/model.pth", "[model_config.batch_norm]"),
 ]

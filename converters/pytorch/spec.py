@@ -15,6 +15,7 @@ from ptycho_bridge.formats.base import (
     require_field,
     require_float,
     require_int,
+    require_str,
     shown,
 )
 from ptycho_bridge.spec.network import (
@@ -53,13 +54,22 @@ def spec_from_torch(
 
     if N not in SUPPORTED_N:
         raise SpecError(f"N={shown(N)} is not supported (expected one of {SUPPORTED_N})", member=member, field="N")
-    architecture = mc.get("architecture", params.get("architecture", "cnn"))
+    def flag(key: str) -> bool:  # an optional model_config flag: absent/None is False, else a real bool
+        value = mc.get(key)
+        return False if value is None else require_bool(value, member=member, field=f"model_config.{key}")
+
+    def text(key: str, default: str | None) -> str | None:
+        value = mc.get(key, default)
+        return None if value is None else require_str(value, member=member, field=f"model_config.{key}")
+
+    architecture = mc["architecture"] if "architecture" in mc else params.get("architecture", "cnn")
+    architecture = require_str(architecture, member=member, field="architecture")
     if architecture != "cnn":
         raise UnsupportedError(f"architecture {architecture!r}: only the 'cnn' family is supported", member=member, field="architecture")
-    mode = mc.get("cnn_output_mode", "amp_phase")
+    mode = text("cnn_output_mode", "amp_phase")
     if mode != "amp_phase":
         raise UnsupportedError(f"cnn_output_mode {mode!r}: only 'amp_phase' is supported", member=member, field="cnn_output_mode")
-    if mc.get("use_shared_decoder", False):
+    if flag("use_shared_decoder"):
         raise UnsupportedError("use_shared_decoder=True is a different network", member=member, field="use_shared_decoder")
     nfs = require_int(pick("n_filters_scale", "n_filters_scale", int), member=member, field="n_filters_scale",
                       min=1, max=MAX_FILTERS_SCALE)
@@ -83,18 +93,18 @@ def spec_from_torch(
             require_bool(mc.get(key, False), member=member, field=f"model_config.{key}")
             for key in ("cbam_encoder", "cbam_bottleneck", "batch_norm"))
         for unused in ("eca_encoder", "cbam_decoder", "eca_decoder", "spatial_decoder"):
-            if mc.get(unused):
+            if flag(unused):
                 warnings.append(f"torch {unused}=True: built upstream but never applied (numerically inert)")
-        if mc.get("intensity_scale_trainable"):
+        if flag("intensity_scale_trainable"):
             warnings.append(
                 "torch intensity_scale_trainable=True: forward_predict multiplies by exp(log_scale) instead of input_scale_factor"
             )
-        if mc.get("parity_scale_mode", "off") not in ("off", None):
+        if text("parity_scale_mode", "off") not in ("off", None):
             warnings.append(f"parity_scale_mode={mc.get('parity_scale_mode')!r} changes forward_predict scaling")
     channels = gridsize * gridsize
     cout = channels if object_big else 1
     c_outer = cout
-    if mc.get("use_legacy_decoder_channel_override"):
+    if flag("use_legacy_decoder_channel_override"):
         frac = require_float(mc.get("decoder_last_c_outer_fraction", 0.0), member=member,
                              field="model_config.decoder_last_c_outer_fraction", min=0.0, max=1.0)
         c_outer = torch_legacy_c_outer(nfs, frac)
