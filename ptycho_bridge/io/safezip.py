@@ -303,6 +303,10 @@ class SafeZip:
             raise CorruptArchiveError("bad local file header", member=where)
         name_len = int.from_bytes(header[26:28], "little")
         extra_len = int.from_bytes(header[28:30], "little")
+        zinfo = self._zip.getinfo(info.name)
+        expected = zinfo.orig_filename.encode("utf-8" if zinfo.flag_bits & 0x800 else "cp437", "replace")
+        if self._fh.read(name_len) != expected:  # as zipfile checks: one member, one name
+            raise CorruptArchiveError("file name in the local header differs from the central directory", member=where)
         return info.header_offset + 30 + name_len + extra_len
 
     def data_offset(self, name: str) -> int | None:

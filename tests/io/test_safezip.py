@@ -309,3 +309,15 @@ def test_nothing_is_extracted(tmp_path: Path, fixtures_dir: Path, monkeypatch: p
                 inner.read(name)
     read_archive(fixtures_dir / "tf_N64_gs1" / "wts.h5.zip")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_deflated_member_local_name_must_match() -> None:
+    """Our inflate loop (issue 12) keeps zipfile's check: the local header names the same member."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("aaaa", b"x" * 1000)
+    data = bytearray(buf.getvalue())
+    data[30:34] = b"bbbb"  # the first local header's name
+    with SafeZip(bytes(data), label="n.zip") as zf:
+        with pytest.raises(CorruptArchiveError, match=r"n\.zip:aaaa: file name in the local header differs"):
+            zf.read("aaaa")
