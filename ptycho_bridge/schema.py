@@ -76,14 +76,59 @@ def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
     return {k: (v if k == "$defs" else walk(v, ())) for k, v in schema.items()}
 
 
+# Schemas of archive members (untrusted text), which get the strict second pass of :func:`text_errors`.
+ARCHIVE_SCHEMAS = ("manifest", "params")
+
+
 @lru_cache(maxsize=None)
 def _validator(name: str):  # type: ignore[no-untyped-def]
-    from jsonschema import Draft202012Validator
+    """Draft 2020-12, except that ``"integer"`` means a JSON integer: ``64.0`` is not one.
+
+    Why: the draft counts any number with a zero fraction as an integer, so ``"N": 64.0`` and
+    ``"shape": [32.0, …]`` passed the schema and failed later in ``reshape`` (issue 12).
+    """
+    from jsonschema import Draft202012Validator, validators
 
     # no ``check_schema`` here: checking a shipped schema against the meta-schema cost 45-75 ms per
     # process on the first bridge-2 read (docs/performance.md); tests/test_schema.py checks every
     # shipped schema once instead
-    return Draft202012Validator(inline_refs(load_schema(name)))
+    checker = Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool))
+    strict = validators.extend(Draft202012Validator, type_checker=checker)
+    return strict(inline_refs(load_schema(name)))
+
+
+def text_errors(document: Any) -> list[str]:
+    """Control characters and lone surrogates in any key or string, as ``"<json path>: <message>"``.
+
+    Why: JSON Schema patterns are ECMA-262, and ``^…$`` in Python's ``re`` matches before a trailing
+    newline, so ``"2.0.0\\n"`` and ``"diffraction_to_obj\\n"`` passed their patterns; a lone
+    surrogate (``"\\ud800"``) is valid JSON but not text. Archive JSON never needs either.
+    """
+    errors: list[str] = []
+    todo: list[tuple[str, Any]] = [("$", document)]
+    while todo and len(errors) < 20:
+        path, node = todo.pop()
+        texts: list[tuple[str, str]] = []
+        if isinstance(node, dict):
+            for key, value in node.items():
+                texts.append((f"{path} key", key))
+                todo.append((f"{path}.{key}" if key.isidentifier() else f"{path}[{key!r}]", value))
+        elif isinstance(node, list):
+            todo.extend((f"{path}[{i}]", v) for i, v in enumerate(node))
+        elif isinstance(node, str):
+            texts.append((path, node))
+        for where, text in texts:
+            if text.isprintable():
+                continue
+            for ch in text:
+                if 0xD800 <= ord(ch) <= 0xDFFF:
+                    errors.append(f"{where}: lone surrogate U+{ord(ch):04X} in a string")
+                    break
+                if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0:
+                    errors.append(f"{where}: control character U+{ord(ch):04X} in a string")
+                    break
+    return errors
 
 
 def schema_errors(name: str, document: Any) -> list[str]:
@@ -92,11 +137,12 @@ def schema_errors(name: str, document: Any) -> list[str]:
 
     validator = _validator(name)
     errors = sorted(validator.iter_errors(document), key=relevance, reverse=True)
+    extra = text_errors(document) if name in ARCHIVE_SCHEMAS else []
     if not errors:
-        return []
+        return extra
     best = best_match(errors)
     ordered = [best] + [e for e in errors if e is not best]
-    return [f"{e.json_path}: {e.message}" for e in ordered]
+    return [f"{e.json_path}: {e.message}" for e in ordered] + extra
 
 
 def validate(name: str, document: Any, *, member: str | None = None) -> None:

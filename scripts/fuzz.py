@@ -48,9 +48,13 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from fuzz_mutators import hdf5_metadata, pickle_cost  # noqa: E402  (structure-aware cost mutators, issue 12)
 
 DEFAULT_FIXTURES = REPO.parent / "shared" / "fixtures" / "upstream"
 CASE_TIMEOUT_S = 20.0  # Python-level alarm per case
+SLOW_S = 10.0  # a case slower than this counts as slow (the issue's "hang" bar)
 HANG_S = 60.0  # no new case for this long: the worker is stuck in C code and is replaced
 MEMORY_LIMIT = 6 * 1024**3
 INTERESTING = [0, 1, 0x7F, 0x80, 0xFF, 0x7FFF, 0x8000, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 2**63 - 1, 2**64 - 1]
@@ -170,6 +174,12 @@ def rebuild(bases: dict[str, dict[str, bytes]], target: Target, mutated: bytes) 
 # Mutations
 # ---------------------------------------------------------------------------------------------------
 def mutate(rng: random.Random, seed: bytes, donors: list[bytes]) -> tuple[bytes, list[str]]:
+    if seed[:1] == b"\x80" and rng.random() < 0.3:  # a pickle: sometimes a cost gadget instead of byte edits
+        data_, what = pickle_cost(rng, seed)
+        return data_, [what]
+    if seed[:8] == b"\x89HDF\r\n\x1a\n" and rng.random() < 0.5:  # HDF5: metadata-aware edits
+        data_, what = hdf5_metadata(rng, seed)
+        return data_, [what]
     data = bytearray(seed)
     log: list[str] = []
     for _ in range(rng.randint(1, 8)):
@@ -291,7 +301,14 @@ def worker(index: int, args: dict[str, Any], out: mp.Queue[dict[str, Any]]) -> N
         case = scratch / target.file_name
         case.write_bytes(rebuild(bases, target, mutated))
         (scratch / "current.json").write_text(json.dumps({"target": target.name, "mutations": log}))
+        began = time.monotonic()
         result = run_case(case)
+        took = time.monotonic() - began
+        stats["max_case_s"] = max(stats.get("max_case_s", 0.0), took)
+        if took > SLOW_S:
+            stats["slow"] = stats.get("slow", 0) + 1
+        kind = log[0].split("@")[0] if log and log[0].startswith(("pickle", "h5")) else "bytes"
+        stats.setdefault("mutators", {})[kind] = stats.setdefault("mutators", {}).get(kind, 0) + 1
         stats["cases"] += 1
         stats["per_target"][target.name] = stats["per_target"].get(target.name, 0) + 1
         if result is not None:
@@ -304,6 +321,7 @@ def worker(index: int, args: dict[str, Any], out: mp.Queue[dict[str, Any]]) -> N
         if time.monotonic() - last_report > 10:
             out.put({"progress": index, "cases": stats["cases"]})
             last_report = time.monotonic()
+    stats["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out.put(stats)
 
 
@@ -388,14 +406,21 @@ def run(args: argparse.Namespace) -> int:
         "cases": total, "seconds": round(elapsed, 1), "cases_per_s": round(total / elapsed, 1) if elapsed else 0.0,
         "jobs": args.jobs, "seed": args.seed, "unique_findings": len(merged), "crashed_workers": crashes, "hangs": hangs,
         "findings": merged, "per_target": dict(sorted(per_target.items())),
+        "max_case_s": round(max((r.get("max_case_s", 0.0) for r in results), default=0.0), 2),
+        "slow_cases": sum(r.get("slow", 0) for r in results),
+        "peak_rss_mb": round(max((r.get("peak_rss_mb", 0.0) for r in results), default=0.0)),
+        "mutators": {k: sum(r.get("mutators", {}).get(k, 0) for r in results)
+                     for k in sorted({k for r in results for k in r.get("mutators", {})})},
     }
     (findings / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"{total:,} cases in {elapsed:.0f} s = {summary['cases_per_s']} cases/s ({args.jobs} job(s), seed {args.seed})")
     print(f"unique findings: {len(merged)}; hangs: {len(hangs)}; crashed workers: {len(crashes)}; "
-          f"details in {findings / 'summary.json'}")
+          f"slowest case {summary['max_case_s']} s ({summary['slow_cases']} over {SLOW_S:.0f} s); "
+          f"peak worker RSS {summary['peak_rss_mb']} MB; details in {findings / 'summary.json'}")
+    print(f"mutators: {summary['mutators']}")
     for key, f in sorted(merged.items(), key=lambda kv: -kv[1]["count"]):
         print(f"  {f['count']:>6}x  {key}  → {f['folder']}\n          {f['message'][:160]}")
-    return 1 if merged or crashes or hangs else 0
+    return 1 if merged or crashes or hangs or summary["slow_cases"] else 0
 
 
 def replay(path: Path) -> int:

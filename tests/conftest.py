@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from tests._support import FIXTURES_DIR, PTYCHODUS_DIR
+
+# The CLI's safety net (cli/util.py guarded) turns unexpected ValueError/TypeError/... into one error
+# line; in tests they must stay tracebacks, so a missing root-cause fix fails loudly (issue 12).
+os.environ.setdefault("PTYCHO_BRIDGE_STRICT_ERRORS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -629,3 +629,392 @@ def test_security_doc_matches_the_code() -> None:
             assert row, f"{f.name} missing from docs/security.md"
             assert row.group(1).strip().startswith(shown(getattr(limits, f.name))), (f.name, row.group(1))
     assert f"{len(CASES)} cases" in text
+
+
+# ---------------------------------------------------------------------------------------------------
+# Issue 12 (hardening, round 2): linear-time bounds, memory caps, safe output, Keras callables.
+# Each test names the finding it guards; inputs that hung or blew up memory before the fix are read in
+# a child process with a timeout and an address-space cap, so a regression fails instead of hanging.
+# ---------------------------------------------------------------------------------------------------
+_CHILD = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))
+from ptycho_bridge import read_archive
+try:
+    read_archive(sys.argv[1]){load}
+except Exception as exc:
+    print(type(exc).__name__ + ": " + str(exc))
+else:
+    print("accepted")
+"""
+
+
+def _read_in_child(path: Path, *, timeout: float = 30, cap: int = 1536 << 20, load: bool = False) -> str:
+    """``read_archive(path)`` (and every tensor loaded, with ``load``) in a child: its one-line outcome."""
+    code = _CHILD.format(cap=cap, load=".load_all()" if load else "")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip()
+
+
+def _cli_one_error(path: Path, verb: str = "inspect") -> str:
+    code, out, err = _cli(verb, str(path))
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1, (out, err)
+    return err
+
+
+# -- finding 3: CPU --------------------------------------------------------------------------------
+def test_issue12_pickle_rehashing_a_memoised_key_is_bounded(ctx: Ctx) -> None:
+    """820 KB: a 9,999-item tuple key memoised once, then ``BINGET 0, NONE, SETITEM`` 270k times (~330 s before)."""
+    key = b"\x80\x02(" + b"K\x01" * 9_999 + b"tq\x000"
+    path = ctx.tf_with(manifest_dill=key + b"}" + b"h\x00Ns" * 270_000 + b".")
+    outcome = _read_in_child(path, timeout=30)
+    assert outcome.startswith("ArchiveLimitError") and "manifest.dill" in outcome and "hashes more than" in outcome, outcome
+    assert "hashes more than" in _cli_one_error(path)
+
+
+def test_issue12_pickle_hash_colliding_keys_refused(ctx: Ctx) -> None:
+    """``complex(-1000003*i, i)`` all hash to 0: building the dict was O(n²)."""
+    # written by hand: even building this dict in the test would be O(n²)
+    keys = b"".join(b"h\x01G" + struct.pack(">d", -1000003 * i) + b"G" + struct.pack(">d", i) + b"\x86RK\x00"
+                    for i in range(1, 30_000))
+    stream = (b"\x80\x02}(" + _s("models") + b"]" + _s("diffraction_to_obj") + b"a" + _s("version") + _s("1.0")
+              + _s("x") + b"cbuiltins\ncomplex\nq\x010}(" + keys + b"uu.")
+    path = ctx.tf_with(manifest_dill=stream)
+    outcome = _read_in_child(path, timeout=30)
+    assert outcome.startswith("ArchiveLimitError") and "share one hash value" in outcome, outcome
+
+
+def _nested_gcol(n: int) -> bytes:
+    """GCOL collections nested in each other's objects, each tiling to the end of the image."""
+    k = n // 32
+    size = 16 + 32 * k
+    out = bytearray(b"GCOL\x01\x00\x00\x00" + struct.pack("<Q", size))
+    for j in range(k):
+        p = 16 + 32 * j
+        out += struct.pack("<HHIQ", 1, 0, 0, 16) + b"GCOL\x01\x00\x00\x00" + struct.pack("<Q", size - (p + 16))
+    return bytes(out)
+
+
+def test_issue12_global_heap_scan_is_linear(ctx: Ctx) -> None:
+    """1 MiB of nested GCOL candidates: > 60 s before (one walk restarted per signature)."""
+    from ptycho_bridge.io.h5 import check_global_heaps
+
+    with pytest.raises(CorruptArchiveError, match="collections overlap"):
+        check_global_heaps(_nested_gcol(4096), member="x")
+    path = ctx.keras_with("model.weights.h5", _nested_gcol(1 << 20))
+    outcome = _read_in_child(path, timeout=20)
+    assert outcome.startswith("CorruptArchiveError") and "model.weights.h5" in outcome, outcome
+
+
+def _conv_chain(n: int) -> Callable[[dict], None]:
+    """Rewire the amp head through a chain of ``n`` convs (each one's ancestor set was cached: O(n²))."""
+    def edit(config: dict) -> None:
+        layers = config["config"]["layers"]
+        conv = next(layer for layer in layers if layer["class_name"] == "Conv2D")
+        amp = next(layer for layer in layers if layer["name"] == "amp")
+        prev = amp["inbound_nodes"][0]["args"][0]["config"]["keras_history"][0]
+        for k in range(n):
+            name = f"chain_{k}"
+            tensor = {"class_name": "__keras_tensor__", "config": {"shape": [None], "dtype": "float32",
+                                                                  "keras_history": [prev, 0, 0]}}
+            layers.append({**conv, "name": name, "config": {**conv["config"], "name": name},
+                           "inbound_nodes": [{"args": [tensor], "kwargs": {}}]})
+            prev = name
+        amp["inbound_nodes"][0]["args"].append({"class_name": "__keras_tensor__", "config": {
+            "shape": [None], "dtype": "float32", "keras_history": [prev, 0, 0]}})
+    return edit
+
+
+def test_issue12_keras_graph_long_conv_chain(ctx: Ctx) -> None:
+    """A 22k-conv chain: 3.7 GB RSS and 25-47 s before; now refused by the layer limit, at once."""
+    path = ctx.keras_config_edit(_conv_chain(22_000))
+    outcome = _read_in_child(path, timeout=30, cap=1536 << 20)
+    assert outcome.startswith("SpecError") and "layers, limit is 4096" in outcome and "config.json" in outcome, outcome
+
+
+def test_issue12_keras_graph_is_linear_below_the_limit() -> None:
+    """Below the limit, graph analysis is O(nodes + edges): 4,000 chained convs analyse in well under a second."""
+    import time
+
+    from converters.tensorflow.keras_graph import analyse_config
+    from ptycho_bridge.errors import SpecError
+
+    if not FIX.is_dir():
+        pytest.skip(f"upstream fixtures not found at {FIX}")
+    keras = zip_members(FIX / "tf_N64_gs1" / "wts.h5.zip")[KERAS]
+    config = json.loads(zip_members(keras)["config.json"])
+    _conv_chain(4_000)(config)
+    start = time.perf_counter()
+    try:
+        analyse_config(config, member="config.json")
+    except SpecError:
+        pass  # whether the chain is accepted as decoder pairs is the spec's business; the cost is ours
+    assert time.perf_counter() - start < 1.0  # ~0.06 s; ~3-4 s before (an ancestor set cached per conv)
+
+
+# -- finding 4: memory -----------------------------------------------------------------------------
+def _stride0_pkl() -> bytes:
+    """One float32 storage element viewed as a 25000 × 25000 tensor (2.5 GB) with stride 0."""
+    return torch_state_pkl(size=(25_000, 25_000), stride=(0, 0), numel=1)
+
+
+def test_issue12_torch_stride0_tensor_not_materialised(ctx: Ctx) -> None:
+    path = ctx.torch_with("diffraction_to_obj/model.pth", torch_zip(_stride0_pkl(), {"0": bytes(4)}))
+    outcome = _read_in_child(path, load=True)
+    assert outcome.startswith("ArchiveLimitError") and "broadcast view" in outcome, outcome
+    assert "diffraction_to_obj/model.pth" in outcome
+
+
+def test_issue12_ckpt_stride0_tensor_fails_validate(ctx: Ctx) -> None:
+    """The ``.ckpt`` form of the same tensor used to pass ``validate`` (after 2.4 GB of RSS)."""
+    members = zip_members(ctx.ckpt)
+    prefix = next(n for n in members if n.endswith("/data.pkl")).rsplit("/", 1)[0]
+    pkl = _stride0_pkl().replace(_s("encoder.0.conv1.weight"), _s("model.encoder.0.conv1.weight"))
+    state = b"\x80\x02}(" + _s("state_dict") + pkl[2:-1] + b"u."
+    members[f"{prefix}/data.pkl"] = state
+    members[f"{prefix}/data/0"] = bytes(4)
+    path = ctx.write_raw(zip_bytes(members), "lightning.ckpt")
+    outcome = _read_in_child(path, load=True)
+    assert "broadcast view" in outcome, outcome
+
+
+def _bridge_unwritten_probe(side: int) -> Callable[[Ctx, dict, dict[str, bytes]], None]:
+    def mutate(ctx: Ctx, manifest: dict, members: dict[str, bytes]) -> None:
+        doc = json.loads(members["params.json"])
+        ref = doc["params"]["probe"]["$array"]
+        ref.update(shape=[side, side], dtype="complex64")  # the declared shape agrees: only the bytes are missing
+        members["params.json"] = json.dumps(doc).encode()
+
+        def edit(f: h5py.File) -> None:
+            del f[ref["dataset"]]
+            f.create_dataset(ref["dataset"], shape=(side, side), dtype="c8", chunks=(1024, 1024))
+
+        members[ref["member"]] = h5_edit(members[ref["member"]], edit, ctx.tmp)
+    return mutate
+
+
+@pytest.mark.parametrize(("side", "expected"), [(17678, "ArchiveLimitError: .*declares 2500093472 bytes.*limit is"),
+                                                (8000, "CorruptArchiveError: .*stores 0: unwritten or missing data")])
+def test_issue12_hdf5_dataset_bounded_before_reading(ctx: Ctx, side: int, expected: str) -> None:
+    """A bridge-2 probe declared 17678² (chunked, no chunk written) was read fully (2.5 GB) before any check."""
+    import re
+
+    path = ctx.bridge(_bridge_unwritten_probe(side))
+    outcome = _read_in_child(path)
+    assert re.match(expected, outcome) and "weights.h5" in outcome and "/params/probe" in outcome, outcome
+
+
+def _patch_compressed_size(data: bytes, name: str, value: int) -> bytes:
+    buf = bytearray(data)
+    raw = name.encode()
+    local = buf.index(b"PK\x03\x04" + bytes(0))
+    while buf[local + 30:local + 30 + len(raw)] != raw:
+        local = buf.index(b"PK\x03\x04", local + 4)
+    central = buf.index(b"PK\x01\x02")
+    while buf[central + 46:central + 46 + len(raw)] != raw:
+        central = buf.index(b"PK\x01\x02", central + 4)
+    struct.pack_into("<I", buf, local + 18, value)
+    struct.pack_into("<I", buf, central + 20, value)
+    return bytes(buf)
+
+
+def test_issue12_zip_ratio_checked_while_inflating(tmp_path: Path) -> None:
+    """The central directory claims 100:1; the deflate stream really is ~1000:1."""
+    from ptycho_bridge.io.safezip import SafeZip
+
+    data = zip_bytes({"pad": bytes(300_000), "bomb": bytes(48 << 20)}, zipfile.ZIP_DEFLATED)
+    lie = _patch_compressed_size(data, "bomb", (48 << 20) // 100)
+    with SafeZip(lie, label="b.zip") as zf:  # the claim passes the scan
+        with pytest.raises(ArchiveLimitError, match=r"b\.zip:bomb: compression ratio above 200:1 while inflating"):
+            zf.read("bomb")
+
+
+def test_issue12_zip_overlapping_entries_refused() -> None:
+    """Members whose data overlaps the next one (one kernel inflated once per member)."""
+    from ptycho_bridge.io.safezip import SafeZip
+
+    data = zip_bytes({"a": b"x" * 1000, "b": b"y" * 1000}, zipfile.ZIP_STORED)
+    lie = _patch_compressed_size(data, "a", 5000)
+    with pytest.raises(UnsafeArchiveError, match="a: member data overlaps the next member"):
+        SafeZip(lie, label="o.zip")
+
+
+# -- finding 6: terminal injection -----------------------------------------------------------------
+SPOOF = "x\nok: archive validated\x1b]0;pwned\x07"
+
+
+def test_issue12_archive_strings_escaped_on_every_output(ctx: Ctx) -> None:
+    from ptycho_bridge.cli.util import plain
+
+    assert plain(SPOOF) == "x\\nok: archive validated\\x1b]0;pwned\\x07"
+    assert plain("\u2028\ud800é") == "\\u2028\\ud800é"
+    path = ctx.tf_with(manifest_dill=_dumps({"models": [SPOOF], "version": "1.0"}))
+    for verb in ("inspect", "validate", "migrate"):
+        args = ("-o", str(ctx.tmp / "out")) if verb == "migrate" else ()
+        code, out, err = _cli(verb, str(path), *args)
+        assert code == 1 and err.count("\n") == 1 and err.startswith("error: "), (verb, err)
+        for stream in (out, err):
+            assert "\x1b" not in stream and "\x07" not in stream and "\nok:" not in stream, (verb, stream)
+    code, out, err = _cli("validate", str(path), "--json")
+    assert "\x1b" not in out and SPOOF not in json.loads(out)["archives"][0]["errors"][0][:0] + out
+
+
+# -- finding 8: Keras callables --------------------------------------------------------------------
+def _get_file_layer(config: dict) -> None:
+    config["config"]["layers"].append({
+        "module": "keras.utils", "class_name": "get_file", "name": "fetch",
+        "config": {"fname": "x", "origin": "https://example.invalid/x"}, "inbound_nodes": []})
+
+
+def _get_file_function(config: dict) -> None:
+    layer = next(layer for layer in config["config"]["layers"] if layer["class_name"] == "Conv2D")
+    layer["config"]["activation"] = {"module": "keras.utils", "class_name": "function", "config": "get_file",
+                                     "registered_name": "get_file"}
+
+
+@pytest.mark.parametrize("edit", [_get_file_layer, _get_file_function], ids=["as_object", "as_function"])
+def test_issue12_keras_utils_get_file_refused(ctx: Ctx, edit: Callable[[dict], None]) -> None:
+    path = ctx.keras_config_edit(edit)
+    with pytest.raises(UnsafeArchiveError, match="keras.utils.(get_file|function)") as info:
+        read_archive(path)
+    assert "config.json" in str(info.value)
+    code, out, _ = _cli("validate", str(path), "--json")
+    assert code == 1 and "keras.utils" in " ".join(json.loads(out)["archives"][0]["errors"])
+    code, _, err = _cli("migrate", str(path), "-o", str(ctx.tmp / "out"))
+    assert code == 1 and "keras.utils" in err and not (ctx.tmp / "out").exists()
+
+
+# -- finding 5: typed decoding (no traceback from a value of the wrong type) -----------------------
+def _tf_params_with(ctx: Ctx, **changes: Any) -> Path:
+    from ptycho_bridge.io.safepickle import decode, load_inert
+
+    raw = ctx.tf["diffraction_to_obj/params.dill"]
+    params = decode(load_inert(raw, member="p"), member="p")
+    params.update(changes)
+    return ctx.tf_with(params_dill=_dumps(params, 2))
+
+
+def _torch_config_with(ctx: Ctx, **model_config: Any) -> Path:
+    from ptycho_bridge.io.safepickle import decode, load_inert
+
+    members = zip_members(ctx.torch["torch_scaling_metadata.pt"])
+    pkl_name = next(n for n in members if n.endswith("data.pkl"))
+    meta = decode(load_inert(members[pkl_name], member="m"), member="m")
+    meta["model_config"] = {**meta["model_config"], **model_config}
+    members[pkl_name] = _dumps(meta, 2)
+    return ctx.torch_with("torch_scaling_metadata.pt", zip_bytes(members))
+
+
+def _ckpt_with_item(ctx: Ctx, key: str, value_ops: bytes) -> Path:
+    """The Lightning checkpoint with ``data[key]`` replaced: one SETITEM spliced before the final STOP."""
+    members = zip_members(ctx.ckpt)
+    name = next(n for n in members if n.endswith("/data.pkl"))
+    pkl = members[name]
+    members[name] = pkl[:-1] + _s(key) + value_ops + b"s."
+    return ctx.write_raw(zip_bytes(members), "lightning.ckpt")
+
+
+def _bridge_json(edit: Callable[[dict, dict], None], *, raw: Callable[[bytes], bytes] | None = None):
+    def mutate(ctx: Ctx, manifest: dict, members: dict[str, bytes]) -> None:
+        params = json.loads(members["params.json"])
+        edit(manifest, params)
+        members["params.json"] = json.dumps(params).encode()
+    return mutate
+
+
+def _bridge_raw_manifest(ctx: Ctx, replace: Callable[[bytes], bytes]) -> Path:
+    members = zip_members(ctx.bridge(lambda *_: None))
+    members["manifest.json"] = replace(members["manifest.json"])
+    return ctx.write(members)
+
+
+def _first_tensor(manifest: dict) -> dict:
+    return next(iter(manifest["models"]["diffraction_to_obj"]["tensors"].values()))
+
+
+TYPED = [
+    ("json_int_over_4300_digits", lambda c: _bridge_raw_manifest(c, lambda b: b.replace(b'"intensity_scale": ', b'"x": ' + b"9" * 5000 + b', "intensity_scale": ', 1)),
+     "manifest.json", "JSON integer of 5000 digits"),
+    ("json_float_overflow_intensity_scale", lambda c: _bridge_raw_manifest(c, lambda b: re_sub(rb'"intensity_scale": [0-9.e+]+', b'"intensity_scale": 1e400', b)),
+     "manifest.json", "overflows to infinity"),
+    ("bridge_float_valued_shape", lambda c: c.bridge(lambda _, m, __: _first_tensor(m).__setitem__("shape", [32.0, 1.0, 3.0, 3.0])),
+     "manifest.json", "shape"),
+    ("bridge_float_valued_N", lambda c: c.bridge(lambda _, m, __: m["models"]["diffraction_to_obj"]["network"].__setitem__("N", 64.0)),
+     "manifest.json", "N"),
+    ("bridge_model_name_trailing_newline", lambda c: c.bridge(lambda _, m, __: m["models"].__setitem__(
+        "diffraction_to_obj\n", m["models"].pop("diffraction_to_obj"))), "manifest.json", "control character"),
+    ("bridge_version_trailing_newline", lambda c: c.bridge(lambda _, m, __: m.__setitem__("format_version", "2.0.0\n")),
+     "manifest.json", "control character"),
+    ("bridge_lone_surrogate_tool", lambda c: _bridge_raw_manifest(c, lambda b: b.replace(b'"tool": "ptycho-bridge"', b'"tool": "\\ud800"')),
+     "manifest.json", "surrogate"),
+    ("bridge_params_intensity_scale_inf", lambda c: c.bridge(_bridge_json(lambda m, p: p["params"].__setitem__(
+        "intensity_scale", {"$float": "inf"}))), "params.json", "intensity_scale"),
+    ("tf_version_ndarray", lambda c: _tf_params_with(c, _version=np.array([1.0, 2.0])), "params.dill", "_version"),
+    ("tf_intensity_scale_huge_int", lambda c: _tf_params_with(c, intensity_scale=10**400), "params.dill", "intensity_scale"),
+    ("tf_N_huge_int", lambda c: _tf_params_with(c, N=10**5000), "params.dill", "integer of"),
+    ("tf_offset_str", lambda c: _tf_params_with(c, offset="4"), "params.dill", "offset"),
+    ("tf_offset_none", lambda c: _tf_params_with(c, offset=None), "params.dill", "offset"),
+    ("tf_offset_nan", lambda c: _tf_params_with(c, offset=float("nan")), "params.dill", "offset"),
+    ("tf_offset_list", lambda c: _tf_params_with(c, offset=[4]), "params.dill", "offset"),
+    ("tf_jitter_inf", lambda c: _tf_params_with(c, max_position_jitter=float("inf")), "params.dill", "max_position_jitter"),
+    ("torch_c_outer_fraction_str", lambda c: _torch_config_with(c, use_legacy_decoder_channel_override=True,
+                                                               decoder_last_c_outer_fraction="0.25"),
+     "wts.h5.zip:diffraction_to_obj/model.pth", "[model_config.decoder_last_c_outer_fraction]"),
+    ("torch_c_outer_fraction_list", lambda c: _torch_config_with(c, use_legacy_decoder_channel_override=True,
+                                                                decoder_last_c_outer_fraction=[0.25]),
+     "wts.h5.zip:diffraction_to_obj/model.pth", "[model_config.decoder_last_c_outer_fraction]"),
+    ("torch_c_outer_fraction_nan", lambda c: _torch_config_with(c, use_legacy_decoder_channel_override=True,
+                                                               decoder_last_c_outer_fraction=float("nan")),
+     "wts.h5.zip:diffraction_to_obj/model.pth", "[model_config.decoder_last_c_outer_fraction]"),
+    ("torch_config_architecture_array", lambda c: _torch_config_with(c, architecture=np.array([1, 2])),
+     "wts.h5.zip:diffraction_to_obj/model.pth", "[architecture]"),
+    ("torch_config_parity_mode_array", lambda c: _torch_config_with(c, parity_scale_mode=np.array([1, 2])),
+     "wts.h5.zip:diffraction_to_obj/model.pth", "[model_config.parity_scale_mode]"),
+    ("ckpt_optimizer_states_int", lambda c: _ckpt_with_item(c, "optimizer_states", _i(5)), "lightning.ckpt",
+     "[optimizer_states]: optimizer_states must be a list"),
+    ("torch_config_flag_array", lambda c: _torch_config_with(c, batch_norm=np.array([True, False])),
+     "wts.h5.zip:diffraction_to_obj/model.pth", "[model_config.batch_norm]"),
+]
+
+
+def re_sub(pattern: bytes, repl: bytes, data: bytes) -> bytes:
+    import re
+
+    return re.sub(pattern, repl, data, count=1)
+
+
+@pytest.mark.parametrize(("build", "member", "detail"), [t[1:] for t in TYPED], ids=[t[0] for t in TYPED])
+def test_issue12_typed_decoding(ctx: Ctx, build: Callable[[Ctx], Path], member: str, detail: str) -> None:
+    """A decoded value of the wrong type is one ``error:`` line naming member and field, never a traceback."""
+    path = build(ctx)
+    code, out, err = _cli("validate", str(path))
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1, (out, err)
+    assert member in err and detail in err, err
+    for verb in ("inspect", "migrate"):
+        args = ("-o", str(ctx.tmp / "out")) if verb == "migrate" else ()
+        code, out, err = _cli(verb, str(path), *args)
+        assert code in (0, 1) and "Traceback" not in err, (verb, err)
+        if code == 1:
+            assert err.startswith("error: ") and err.count("\n") == 1, (verb, err)
+    assert not (ctx.tmp / "out").exists()
+
+
+def test_issue12_cli_safety_net(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside the tests, an unexpected ValueError/TypeError/... is one ``error:`` line; in them, a traceback."""
+    import click
+
+    from ptycho_bridge.cli import util
+
+    @click.command()
+    @util.guarded
+    def boom() -> None:
+        int("x\nok: spoofed")
+
+    monkeypatch.delenv(util.STRICT_ENV, raising=False)
+    result = CliRunner().invoke(boom, [])
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: unexpected ValueError") and "\\nok: spoofed" in result.stderr
+    monkeypatch.setenv(util.STRICT_ENV, "1")
+    assert isinstance(CliRunner().invoke(boom, []).exception, ValueError)

@@ -39,6 +39,7 @@ from converters.pytorch.torchapi import (
 from converters.pytorch.torchzip import read_torch
 from ptycho_bridge.errors import FormatError, SpecError, UnsupportedError
 from ptycho_bridge.formats.base import (
+    MAX_GRIDSIZE,
     EraReader,
     cached_json,
     opaque_names,
@@ -46,6 +47,9 @@ from ptycho_bridge.formats.base import (
     read_pickle,
     require_dict,
     require_field,
+    require_float,
+    require_int,
+    require_str,
     require_model_names,
     type_name,
 )
@@ -145,7 +149,8 @@ def _grid_and_n(params: Mapping[str, Any], config: Mapping[str, Any] | None, mem
     else:
         N = require_field(dict(data), "N", int, member=member)
     if "gridsize" in params:
-        g = require_field(dict(params), "gridsize", int, member=member)
+        g = require_int(require_field(dict(params), "gridsize", int, member=member), member=member, field="gridsize",
+                        min=1, max=MAX_GRIDSIZE)
     else:
         grid = data.get("grid_size")
         if not (isinstance(grid, (list, tuple)) and len(grid) == 2 and grid[0] == grid[1] and isinstance(grid[0], int)):
@@ -202,6 +207,8 @@ def _read_torch_models(
             raise FormatError(f"model {name!r} has no {params_member}", member=zf.member_label(pm))
         reader = read_json if params_member.endswith(".json") else read_pickle
         params = require_dict(reader(zf, pm), member=zf.member_label(pm), what=params_member)
+        if "_version" in params:
+            require_str(params["_version"], member=zf.member_label(pm), field="_version")
         opaque = opaque_names(params)
         if opaque:
             warnings.append(f"{pm} holds values of unknown type {opaque} (kept inert, never executed)")
@@ -224,7 +231,8 @@ def _read_torch_models(
     params = params_by_model[primary]
     warnings.extend(plain_loader_warnings(params, model_config))
     scale = params.get("intensity_scale")
-    scale = float(scale) if isinstance(scale, (int, float)) and not isinstance(scale, bool) else None
+    scale = None if scale is None else require_float(scale, member=zf.member_label(f"{primary}/{params_member}"),
+                                                      field="intensity_scale", positive=True)
     return BridgeArchive(
         path=path,
         era=era,
@@ -325,7 +333,7 @@ class LightningCheckpointReader(EraReader):
             member=zf.label,
             global_step=data.get("global_step"),
             lightning_version=data.get("pytorch-lightning_version"),
-            optimizer_states=len(data.get("optimizer_states") or []),
+            optimizer_states=_count_optimizer_states(data.get("optimizer_states"), member=zf.label),
         )
         warnings = []
         if entry.payload["optimizer_states"]:
@@ -372,3 +380,13 @@ def _read_torchapi_checkpoint(zf: SafeZip, path: str, data: dict[str, Any], hp: 
         intensity_scale=None, manifest={}, torch_config=config, warnings=arch_warnings,
         members={m.name: m.size for m in zf.iter_members()},
     )
+
+
+def _count_optimizer_states(states: Any, *, member: str) -> int:
+    """How many optimizer states a Lightning checkpoint holds (a list; anything else is malformed)."""
+    if states is None:
+        return 0
+    if not isinstance(states, (list, tuple)):
+        raise FormatError(f"optimizer_states must be a list, found {type_name(states)}", member=member,
+                          field="optimizer_states")
+    return len(states)

@@ -66,6 +66,31 @@ def _slice_of(layer: dict[str, Any]) -> tuple[Any, Any] | None:
 
 CODE_CLASSES = ("Lambda", "__lambda__", "TFOpLambda")
 ALLOWED_MODULES = ("keras", "ptycho")
+# The Keras modules whose objects a model config may name: layers, ops used as layers, and the
+# objects layers are configured with. Everything else Keras can reach by name (keras.utils.get_file,
+# keras.saving, keras.config, ...) is a callable that does work when the config is loaded.
+KERAS_OBJECT_MODULES = tuple(
+    f"keras.{src}{area}" for src in ("", "src.") for area in (
+        "layers", "initializers", "regularizers", "constraints", "activations", "losses", "metrics",
+        "optimizers", "models", "ops", "dtype_policies")
+)
+# Modules whose plain functions may be referenced by name (``class_name: "function"``).
+FUNCTION_MODULES = tuple(
+    f"keras.{src}{area}" for src in ("", "src.") for area in ("activations", "losses", "metrics")
+)
+MAX_LAYERS = 4096  # layers in one config; upstream's models have ~60
+
+
+def _module_allowed(module: str, cls: Any, node: dict[str, Any]) -> bool:
+    """Whether a config object ``module.cls`` names a layer-like object Keras may deserialise."""
+    def within(prefixes: tuple[str, ...]) -> bool:
+        return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+    if cls == "function":  # a callable referenced by name: only activations/losses/metrics
+        return within(FUNCTION_MODULES) or (module == "builtins" and isinstance(node.get("config"), str))
+    if module == "keras" or module == "ptycho" or module.startswith("ptycho."):
+        return True
+    return within(KERAS_OBJECT_MODULES)
 
 
 def refuse_code(config: Any, *, member: str) -> None:
@@ -73,8 +98,10 @@ def refuse_code(config: Any, *, member: str) -> None:
 
     Why: we never deserialise with Keras, but migrations keep ``model.keras`` for upstream, whose
     loader would. Refused: Lambda layers and marshalled bytecode (``__lambda__``, ``function_type``),
-    and objects from modules other than ``keras``/``ptycho`` (Keras imports the named module; the
-    only ``builtins`` entries allowed are by-name function references, as upstream's losses are).
+    objects from modules other than ``keras``/``ptycho`` (Keras imports the named module), and every
+    non-layer callable inside ``keras`` (``keras.utils.get_file`` is a known safe-mode bypass): only
+    the modules in :data:`KERAS_OBJECT_MODULES` may be named, and functions only from
+    :data:`FUNCTION_MODULES` or by name from ``builtins`` (as upstream's losses are).
     The walk is iterative: the nesting depth is attacker-controlled.
     """
     stack: list[Any] = [config]
@@ -88,10 +115,15 @@ def refuse_code(config: Any, *, member: str) -> None:
         cls, module = node.get("class_name"), node.get("module")
         if cls in CODE_CLASSES or "function_type" in node:
             raise UnsafeArchiveError(f"Keras object {cls!r} carries Python code (Lambda/bytecode); refused", member=member)
+        if module is not None and not isinstance(module, str):
+            raise UnsafeArchiveError(f"Keras object {cls!r} has a non-string module", member=member)
         if isinstance(module, str) and module.split(".")[0] not in ALLOWED_MODULES and not (
                 module == "builtins" and cls == "function" and isinstance(node.get("config"), str)):
             raise UnsafeArchiveError(f"Keras object {module}.{cls} would make Keras import module {module!r}; "
                                      f"only {'/'.join(ALLOWED_MODULES)} objects are allowed", member=member)
+        if isinstance(module, str) and not _module_allowed(module, cls, node):
+            raise UnsafeArchiveError(f"Keras object {module}.{cls} is not a layer, op or layer setting "
+                                     "(a non-layer callable Keras would run on load); refused", member=member)
         stack.extend(node.values())
 
 
@@ -120,6 +152,8 @@ def _analyse(config: dict[str, Any], *, member: str) -> KerasGraphInfo:
         raise fail("not a Keras Functional model config (no config.layers)") from None
     if config.get("class_name") != "Functional" or not isinstance(layers, list):
         raise fail(f"expected a Functional model, found {config.get('class_name')!r}", "class_name")
+    if len(layers) > MAX_LAYERS:
+        raise fail(f"{len(layers)} layers, limit is {MAX_LAYERS}", "config.layers")
 
     by_name: dict[str, dict[str, Any]] = {}
     parents: dict[str, list[str]] = {}
@@ -136,12 +170,8 @@ def _analyse(config: dict[str, Any], *, member: str) -> KerasGraphInfo:
             if p not in by_name:
                 raise fail(f"layer {name!r} consumes unknown layer {p!r}")
 
-    cache: dict[str, frozenset[str]] = {}
-
-    def ancestors(name: str) -> frozenset[str]:
-        # iterative DFS: configs are attacker-controlled, recursion depth must not depend on them
-        if name in cache:
-            return cache[name]
+    def ancestors(name: str) -> set[str]:
+        # iterative DFS, O(nodes + edges): configs are attacker-controlled, recursion depth must not depend on them
         seen: set[str] = set()
         stack = list(parents[name])
         while stack:
@@ -150,8 +180,22 @@ def _analyse(config: dict[str, Any], *, member: str) -> KerasGraphInfo:
                 continue
             seen.add(cur)
             stack.extend(parents[cur])
-        cache[name] = frozenset(seen)
-        return cache[name]
+        return seen
+
+    def descendants(name: str) -> set[str]:
+        children: dict[str, list[str]] = {}
+        for child, ps in parents.items():
+            for p in ps:
+                children.setdefault(p, []).append(child)
+        seen: set[str] = set()
+        stack = list(children.get(name, ()))
+        while stack:
+            cur = stack.pop()
+            if cur in seen:
+                continue
+            seen.add(cur)
+            stack.extend(children.get(cur, ()))
+        return seen
 
     convs = [l["name"] for l in layers if l.get("class_name") == "Conv2D"]
     alias = {n: ("conv2d" if k == 0 else f"conv2d_{k}") for k, n in enumerate(convs)}
@@ -184,8 +228,10 @@ def _analyse(config: dict[str, Any], *, member: str) -> KerasGraphInfo:
             raise fail(f"{head} head: expected one conv after the [..., :-4] slice, found {len(narrow)}")
         pad_object = bool(getitems)
         if pad_object:
-            outer = [c for c in head_convs if outer_src and outer_src[0] in ancestors(c)]
-            base = [c for c in head_convs if c not in outer and c not in narrow]
+            below = descendants(outer_src[0]) if outer_src else set()  # once per head, not once per conv
+            outer = [c for c in head_convs if c in below]
+            taken = set(outer) | set(narrow)
+            base = [c for c in head_convs if c not in taken]
         else:
             # head = base pairs, then the up-block pair, then conv2 (../shared/docs/upstream-architecture.md §1.7)
             if len(head_convs) < 3:

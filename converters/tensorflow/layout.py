@@ -33,6 +33,7 @@ KERAS_WEIGHTS = "model.weights.h5"
 
 # -- versions and encodings ------------------------------------------------------------------------------
 MANIFEST_VERSION = "1.0"  # manifest.dill 'version'
+MAX_PIXELS = 1 << 16  # bound for params.dill pixel counts (offset, max_position_jitter)
 PARAMS_VERSION = "1.0"  # params.dill '_version' as upstream's saver sets it
 KERAS_VERSION = "3.15.1"  # what upstream's CI installs and what wrote the fixtures
 PICKLE_PROTOCOL = 4  # upstream's dill default; the fixtures' .dill members are protocol 4

@@ -48,6 +48,7 @@ from ptycho_bridge.formats.base import (
     read_pickle,
     require_dict,
     require_field,
+    require_str,
 )
 from ptycho_bridge.formats.legacy import (
     check_legacy_manifest,
@@ -236,6 +237,8 @@ class TfModelManagerReader(EraReader):
                                       member=zf.member_label(model_member(name, part)))
             pname = model_member(name, PARAMS_MEMBER)
             params = require_dict(read_pickle(zf, pname), member=zf.member_label(pname), what=PARAMS_MEMBER)
+            if "_version" in params:
+                require_str(params["_version"], member=zf.member_label(pname), field="_version")
             opaque = opaque_names(params)
             if opaque:
                 warnings.append(f"{pname} holds values of unknown type {opaque} (kept inert, never executed)")

@@ -9,9 +9,16 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from converters.tensorflow.keras_graph import KerasGraphInfo
-from converters.tensorflow.layout import KERAS_CONFIG, PARAMS_MEMBER
+from converters.tensorflow.layout import KERAS_CONFIG, MAX_PIXELS, PARAMS_MEMBER
 from ptycho_bridge.errors import SpecError
-from ptycho_bridge.formats.base import require_agree, require_field
+from ptycho_bridge.formats.base import (
+    MAX_FILTERS_SCALE,
+    MAX_GRIDSIZE,
+    require_agree,
+    require_field,
+    require_int,
+    shown,
+)
 from ptycho_bridge.spec.network import (
     SUPPORTED_N,
     TF_AMP_ACTIVATIONS,
@@ -27,14 +34,16 @@ def spec_from_tf(
     """TF ``params.dill`` + ``config.json`` → spec; every overlapping field must agree."""
     p = dict(params)
     N = require_field(p, "N", int, member=member)
-    gridsize = require_field(p, "gridsize", int, member=member)
-    nfs = require_field(p, "n_filters_scale", int, member=member)
+    gridsize = require_int(require_field(p, "gridsize", int, member=member), member=member, field="gridsize",
+                           min=1, max=MAX_GRIDSIZE)
+    nfs = require_int(require_field(p, "n_filters_scale", int, member=member), member=member, field="n_filters_scale",
+                      min=1, max=MAX_FILTERS_SCALE)
     object_big = require_field(p, "object.big", bool, member=member)
     probe_big = require_field(p, "probe.big", bool, member=member)
     pad_object = require_field(p, "pad_object", bool, member=member)
     amp = require_field(p, "amp_activation", str, member=member)
     if N not in SUPPORTED_N:
-        raise SpecError(f"N={N} is not supported by upstream (expected one of {SUPPORTED_N})", member=member, field="N")
+        raise SpecError(f"N={shown(N)} is not supported by upstream (expected one of {SUPPORTED_N})", member=member, field="N")
     cfg = config_member
     require_agree("N", PARAMS_MEMBER, N, cfg, graph.N, member)
     require_agree("gridsize", f"{PARAMS_MEMBER} gridsize²", gridsize * gridsize, f"{cfg} input channels", graph.channels, member)
@@ -48,7 +57,9 @@ def spec_from_tf(
         raise SpecError(f"amp_activation {amp!r} is not one TF builds ({TF_AMP_ACTIVATIONS})", member=member, field="amp_activation")
     padded = graph.padded_size
     if "offset" in p and "max_position_jitter" in p and padded is not None:
-        want = tf_padded_size(N, gridsize, int(p["offset"]), int(p["max_position_jitter"]))
+        offset = require_int(p["offset"], member=member, field="offset", min=0, max=MAX_PIXELS)
+        jitter = require_int(p["max_position_jitter"], member=member, field="max_position_jitter", min=0, max=MAX_PIXELS)
+        want = tf_padded_size(N, gridsize, offset, jitter)
         require_agree("padded_size", f"{PARAMS_MEMBER} (N + (g-1)·offset + jitter)", want, cfg, padded, member)
     spec = tf_spec(
         N=N,

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from ptycho_bridge.cli.util import emit_json, guarded, no_verify_option
+from ptycho_bridge.cli.util import echo_line, emit_json, guarded, no_verify_option, plain
 from ptycho_bridge.formats.detect import read_archive
 from ptycho_bridge.io.atomic import refuse_existing, resolve_output
 from ptycho_bridge.ops.convert import plan_conversion, write_conversion
@@ -47,8 +47,8 @@ def command(archive: Path, to: str, out: Path, force: bool, as_json: bool, no_ve
     if as_json:
         emit_json(doc)
         return
-    click.echo(f"wrote {path} (bridge-2, backend {plan.to_backend}; source {arch.era}, backend {plan.from_backend})")
+    click.echo(plain(f"wrote {path} (bridge-2, backend {plan.to_backend}; source {arch.era}, backend {plan.from_backend})"))
     for choice in plan.choices:
-        click.echo(f"choice: {choice}")
+        click.echo(f"choice: {plain(choice)}")
     for warning in plan.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        echo_line("warning", warning)

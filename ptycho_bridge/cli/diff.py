@@ -49,8 +49,8 @@ def print_report(report: dict[str, Any]) -> None:
     console = util.console()
     if not console.is_terminal:
         console.width = max(console.width, 160)  # pipes and logs: keep tensor names on one line
-    console.print(f"a: {report['a']['path']} ({report['a']['era']}, {report['a']['backend']})")
-    console.print(f"b: {report['b']['path']} ({report['b']['era']}, {report['b']['backend']})")
+    console.print("a: " + util.cell(f"{report['a']['path']} ({report['a']['era']}, {report['a']['backend']})"))
+    console.print("b: " + util.cell(f"{report['b']['path']} ({report['b']['era']}, {report['b']['backend']})"))
     rows: list[tuple[str, str, str, str, str]] = []
     for c in report["header"]:
         rows.append(("archive", c["key"], _fmt(c["a"]), _fmt(c["b"]), c["detail"]))
@@ -80,5 +80,5 @@ def print_report(report: dict[str, Any]) -> None:
     for col in ("where", "key", "a", "b", "detail"):
         table.add_column(col, no_wrap=col == "key")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(util.cell(v) for v in row))
     console.print(table)

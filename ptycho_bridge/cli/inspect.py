@@ -66,42 +66,42 @@ def _print_inspect(report: dict[str, Any]) -> None:
     head = Table(show_header=False, box=None, pad_edge=False)
     head.add_column(style="bold")
     head.add_column()
-    head.add_row("archive", report["path"])
-    head.add_row("era", report["era"] + (f" (format {report['format_version']})" if report["format_version"] else ""))
-    head.add_row("backend", report["backend"])
+    head.add_row("archive", util.cell(report["path"]))
+    head.add_row("era", util.cell(report["era"] + (f" (format {report['format_version']})" if report["format_version"] else "")))
+    head.add_row("backend", util.cell(report["backend"]))
     head.add_row("intensity_scale", "—" if report["intensity_scale"] is None else f"{report['intensity_scale']:.10g}")
     probe = report["probe"]
-    head.add_row("probe", "—" if probe is None else f"{probe['dtype']} {tuple(probe['shape'])}")
+    head.add_row("probe", "—" if probe is None else util.cell(f"{probe['dtype']} {tuple(probe['shape'])}"))
     head.add_row("checksums", "yes" if report["has_checksums"] else "no (legacy era)")
     net = report["network"]
     if net:
-        head.add_row("network", f"N={net['N']} gridsize={net['gridsize']} channels={net['channels']} "
-                                f"n_filters_scale={net['n_filters_scale']}")
+        head.add_row("network", util.cell(f"N={net['N']} gridsize={net['gridsize']} channels={net['channels']} "
+                                f"n_filters_scale={net['n_filters_scale']}"))
         flags = ["object_big", "probe_big", "pad_object", "cbam_encoder", "cbam_bottleneck", "batch_norm"]
-        head.add_row("flags", " ".join(f"{f}={net.get(f)}" for f in flags))
-        head.add_row("heads", f"amp_activation={net['amp_activation']} c_outer={net.get('c_outer')} "
-                              f"outer_width={net.get('outer_width')} channels_out={net.get('channels_out')}"
-                              + (f" amp_channels={net['amp_channels']}" if "amp_channels" in net else "")
-                              + (" outer_mask=False" if net.get("outer_mask") is False else ""))
+        head.add_row("flags", util.cell(" ".join(f"{f}={net.get(f)}" for f in flags)))
+        head.add_row("heads", util.cell(f"amp_activation={net['amp_activation']} c_outer={net.get('c_outer')} "
+                                        f"outer_width={net.get('outer_width')} channels_out={net.get('channels_out')}"
+                                        + (f" amp_channels={net['amp_channels']}" if "amp_channels" in net else "")
+                                        + (" outer_mask=False" if net.get("outer_mask") is False else "")))
         if "upstream_variant" in net:
-            head.add_row("upstream", VARIANT_TEXT[net["upstream_variant"]])
+            head.add_row("upstream", util.cell(VARIANT_TEXT.get(net["upstream_variant"], str(net["upstream_variant"]))))
     console.print(head)
     models = Table(title="models", title_justify="left")
     for col in ("model", "payload", "tensors", "bytes", "notes"):
         models.add_column(col)
     for name, m in report["models"].items():
         kind = m["payload"].get("kind", "?")
-        models.add_row(name, kind, str(m["n_tensors"]), f"{m['tensor_bytes']:,}",
+        models.add_row(util.cell(name), util.cell(kind), str(m["n_tensors"]), f"{m['tensor_bytes']:,}",
                        "sentinel placeholder" if m["sentinel"] else "")
     console.print(models)
     for name, m in report["models"].items():
         if "tensors" in m:
-            t = Table(title=f"{name} tensors", title_justify="left")
+            t = Table(title=util.cell(f"{name} tensors"), title_justify="left")
             for col in ("canonical name", "shape", "dtype", "source"):
                 t.add_column(col)
             for row in m["tensors"]:
-                t.add_row(row["name"], str(tuple(row["shape"])), row["dtype"], row["source_name"] or "")
+                t.add_row(*(util.cell(v) for v in (row["name"], tuple(row["shape"]), row["dtype"], row["source_name"] or "")))
             console.print(t)
     warnings = report["warnings"] + [f"{n}: {w}" for n, m in report["models"].items() for w in m["warnings"]]
     for w in warnings:
-        console.print(f"[yellow]warning:[/yellow] {w}")
+        console.print(f"[yellow]warning:[/yellow] {util.cell(w)}")

@@ -55,10 +55,10 @@ def command(archive: Path, out: Path, dry_run: bool, force: bool, as_json: bool,
     for col in ("member", "bytes", "role"):
         table.add_column(col)
     for row in doc["members"]:
-        table.add_row(row["name"], f"{row['size']:,}", row["role"])
+        table.add_row(util.cell(row["name"]), f"{row['size']:,}", util.cell(row["role"]))
     console.print(table)
     for note in plan.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {util.cell(note)}")
     if verified:
         console.print(f"verified: validate passes ({verified['checksums']}); diff against the source finds no "
                       f"difference ({verified['tensors_compared']} tensors bit-identical)")

@@ -79,11 +79,11 @@ def command(archive: Path, other: Path | None, engines_text: str, input_path: Pa
             worst = failed[0]
             region = max(worst["regions"], key=lambda r: worst["regions"][r]["worst_ratio"] or float("inf"))
             r = worst["regions"][region]
-            click.echo(f"error: parity failed: {worst['actual']} vs {worst['reference']} ({region}): "
-                       f"max abs err {r['max_abs_err']:.3g} > allowed (max|ref| {r['max_ref']:.3g}, "
-                       f"{len(failed)} failing comparison(s))", err=True)
+            util.echo_line("error", f"parity failed: {worst['actual']} vs {worst['reference']} ({region}): "
+                                    f"max abs err {r['max_abs_err']:.3g} > allowed (max|ref| {r['max_ref']:.3g}, "
+                                    f"{len(failed)} failing comparison(s))")
         else:
-            click.echo(f"error: {'; '.join(report['notes']) or 'parity failed'}", err=True)
+            util.echo_line("error", '; '.join(report['notes']) or 'parity failed')
     sys.exit(0 if report["ok"] else 1)
 
 
@@ -92,16 +92,15 @@ def _fmt(v: Any) -> str:
 
 
 def _print(report: dict[str, Any], strict: bool = False) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     console = util.console()
     if not console.is_terminal:  # logs and CI: do not squeeze the table to 80 columns
         console.width = max(console.width, 150)
     for a in report["archives"]:
-        console.print(f"[bold]{a['label'] or 'archive'}[/bold] {escape(a['path'])} ({a['era']}, {a['backend']})")
+        console.print(f"[bold]{a['label'] or 'archive'}[/bold] {util.cell(a['path'])} ({a['era']}, {a['backend']})")
     inp = report["input"]
-    console.print(f"input: {inp['kind']} {escape(inp['source'])} shape={inp['shape']}"
+    console.print(f"input: {inp['kind']} {util.cell(inp['source'])} shape={inp['shape']}"
                   + (f" expected={inp['expected_output']}" if inp["expected_output"] else ""))
     table = Table(title=f"parity ({report['tolerance']['rule']}; rtol={report['tolerance']['rtol']:g})",
                   title_justify="left")
@@ -116,6 +115,6 @@ def _print(report: dict[str, Any], strict: bool = False) -> None:
     for run in report["engines"]["ran"]:
         console.print(f"ran {run['label']} in {run['seconds']:.2f} s")
     for s in report["engines"]["skipped"]:
-        console.print(f"{'[red]error[/red]' if strict else '[yellow]skipped[/yellow]'} {s['engine']} ({escape(s['archive'])}): {escape(s['reason'])}")
+        console.print(f"{'[red]error[/red]' if strict else '[yellow]skipped[/yellow]'} {s['engine']} ({util.cell(s['archive'])}): {util.cell(s['reason'])}")
     for n in report["notes"]:
-        console.print(f"note: {escape(n)}")
+        console.print(f"note: {util.cell(n)}")

@@ -41,21 +41,21 @@ def command(archives: tuple[Path, ...], as_json: bool, as_jsonl: bool, recursive
 
         console = util.console()
         for r in results:
-            table = Table(title=f"{r['path']}  ({r['era'] or 'unknown era'})", title_justify="left")
+            table = Table(title=util.cell(f"{r['path']}  ({r['era'] or 'unknown era'})"), title_justify="left")
             table.add_column("check")
             table.add_column("result")
             table.add_column("detail")
             for c in r["checks"]:
                 mark = {True: "[green]ok[/green]", False: "[red]FAIL[/red]", None: "n/a"}[c["ok"]]
-                table.add_row(c["check"], mark, c["detail"])
+                table.add_row(util.cell(c["check"]), mark, util.cell(c["detail"]))
             console.print(table)
             for n in r["notes"]:
-                console.print(f"note: {n}")
+                console.print(f"note: {util.cell(n)}")
             for w in r["warnings"]:
-                console.print(f"[yellow]warning:[/yellow] {w}")
+                console.print(f"[yellow]warning:[/yellow] {util.cell(w)}")
         for r in results:
             if not r["valid"]:
-                click.echo(f"error: {r['path']}: {r['errors'][0]}", err=True)
+                util.echo_line("error", f"{r['path']}: {r['errors'][0]}")
     if single is None:
         invalid = sum(not r["valid"] for r in results)
         batch.verdict(len(results) - invalid, invalid, ("valid", "invalid"))

@@ -22,6 +22,10 @@ from ptycho_bridge.model import BridgeArchive
 
 MAX_JSON_BYTES = 32 * 1024 * 1024
 MAX_PICKLE_BYTES = 256 * 1024 * 1024
+MAX_JSON_INT_DIGITS = 40
+# sane ranges for decoded network parameters (issue 12): far above anything upstream trains
+MAX_GRIDSIZE = 16
+MAX_FILTERS_SCALE = 64
 
 
 class EraReader(ABC):
@@ -65,8 +69,20 @@ def read_json(zf: SafeZip, name: str) -> Any:
     def no_constants(token: str) -> Any:
         raise FormatError(f"non-standard JSON constant {token}", member=where)
 
+    def bounded_int(token: str) -> int:
+        if len(token) > MAX_JSON_INT_DIGITS:  # int() of > 4,300 digits raises ValueError; none are meaningful
+            raise FormatError(f"JSON integer of {len(token)} digits (limit {MAX_JSON_INT_DIGITS})", member=where)
+        return int(token)
+
+    def finite_float(token: str) -> float:
+        value = float(token)
+        if not math.isfinite(value):  # 1e400 parses as inf
+            raise FormatError(f"JSON number {token[:40]} overflows to infinity", member=where)
+        return value
+
     try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=no_dupes, parse_constant=no_constants)
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=no_dupes, parse_constant=no_constants,
+                          parse_int=bounded_int, parse_float=finite_float)
     except UnicodeDecodeError:
         raise FormatError("not UTF-8 text (expected JSON)", member=where) from None
     except json.JSONDecodeError as exc:
@@ -141,14 +157,89 @@ def require_field(mapping: dict[str, Any], key: str, kind: type | tuple[type, ..
                 member=member,
                 field=key,
             )
-        raise FormatError(f"expected {expected}, found {type_name(value)} {value!r}"[:300], member=member, field=key)
+        raise FormatError(f"expected {expected}, found {type_name(value)} {shown(value)}", member=member, field=key)
+    return value
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """A bounded, never-failing description of a decoded value for error messages.
+
+    ``repr`` of an int over 4,300 digits raises ValueError and ``repr`` of an array can be huge, so
+    error messages about untrusted values go through here.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    if isinstance(value, np.ndarray):
+        return f"an array {value.dtype}{list(value.shape)}"
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a describing helper must not fail
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _wrong(value: Any, expected: str, *, member: str, field: str) -> FormatError:
+    if getattr(value, "type_name", None):
+        return PickleDecodeError(f"field holds {type_name(value)}, expected {expected}; it was not executed",
+                                 member=member, field=field)
+    return FormatError(f"expected {expected}, found {type_name(value)} {shown(value)}", member=member, field=field)
+
+
+def require_int(value: Any, *, member: str, field: str, min: int | None = None, max: int | None = None) -> int:
+    """A decoded integer: an ``int`` (or numpy integer), never a bool, float, string or array, within bounds.
+
+    Why: the typed accessor every decoded integer goes through (issue 12): ``int(x)`` on a decoded
+    value turns ``64.0``, ``"64"``, ``True`` or a one-element array into 64 or raises
+    ValueError/TypeError/OverflowError deep inside a reader; here it is a :class:`FormatError`
+    naming the member and field.
+    """
+    if isinstance(value, np.integer) and not isinstance(value, np.bool_):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _wrong(value, "an integer", member=member, field=field)
+    if (min is not None and value < min) or (max is not None and value > max):
+        raise FormatError(f"expected an integer in [{min}, {max}], found {shown(value)}", member=member, field=field)
+    return value
+
+
+def require_float(value: Any, *, member: str, field: str, finite: bool = True, positive: bool = False,
+                  min: float | None = None, max: float | None = None) -> float:
+    """A decoded real number (int or float, never a bool, string or array) as a float, finite unless told."""
+    if isinstance(value, (np.integer, np.floating)) and not isinstance(value, np.bool_):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _wrong(value, "a number", member=member, field=field)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise FormatError(f"number {shown(value)} is out of range", member=member, field=field) from None
+    if finite and not math.isfinite(number):
+        raise FormatError(f"expected a finite number, found {shown(value)}", member=member, field=field)
+    if positive and not number > 0:
+        raise FormatError(f"expected a positive finite number, found {shown(value)}", member=member, field=field)
+    if (min is not None and number < min) or (max is not None and number > max):
+        raise FormatError(f"expected a number in [{min}, {max}], found {shown(value)}", member=member, field=field)
+    return number
+
+
+def require_bool(value: Any, *, member: str, field: str) -> bool:
+    """A decoded flag: ``True``/``False`` (or a numpy bool), never 0/1, a string or an array."""
+    if isinstance(value, np.bool_):
+        value = bool(value)
+    if not isinstance(value, bool):
+        raise _wrong(value, "true/false", member=member, field=field)
+    return value
+
+
+def require_str(value: Any, *, member: str, field: str) -> str:
+    """A decoded string (``str`` only)."""
+    if not isinstance(value, str):
+        raise _wrong(value, "a string", member=member, field=field)
     return value
 
 
 def positive_float(value: Any, *, member: str, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise FormatError(f"expected a positive finite number, found {value!r}", member=member, field=field)
-    return float(value)
+    return require_float(value, member=member, field=field, positive=True)
 
 
 def require_agree(field: str, a_name: str, a: Any, b_name: str, b: Any, member: str) -> None:

@@ -13,9 +13,11 @@ from typing import Iterator
 
 import numpy as np
 
-from ptycho_bridge.errors import CorruptArchiveError, FormatError, UnsafeArchiveError
+from ptycho_bridge.errors import ArchiveLimitError, CorruptArchiveError, FormatError, UnsafeArchiveError
 
 ALLOWED_KINDS = "biufc"  # bool, int, uint, float, complex
+MAX_DATASET_BYTES = 2 * 1024**3  # one dataset, as one zip member (safezip.Limits.max_member_size)
+MAX_FILTER_RATIO = 1100  # deflate cannot exceed ~1032:1
 
 
 def _sizeof_lengths(image: bytes | memoryview) -> int:
@@ -33,12 +35,19 @@ def check_global_heaps(image: bytes | memoryview, *, member: str) -> int:
     heap collections, and libhdf5 loops forever on a collection whose free-space object has size 0
     (scripts/fuzz.py found this: one mutated byte, 100% CPU, uninterruptible). Heap objects must
     tile their collection exactly. Returns the number of collections checked.
+
+    Linear time: every ``GCOL`` signature is a candidate (we do not know which ones libhdf5 will
+    read), and a hostile image can nest candidates so that each walk covers the rest of the file
+    (128 KB once took 5.5 s). Real collections never overlap, so the object steps of all walks
+    together stay below one per 8 bytes of image; more than that is refused as overlapping
+    collections instead of walked.
     """
     raw = bytes(image)
     length_size = _sizeof_lengths(raw)
     header = 8 + length_size  # signature, version, 3 reserved, collection size
     obj_header = 8 + length_size  # index, refcount, 4 reserved, object size
     checked = 0
+    budget = len(raw) // 8 + 1024  # object steps over all walks (see above)
     pos = raw.find(b"GCOL")
     while pos != -1:
         if pos + header <= len(raw) and raw[pos + 4] == 1:
@@ -47,6 +56,11 @@ def check_global_heaps(image: bytes | memoryview, *, member: str) -> int:
             if size >= header and end <= len(raw):  # a collection past EOF makes libhdf5 fail, not hang
                 p = pos + header
                 while p < end:
+                    budget -= 1
+                    if budget < 0:
+                        raise CorruptArchiveError(f"HDF5 global heap at byte {pos}: global heap collections "
+                                                  "overlap (more heap objects than the image can hold)",
+                                                  member=member)
                     if p + obj_header > end:  # too small for an object: trailing free space
                         p = end
                         break
@@ -133,9 +147,40 @@ def check_dataset(dset, *, member: str) -> None:  # type: ignore[no-untyped-def]
         raise FormatError(f"HDF5 dataset {dset.name} has non-numeric dtype {dset.dtype}", member=member)
 
 
+def check_dataset_size(dset, *, member: str) -> int:  # type: ignore[no-untyped-def]
+    """Bound a dataset before reading it; return its declared size in bytes.
+
+    Why: the declared shape is attacker-controlled and libhdf5 fills unwritten chunks with the fill
+    value, so a tiny file can declare a 17678² probe that reads as 2.5 GB. The declared
+    ``shape × itemsize`` must stay under :data:`MAX_DATASET_BYTES` and be backed by the bytes actually
+    stored: all of them for unfiltered data, 1 stored byte per :data:`MAX_FILTER_RATIO` for filtered.
+    """
+    try:
+        shape = tuple(int(d) for d in dset.shape)
+        itemsize = int(dset.dtype.itemsize)
+        stored = int(dset.id.get_storage_size())
+        filtered = dset.id.get_create_plist().get_nfilters() > 0
+    except Exception as exc:  # corrupt layout messages: assorted h5py errors
+        raise CorruptArchiveError(f"cannot read HDF5 dataset layout {dset.name} ({exc.__class__.__name__}: {exc})",
+                                  member=member) from None
+    nbytes = itemsize
+    for d in shape:
+        nbytes *= d
+    if nbytes > MAX_DATASET_BYTES:
+        raise ArchiveLimitError(f"HDF5 dataset {dset.name} declares {nbytes} bytes (shape {shape}), "
+                                f"limit is {MAX_DATASET_BYTES}", member=member)
+    backed = stored * MAX_FILTER_RATIO if filtered else stored
+    if nbytes > backed:
+        raise CorruptArchiveError(f"HDF5 dataset {dset.name} declares {nbytes} bytes (shape {shape}) but stores "
+                                  f"{stored}{' (filtered)' if filtered else ''}: unwritten or missing data",
+                                  member=member)
+    return nbytes
+
+
 def read_array(dset, *, member: str) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """Read a checked dataset fully, mapping HDF5 I/O failures (truncation) to CorruptArchiveError."""
+    """Read a checked, size-bounded dataset fully, mapping HDF5 I/O failures (truncation) to CorruptArchiveError."""
     check_dataset(dset, member=member)
+    check_dataset_size(dset, member=member)
     try:
         return np.asarray(dset[()])
     except Exception as exc:

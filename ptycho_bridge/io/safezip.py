@@ -188,6 +188,14 @@ class SafeZip:
             members[name] = MemberInfo(
                 name, info.file_size, info.compress_size, info.CRC, info.compress_type, info.header_offset
             )
+        # Members may not share bytes: overlapping entries let one small deflate kernel be inflated
+        # once per member (the "overlapping files" zip bomb). Lower bound of each entry's extent:
+        # 30-byte local header + compressed data.
+        spans = sorted((m.header_offset, m.header_offset + 30 + m.compressed_size, m.name) for m in members.values())
+        for (_, end, name), (start, _, _) in zip(spans, spans[1:]):
+            if start < end:
+                raise UnsafeArchiveError("member data overlaps the next member (overlapping-entries zip bomb)",
+                                         member=self.member_label(name))
         return members
 
     # -- queries ------------------------------------------------------------------------------
@@ -219,20 +227,11 @@ class SafeZip:
         cap = self.limits.max_member_size if max_size is None else min(max_size, self.limits.max_member_size)
         if info.size > cap:
             raise ArchiveLimitError(f"member is {info.size} bytes, limit here is {cap}", member=where)
-        chunks: list[bytes] = []
-        got = 0
         try:
-            with self._zip.open(name) as stream:
-                while True:
-                    chunk = stream.read(min(1 * MiB, info.size - got + 1))
-                    if not chunk:
-                        break
-                    got += len(chunk)
-                    if got > info.size:
-                        raise CorruptArchiveError(
-                            f"member holds more than its declared {info.size} bytes", member=where
-                        )
-                    chunks.append(chunk)
+            if info.stored:
+                chunks = self._read_stored(info, where)
+            else:
+                chunks = self._inflate(info, where)
         except zipfile.BadZipFile as exc:
             raise CorruptArchiveError(f"corrupt member ({exc})", member=where) from None
         except (zlib.error, EOFError, OSError, ValueError, NotImplementedError, RuntimeError) as exc:
@@ -244,18 +243,78 @@ class SafeZip:
             raise CorruptArchiveError("CRC-32 mismatch (corrupt data)", member=where)
         return data
 
+    def _read_stored(self, info: MemberInfo, where: str) -> list[bytes]:
+        chunks: list[bytes] = []
+        got = 0
+        with self._zip.open(info.name) as stream:
+            while True:
+                chunk = stream.read(min(1 * MiB, info.size - got + 1))
+                if not chunk:
+                    break
+                got += len(chunk)
+                if got > info.size:
+                    raise CorruptArchiveError(f"member holds more than its declared {info.size} bytes", member=where)
+                chunks.append(chunk)
+        return chunks
+
+    def _inflate(self, info: MemberInfo, where: str) -> list[bytes]:
+        """Inflate a deflated member ourselves, checking the ratio against the bytes really consumed.
+
+        Why: the central directory's compressed size is a claim. Checked alone, it let a 7.8 MB archive
+        inflate 1.2 GB (members whose declared compressed ranges overlap, or a declared size far above
+        the real deflate stream). Here the ratio is inflated bytes / compressed bytes the stream has
+        actually used, checked after every step, and the stream must end inside its declared size.
+        """
+        limits = self.limits
+        start = self._local_data_start(info, where)
+        inflater = zlib.decompressobj(-15)
+        chunks: list[bytes] = []
+        got = 0
+        fed = 0
+        pending = b""
+        while not inflater.eof:
+            if not pending:
+                want = min(256 * 1024, info.compressed_size - fed)
+                if want <= 0:
+                    raise CorruptArchiveError("deflate stream runs past its declared compressed size", member=where)
+                self._fh.seek(start + fed)
+                pending = self._fh.read(want)
+                if not pending:
+                    raise CorruptArchiveError("deflate stream truncated", member=where)
+                fed += len(pending)
+            chunk = inflater.decompress(pending, min(1 * MiB, info.size - got + 1))
+            pending = inflater.unconsumed_tail
+            got += len(chunk)
+            if got > info.size:
+                raise CorruptArchiveError(f"member holds more than its declared {info.size} bytes", member=where)
+            consumed = fed - len(pending) - len(inflater.unused_data)
+            if got > limits.ratio_floor and got > limits.max_ratio * max(consumed, 1):
+                raise ArchiveLimitError(
+                    f"compression ratio above {limits.max_ratio:.0f}:1 while inflating "
+                    f"({got} bytes from {consumed}; zip bomb?)", member=where,
+                )
+            chunks.append(chunk)
+        return chunks
+
+    def _local_data_start(self, info: MemberInfo, where: str) -> int:
+        self._fh.seek(info.header_offset)
+        header = self._fh.read(30)
+        if len(header) != 30 or header[:4] != b"PK\x03\x04":
+            raise CorruptArchiveError("bad local file header", member=where)
+        name_len = int.from_bytes(header[26:28], "little")
+        extra_len = int.from_bytes(header[28:30], "little")
+        zinfo = self._zip.getinfo(info.name)
+        expected = zinfo.orig_filename.encode("utf-8" if zinfo.flag_bits & 0x800 else "cp437", "replace")
+        if self._fh.read(name_len) != expected:  # as zipfile checks: one member, one name
+            raise CorruptArchiveError("file name in the local header differs from the central directory", member=where)
+        return info.header_offset + 30 + name_len + extra_len
+
     def data_offset(self, name: str) -> int | None:
         """Absolute file offset of a *stored* member's bytes, for zero-copy reads; None otherwise."""
         info = self.info(name)
         if not info.stored or self.path is None:
             return None
-        self._fh.seek(info.header_offset)
-        header = self._fh.read(30)
-        if len(header) != 30 or header[:4] != b"PK\x03\x04":
-            raise CorruptArchiveError("bad local file header", member=self.member_label(name))
-        name_len = int.from_bytes(header[26:28], "little")
-        extra_len = int.from_bytes(header[28:30], "little")
-        return info.header_offset + 30 + name_len + extra_len
+        return self._local_data_start(info, self.member_label(name))
 
     def open_nested(self, name: str) -> "SafeZip":
         """A zip stored as a member, opened from memory with the same limits one level deeper."""

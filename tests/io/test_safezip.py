@@ -249,12 +249,13 @@ def test_declared_size_lie_small_never_inflates() -> None:
     data = make_zip([("lie", bytes(50 * MiB))])
     lie = patch_central_directory(data, "lie", file_size=64)
     with SafeZip(lie, label="l.zip") as zf:  # the ratio check sees 64 bytes: passes the scan
-        with pytest.raises(CorruptArchiveError, match=r"l\.zip:lie: .*CRC"):
+        with pytest.raises(CorruptArchiveError, match=r"l\.zip:lie: member holds more than its declared 64 bytes"):
             zf.read("lie")
-    # with a CRC that matches the 64-byte prefix, the read stops at the declared size
+    # even with a CRC that matches the 64-byte prefix: the stream goes on past the declared size (issue 12)
     lie = patch_central_directory(data, "lie", file_size=64, crc=zlib.crc32(bytes(64)))
     with SafeZip(lie) as zf:
-        assert zf.read("lie") == bytes(64)
+        with pytest.raises(CorruptArchiveError, match="more than its declared 64 bytes"):
+            zf.read("lie")
 
 
 def test_declared_size_lie_large() -> None:
@@ -308,3 +309,15 @@ def test_nothing_is_extracted(tmp_path: Path, fixtures_dir: Path, monkeypatch: p
                 inner.read(name)
     read_archive(fixtures_dir / "tf_N64_gs1" / "wts.h5.zip")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_deflated_member_local_name_must_match() -> None:
+    """Our inflate loop (issue 12) keeps zipfile's check: the local header names the same member."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("aaaa", b"x" * 1000)
+    data = bytearray(buf.getvalue())
+    data[30:34] = b"bbbb"  # the first local header's name
+    with SafeZip(bytes(data), label="n.zip") as zf:
+        with pytest.raises(CorruptArchiveError, match=r"n\.zip:aaaa: file name in the local header differs"):
+            zf.read("aaaa")

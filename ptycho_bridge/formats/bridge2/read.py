@@ -37,7 +37,7 @@ from ptycho_bridge.errors import (
     SpecError,
     UnsafeArchiveError,
 )
-from ptycho_bridge.formats.base import MAX_JSON_BYTES, EraReader, cached_json, read_json
+from ptycho_bridge.formats.base import MAX_JSON_BYTES, EraReader, cached_json, read_json, require_float
 from ptycho_bridge.formats.bridge2.layout import (
     FORMAT,
     TENSOR_DTYPES,
@@ -165,7 +165,8 @@ class BridgeReader(EraReader):
                 if store is None:
                     store = BufferFile(weights_buffer(ref["member"]))
                 try:  # libhdf5 runs on these bytes in a forked child (io.h5_isolated)
-                    arr = run_isolated(_read_params_array, store, ref["dataset"], label, member=label)
+                    arr = run_isolated(_read_params_array, store, ref["dataset"], label, list(ref["shape"]), pwhere,
+                                       member=label)
                 finally:
                     store.close()
                 if list(arr.shape) != list(ref["shape"]) or str(arr.dtype) != ref["dtype"]:
@@ -177,6 +178,10 @@ class BridgeReader(EraReader):
 
             params = decode_value(doc["params"], load_array=load_array)
             torch_config = decode_value(doc.get("torch_config"), load_array=load_array)
+            if "intensity_scale" in params:
+                require_float(params["intensity_scale"], member=pwhere, field="intensity_scale", positive=True)
+        if manifest["intensity_scale"] is not None:
+            require_float(manifest["intensity_scale"], member=where, field="intensity_scale", positive=True)
         return BridgeArchive(
             path=path,
             era=self.era,
@@ -234,10 +239,13 @@ def _read_tensors(store: BufferFile, index: dict[str, list[Any]], label: str) ->
         f.close()
 
 
-def _read_params_array(store: BufferFile, dataset: str, label: str) -> np.ndarray:
+def _read_params_array(store: BufferFile, dataset: str, label: str, shape: list[int], pwhere: str) -> np.ndarray:
+    """One ``/params`` array; its declared shape is compared with ``params.json`` before a byte is read."""
     f = open_h5(store, member=label)
     try:
         dset = get_dataset(f, dataset, member=label)
+        if list(dset.shape) != shape:
+            raise FormatError(f"{dataset} has shape {list(dset.shape)}, params.json says {shape}", member=pwhere)
         check_native_layout(dset, member=label)
         return read_in_place(store, dset, member=label)
     finally:

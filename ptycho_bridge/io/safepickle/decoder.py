@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
 from ptycho_bridge.errors import ArchiveLimitError, PickleDecodeError
 from ptycho_bridge.io.safepickle.layout import NUMPY_DTYPE_KINDS, NUMPY_DTYPE_STR
-from ptycho_bridge.io.safepickle.limits import PickleLimits, check_hashable
+from ptycho_bridge.io.safepickle.limits import HashGuard, PickleLimits
 from ptycho_bridge.io.safepickle.nodes import (
     Build,
     Call,
@@ -69,6 +69,7 @@ class Decoder:
         self.done: dict[int, Any] = {}
         self.busy: set[int] = set()
         self.spent = 0
+        self.hashing = HashGuard(limits, member)
 
     def fail(self, message: str) -> PickleDecodeError:
         return PickleDecodeError(message, member=self.member)
@@ -107,9 +108,9 @@ class Decoder:
         if isinstance(value, tuple):
             return tuple(self.decode(item, depth) for item in value)
         if isinstance(value, dict):
-            return {self.key(k, depth): self.decode(v, depth) for k, v in value.items()}
+            return self.mapping(value.items(), depth)
         if isinstance(value, (set, frozenset)):
-            return type(value)(self.key(item, depth) for item in value)
+            return type(value)(self.unique(self.decode(item, depth) for item in value))
         if isinstance(value, Global):
             return Opaque(value.dotted, "global", value)
         if isinstance(value, Call):
@@ -123,11 +124,24 @@ class Decoder:
             return Opaque(name_of(value.target), "build", value)
         return value  # something a caller's persistent_load produced; theirs to interpret
 
-    def key(self, value: Any, depth: int) -> Any:
-        """Decode something that will be hashed (a dict key, a set item), bounding the hash cost."""
-        result = self.decode(value, depth)
-        check_hashable(result, self.limits, self.member)
-        return result
+    def mapping(self, pairs: Iterable[tuple[Any, Any]], depth: int) -> dict:
+        """Decoded (key, value) pairs as a dict, bounding the hash cost of the keys (:class:`HashGuard`)."""
+        out: dict = {}
+        for k, v in pairs:
+            key = self.decode(k, depth)
+            self.hashing.insert(out, key)
+            out[key] = self.decode(v, depth)
+        self.hashing.release(out)
+        return out
+
+    def unique(self, items: Iterable[Any]) -> set:
+        """Decoded values about to be hashed (set items) as a set, bounding the hash cost (:class:`HashGuard`)."""
+        out: set = set()
+        for item in items:
+            self.hashing.insert(out, item)
+            out.add(item)
+        self.hashing.release(out)
+        return out
 
     # -- recognised calls --------------------------------------------------------------------------
     def call(self, node: Call, depth: int) -> Any:
@@ -269,7 +283,15 @@ class Decoder:
                 f"storage smaller than tensor: storage {storage.key} holds {flat.size} {dtype} elements, "
                 f"tensor needs {extent} (offset {offset}, size {size}, stride {stride})"
             )
-        self.spend(count * flat.itemsize)
+        nbytes = count * flat.itemsize
+        if nbytes > max(flat.nbytes, self.limits.max_broadcast_bytes):
+            # stride 0 / overlapping strides: a 4-byte storage viewed as a 2.5 GB tensor is refused here,
+            # before anything is materialised; a real state dict never reads an element twice
+            raise ArchiveLimitError(
+                f"tensor of {nbytes} bytes views storage {storage.key} of {flat.nbytes} bytes (stride {stride}): "
+                f"a broadcast view larger than {self.limits.max_broadcast_bytes} bytes is refused", member=self.member
+            )
+        self.spend(nbytes)
         view = np.lib.stride_tricks.as_strided(
             flat[offset:], shape=size, strides=tuple(s * flat.itemsize for s in stride), writeable=False
         )

@@ -20,7 +20,6 @@ from ptycho_bridge.io.safepickle.layout import (
     PATH_CLASSES,
     TORCH_DTYPE_ALIASES,
 )
-from ptycho_bridge.io.safepickle.limits import check_hashable
 from ptycho_bridge.io.safepickle.nodes import (
     Call,
     Global,
@@ -49,7 +48,7 @@ def _h_ordered_dict(d: Decoder, node: Call, depth: int) -> Any:
             return NotImplemented
     pairs.extend(node.items)
     # BUILD state (torch's `_metadata` attribute on state dicts) is instance attributes, not items: dropped.
-    return {d.key(k, depth): d.decode(v, depth) for k, v in pairs}
+    return d.mapping(pairs, depth)
 
 
 def _h_reconstruct(d: Decoder, node: Call, depth: int) -> Any:
@@ -119,10 +118,7 @@ def _h_set(d: Decoder, node: Call, depth: int) -> Any:
     if args is None or node.state is not None or (args and not isinstance(args[0], (list, tuple, set, frozenset))):
         return NotImplemented
     kind = frozenset if callee(node).name == "frozenset" else set
-    items = args[0] if args else ()
-    for item in items:
-        check_hashable(item, d.limits, d.member)
-    return kind(items)
+    return kind(d.unique(args[0] if args else ()))
 
 
 def _h_bytes(d: Decoder, node: Call, depth: int) -> Any:

@@ -12,7 +12,7 @@ import struct
 from typing import Any, Callable, Iterable
 
 from ptycho_bridge.errors import ArchiveLimitError, PickleDecodeError
-from ptycho_bridge.io.safepickle.limits import PickleLimits, check_hashable
+from ptycho_bridge.io.safepickle.limits import HashGuard, PickleLimits
 from ptycho_bridge.io.safepickle.nodes import (
     CONTAINERS,
     Build,
@@ -49,6 +49,7 @@ class Machine:
         self.stack: list[Any] = []
         self.marks: list[int] = []
         self.memo: dict[int, Any] = {}
+        self.hashing = HashGuard(limits, member)
         # Depth of every container made so far, keyed by id; `_pin` keeps them alive so ids stay unique.
         self._depth: dict[int, int] = {}
         self._pin: list[Any] = []
@@ -156,7 +157,7 @@ class Machine:
         pairs = list(zip(flat[0::2], flat[1::2]))
         if isinstance(target, dict):
             for key, value in pairs:
-                check_hashable(key, self.limits, self.member)
+                self.hashing.insert(target, key)
                 target[key] = value
         elif isinstance(target, Call):
             target.items.extend(pairs)
@@ -169,8 +170,8 @@ class Machine:
             target.extend(items)
         elif isinstance(target, set) and kind == "add":
             for item in items:
-                check_hashable(item, self.limits, self.member)
-            target.update(items)
+                self.hashing.insert(target, item)
+                target.add(item)
         elif isinstance(target, Call):
             target.appends.extend(items)
         else:

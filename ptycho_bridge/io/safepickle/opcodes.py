@@ -14,7 +14,6 @@ from typing import Any, Callable
 
 from ptycho_bridge.errors import ArchiveLimitError
 from ptycho_bridge.io.safepickle.layout import MAX_PROTOCOL, OPCODES, REFUSED_OPCODES
-from ptycho_bridge.io.safepickle.limits import check_hashable
 from ptycho_bridge.io.safepickle.machine import Machine
 from ptycho_bridge.io.safepickle.nodes import Instance, Reduce
 
@@ -137,9 +136,12 @@ def _op_DICT(m: Machine) -> None:
 
 def _op_FROZENSET(m: Machine) -> None:
     items = m.pop_mark()
+    building: set = set()
     for item in items:
-        check_hashable(item, m.limits, m.member)
-    value = frozenset(items)
+        m.hashing.insert(building, item)
+        building.add(item)
+    m.hashing.release(building)
+    value = frozenset(building)
     m.push(m.made(value, items))
 
 

@@ -313,7 +313,7 @@ def test_bad_persistent_ids(pid: bytes, message: str) -> None:
 def test_huge_expanded_tensor_is_bounded() -> None:
     """A stride-0 tensor claiming 2**40 elements over one float must not allocate terabytes."""
     pkl = _data_pkl({"w": _tensor("FloatStorage", "0", 1, 0, (2**20, 2**20), (0, 0))})
-    with pytest.raises(ArchiveError, match="exceed"):
+    with pytest.raises(ArchiveError, match="broadcast view larger than"):
         load_torch_bytes(_torch_zip(pkl, {"0": bytes(4)}), label="bomb.pt")
 
 
