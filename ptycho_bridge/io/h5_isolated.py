@@ -54,6 +54,8 @@ def run_isolated(fn: Callable[..., Any], *args: Any, member: str, timeout: float
     """
     if os.environ.get(ISOLATE_ENV) == "1":
         return fn(*args)
+    import h5py  # noqa: F401 - imported once here and inherited by every child, not re-imported per fork
+
     rfd, wfd = os.pipe()
     with warnings.catch_warnings():  # Python 3.12 warns when forking a threaded process; the child only parses
         warnings.simplefilter("ignore", DeprecationWarning)
