@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ptycho_bridge.cli import util
+from ptycho_bridge.cli import tables
 from ptycho_bridge.cli.util import emit_json, guarded
 from ptycho_bridge.formats.detect import read_archive
 from ptycho_bridge.ops.report import inspect_report
@@ -31,10 +31,10 @@ def command(archive: Path, as_json: bool, tensors: bool) -> None:
 def _print_inspect(report: dict[str, Any]) -> None:
     from rich.table import Table
 
-    console = util.console()
+    console = tables.console()
     head = Table(show_header=False, box=None, pad_edge=False)
-    head.add_column(style="bold")
-    head.add_column()
+    head.add_column(style="bold", no_wrap=True)
+    head.add_column(overflow="fold")
     head.add_row("archive", report["path"])
     head.add_row("era", report["era"] + (f" (format {report['format_version']})" if report["format_version"] else ""))
     head.add_row("backend", report["backend"])
@@ -42,6 +42,7 @@ def _print_inspect(report: dict[str, Any]) -> None:
     probe = report["probe"]
     head.add_row("probe", "—" if probe is None else f"{probe['dtype']} {tuple(probe['shape'])}")
     head.add_row("checksums", "yes" if report["has_checksums"] else "no (legacy era)")
+    _provenance_rows(head, report)
     net = report["network"]
     if net:
         head.add_row("network", f"N={net['N']} gridsize={net['gridsize']} channels={net['channels']} "
@@ -56,9 +57,7 @@ def _print_inspect(report: dict[str, Any]) -> None:
             head.add_row("upstream", f"{net['upstream_variant']} network (the Lightning model Ptychodus 1.7 loads; "
                                      "outer branch added without the border mask)")
     console.print(head)
-    models = Table(title="models", title_justify="left")
-    for col in ("model", "payload", "tensors", "bytes", "notes"):
-        models.add_column(col)
+    models = tables.table(("model", "payload", "tensors", "bytes", "notes"), title="models", right=("tensors", "bytes"))
     for name, m in report["models"].items():
         kind = m["payload"].get("kind", "?")
         models.add_row(name, kind, str(m["n_tensors"]), f"{m['tensor_bytes']:,}",
@@ -66,12 +65,29 @@ def _print_inspect(report: dict[str, Any]) -> None:
     console.print(models)
     for name, m in report["models"].items():
         if "tensors" in m:
-            t = Table(title=f"{name} tensors", title_justify="left")
-            for col in ("canonical name", "shape", "dtype", "source"):
-                t.add_column(col)
+            t = tables.table(("canonical name", "shape", "dtype", "source"), title=f"{name} tensors")
             for row in m["tensors"]:
                 t.add_row(row["name"], str(tuple(row["shape"])), row["dtype"], row["source_name"] or "")
             console.print(t)
     warnings = report["warnings"] + [f"{n}: {w}" for n, m in report["models"].items() for w in m["warnings"]]
     for w in warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
+    for n in report.get("notes", []):
+        console.print(f"note: {n}")
+
+
+def _provenance_rows(head: Any, report: dict[str, Any]) -> None:
+    """Source era, the tool that wrote the archive, and the conversion/migration choices it recorded."""
+    prov = report.get("provenance") or {}
+    if report.get("source_era"):
+        head.add_row("source era", report["source_era"])
+    if prov.get("tool"):
+        head.add_row("written by", f"{prov['tool']} {prov.get('tool_version') or ''}".strip()
+                     + (f", {prov['created']}" if prov.get("created") else ""))
+    conv = report.get("conversion")
+    if conv:
+        head.add_row("converted", f"{conv['from_backend']} → {conv['to_backend']}")
+        for choice in conv["choices"]:
+            head.add_row("  choice", choice)
+    for note in prov.get("migration") or []:
+        head.add_row("  migration", note)

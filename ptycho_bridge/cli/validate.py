@@ -9,7 +9,7 @@ import click
 
 from ptycho_bridge.cli import util
 from ptycho_bridge.cli.util import emit_json, guarded
-from ptycho_bridge.ops.report import validate_path
+from ptycho_bridge.ops.report import located_error, validate_path
 
 
 @click.command("validate")
@@ -42,5 +42,5 @@ def command(archives: tuple[Path, ...], as_json: bool) -> None:
                 console.print(f"[yellow]warning:[/yellow] {w}")
         for r in results:
             if not r["valid"]:
-                click.echo(f"error: {r['path']}: {r['errors'][0]}", err=True)
+                click.echo(f"error: {located_error(r)}", err=True)
     sys.exit(0 if doc["valid"] else 1)
