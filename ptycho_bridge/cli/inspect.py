@@ -77,7 +77,11 @@ def _print_inspect(report: dict[str, Any]) -> None:
 
 
 def _provenance_rows(head: Any, report: dict[str, Any]) -> None:
-    """Source era, the tool that wrote the archive, and the conversion/migration choices it recorded."""
+    """Source era, the tool that wrote the archive, and the conversion/migration choices it recorded.
+
+    Recorded text is added as ``rich.text.Text`` (plain text, never parsed as markup: ``[num_datasets=1]``)."""
+    from rich.text import Text
+
     prov = report.get("provenance") or {}
     if report.get("source_era"):
         head.add_row("source era", report["source_era"])
@@ -88,6 +92,6 @@ def _provenance_rows(head: Any, report: dict[str, Any]) -> None:
     if conv:
         head.add_row("converted", f"{conv['from_backend']} → {conv['to_backend']}")
         for choice in conv["choices"]:
-            head.add_row("  choice", choice)
+            head.add_row("  choice", Text(choice))
     for note in prov.get("migration") or []:
-        head.add_row("  migration", note)
+        head.add_row("  migration", Text(note))
