@@ -25,6 +25,7 @@ from ptycho_bridge.errors import ConversionRefused
 from ptycho_bridge.io.atomic import atomic_write, refuse_existing, resolve_output
 from ptycho_bridge.ops.engines import ENGINE_EXTRAS, ENGINE_NAMES, engine_module
 from ptycho_bridge.ops.extras import MissingDependency, missing_packages
+from ptycho_bridge.ops.plots import Panel, require_plotting, save_figure
 from ptycho_bridge.ops.parity import archive_under_test, load_input
 from ptycho_bridge.ops.run import plan_run, run_archive
 
@@ -59,8 +60,6 @@ def command(archive: Path, input_path: Path, out: Path, engine: str, batch_size:
     if missing:  # before reading anything: say what to install
         raise MissingDependency(f"--engine {engine}", missing, ENGINE_EXTRAS[engine])
     if plot_path is not None:
-        from ptycho_bridge.ops.plots import require_plotting
-
         require_plotting()
     aut = archive_under_test(archive, model=model, verify=not no_verify)
     inp = load_input(input_path, aut.archive, aut.spec)
@@ -84,8 +83,6 @@ def command(archive: Path, input_path: Path, out: Path, engine: str, batch_size:
 
 def _plot(path: Path, result: dict[str, Any], inp: Any, archive: Path, engine: str) -> None:
     """First sample: the reassembled object when written (compared with a trimmed golden), else patch 0."""
-    from ptycho_bridge.ops.plots import Panel, save_figure
-
     expected = inp.expected
     if "trimmed_object" in result and len(result["trimmed_object"]):
         obj = result["trimmed_object"][0, :, :, 0]
