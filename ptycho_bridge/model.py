@@ -117,6 +117,8 @@ class BridgeArchive:
     torch_config: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     has_checksums: bool = False
+    # facts worth knowing that need no action (warnings are for what the user should do something about)
+    notes: list[str] = field(default_factory=list)
     members: dict[str, int] = field(default_factory=dict)
 
     @property

@@ -126,8 +126,11 @@ def torch_config_from(metadata: Any, *, member: str) -> dict[str, Any]:
     return config
 
 
-def plain_loader_warnings(params: Mapping[str, Any], model_config: Mapping[str, Any] | None) -> list[str]:
-    """Upstream's ``load_torch_bundle`` rebuilds from params.dill; say when that gives another network."""
+def plain_loader_notes(params: Mapping[str, Any], model_config: Mapping[str, Any] | None) -> list[str]:
+    """Upstream's ``load_torch_bundle`` rebuilds from params.dill; say when that gives another network.
+
+    A note, not a warning: every upstream torch bundle has this mismatch, ptycho-bridge reads the
+    model_config (as ``load_inference_bundle_torch`` does), and the only action concerns upstream code."""
     if model_config is None:
         return []
     out = []
@@ -135,9 +138,10 @@ def plain_loader_warnings(params: Mapping[str, Any], model_config: Mapping[str, 
     torch_flag = model_config.get("intensity_scale_trainable")
     if isinstance(tf_flag, bool) and isinstance(torch_flag, bool) and tf_flag != torch_flag:
         out.append(
-            f"params.dill intensity_scale.trainable={tf_flag} disagrees with the torch model_config "
-            f"intensity_scale_trainable={torch_flag}: upstream's plain load_torch_bundle would rebuild a different "
-            "model (input scaled by exp(log_scale) instead of input_scale_factor); load_inference_bundle_torch is right"
+            f"params.dill says intensity_scale.trainable={tf_flag}, the torch model_config "
+            f"intensity_scale_trainable={torch_flag}; ptycho-bridge follows the model_config, as upstream's "
+            "load_inference_bundle_torch does. In upstream code, load this bundle with load_inference_bundle_torch: "
+            "the plain load_torch_bundle would scale the input by exp(log_scale) instead of input_scale_factor"
         )
     return out
 
@@ -229,7 +233,7 @@ def _read_torch_models(
         models[name].payload["member"] = weights
     primary = primary_name(names)
     params = params_by_model[primary]
-    warnings.extend(plain_loader_warnings(params, model_config))
+    notes = plain_loader_notes(params, model_config)
     scale = params.get("intensity_scale")
     scale = None if scale is None else require_float(scale, member=zf.member_label(f"{primary}/{params_member}"),
                                                       field="intensity_scale", positive=True)
@@ -243,6 +247,7 @@ def _read_torch_models(
         manifest=manifest,
         torch_config=config,
         warnings=warnings,
+        notes=notes,
         members={m.name: m.size for m in zf.iter_members()},
     )
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from ptycho_bridge.cli.names import BackendChoice
+from ptycho_bridge.cli.progress import status
 from ptycho_bridge.cli.util import echo_line, emit_json, guarded, no_verify_option, plain
 from ptycho_bridge.formats.detect import read_archive
 from ptycho_bridge.io.atomic import refuse_existing, resolve_output
@@ -21,7 +23,8 @@ from ptycho_bridge.ops.convert import plan_conversion, write_conversion
 
 @click.command("convert")
 @click.argument("archive", type=click.Path(dir_okay=True, path_type=Path))
-@click.option("--to", "to", required=True, type=click.Choice(["pytorch", "tensorflow"]), help="Target backend.")
+@click.option("--to", "to", required=True, type=BackendChoice(),
+              help="Target backend: pytorch (alias torch) or tensorflow (alias tf).")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
               help="Folder (gets wts.h5.zip) or .zip path.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
@@ -35,7 +38,8 @@ def command(archive: Path, to: str, out: Path, force: bool, as_json: bool, no_ve
     refuse_existing(target, force=force)
     arch = read_archive(archive, verify=not no_verify)
     plan = plan_conversion(arch, to)
-    path = write_conversion(arch, plan, target, force=force)
+    with status(f"writing {target.name}"):
+        path = write_conversion(arch, plan, target, force=force)
     doc: dict[str, Any] = {
         "source": str(archive),
         "source_era": arch.era,

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ptycho_bridge.cli import batch, util
+from ptycho_bridge.cli import batch, tables, util
 from ptycho_bridge.cli.util import emit_json, guarded
 from ptycho_bridge.formats.detect import read_archive
 from ptycho_bridge.ops.report import inspect_report
@@ -62,10 +62,10 @@ def command(archives: tuple[Path, ...], as_json: bool, as_jsonl: bool, tensors: 
 def _print_inspect(report: dict[str, Any]) -> None:
     from rich.table import Table
 
-    console = util.console()
+    console = tables.console()
     head = Table(show_header=False, box=None, pad_edge=False)
-    head.add_column(style="bold")
-    head.add_column()
+    head.add_column(style="bold", no_wrap=True)
+    head.add_column(overflow="fold")
     head.add_row("archive", util.cell(report["path"]))
     head.add_row("era", util.cell(report["era"] + (f" (format {report['format_version']})" if report["format_version"] else "")))
     head.add_row("backend", util.cell(report["backend"]))
@@ -73,6 +73,7 @@ def _print_inspect(report: dict[str, Any]) -> None:
     probe = report["probe"]
     head.add_row("probe", "—" if probe is None else util.cell(f"{probe['dtype']} {tuple(probe['shape'])}"))
     head.add_row("checksums", "yes" if report["has_checksums"] else "no (legacy era)")
+    _provenance_rows(head, report)
     net = report["network"]
     if net:
         head.add_row("network", util.cell(f"N={net['N']} gridsize={net['gridsize']} channels={net['channels']} "
@@ -86,9 +87,7 @@ def _print_inspect(report: dict[str, Any]) -> None:
         if "upstream_variant" in net:
             head.add_row("upstream", util.cell(VARIANT_TEXT.get(net["upstream_variant"], str(net["upstream_variant"]))))
     console.print(head)
-    models = Table(title="models", title_justify="left")
-    for col in ("model", "payload", "tensors", "bytes", "notes"):
-        models.add_column(col)
+    models = tables.table(("model", "payload", "tensors", "bytes", "notes"), title="models", right=("tensors", "bytes"))
     for name, m in report["models"].items():
         kind = m["payload"].get("kind", "?")
         models.add_row(util.cell(name), util.cell(kind), str(m["n_tensors"]), f"{m['tensor_bytes']:,}",
@@ -96,12 +95,33 @@ def _print_inspect(report: dict[str, Any]) -> None:
     console.print(models)
     for name, m in report["models"].items():
         if "tensors" in m:
-            t = Table(title=util.cell(f"{name} tensors"), title_justify="left")
-            for col in ("canonical name", "shape", "dtype", "source"):
-                t.add_column(col)
+            t = tables.table(("canonical name", "shape", "dtype", "source"), title=util.cell(f"{name} tensors"))
             for row in m["tensors"]:
                 t.add_row(*(util.cell(v) for v in (row["name"], tuple(row["shape"]), row["dtype"], row["source_name"] or "")))
             console.print(t)
     warnings = report["warnings"] + [f"{n}: {w}" for n, m in report["models"].items() for w in m["warnings"]]
     for w in warnings:
         console.print(f"[yellow]warning:[/yellow] {util.cell(w)}")
+    for n in report.get("notes", []):
+        console.print(f"note: {util.cell(n)}")
+
+
+def _provenance_rows(head: Any, report: dict[str, Any]) -> None:
+    """Source era, the tool that wrote the archive, and the conversion/migration choices it recorded.
+
+    Recorded text is added as ``rich.text.Text`` (plain text, never parsed as markup: ``[num_datasets=1]``)."""
+    from rich.text import Text
+
+    prov = report.get("provenance") or {}
+    if report.get("source_era"):
+        head.add_row("source era", util.cell(report["source_era"]))
+    if prov.get("tool"):
+        head.add_row("written by", util.cell(f"{prov['tool']} {prov.get('tool_version') or ''}".strip()
+                     + (f", {prov['created']}" if prov.get("created") else "")))
+    conv = report.get("conversion")
+    if conv:
+        head.add_row("converted", f"{conv['from_backend']} → {conv['to_backend']}")
+        for choice in conv["choices"]:
+            head.add_row("  choice", Text(util.plain(choice)))
+    for note in prov.get("migration") or []:
+        head.add_row("  migration", Text(util.plain(note)))

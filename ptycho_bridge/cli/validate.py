@@ -9,6 +9,7 @@ import click
 
 from ptycho_bridge.cli import batch, util
 from ptycho_bridge.cli.util import emit_json, guarded
+from ptycho_bridge.ops.report import located_error
 
 
 @click.command("validate")
@@ -55,7 +56,7 @@ def command(archives: tuple[Path, ...], as_json: bool, as_jsonl: bool, recursive
                 console.print(f"[yellow]warning:[/yellow] {util.cell(w)}")
         for r in results:
             if not r["valid"]:
-                util.echo_line("error", f"{r['path']}: {r['errors'][0]}")
+                util.echo_line("error", located_error(r))
     if single is None:
         invalid = sum(not r["valid"] for r in results)
         batch.verdict(len(results) - invalid, invalid, ("valid", "invalid"))

@@ -184,10 +184,35 @@ def diff_models(name: str, a: ModelEntry | None, b: ModelEntry | None, *, atol: 
     return out
 
 
-def diff_archives(a: BridgeArchive, b: BridgeArchive, *, atol: float = 0.0) -> dict[str, Any]:
-    """The full comparison report; ``equivalent`` is True when nothing differs beyond ``atol``."""
+TENSOR_KEYS = ("missing", "extra", "shape_mismatch", "dtype_mismatch", "value_diff")
+
+
+def weights_summary(models: list[dict[str, Any]]) -> dict[str, Any]:
+    """Do the two archives hold the same weights? Over the models holding weights on both sides.
+
+    ``equal`` is None when no model holds weights on both sides (nothing to say about weights).
+    """
+    both = [m for m in models if m["status"] not in ("only in a", "only in b") and not any(m["sentinel"])]
+    differing = sum(len(m[k]) for m in both for k in TENSOR_KEYS)
+    compared = sum(m["compared"] for m in both)
+    return {"equal": None if not both else differing == 0, "models": [m["name"] for m in both],
+            "tensors_compared": compared, "tensors_differing": differing}
+
+
+def diff_archives(a: BridgeArchive, b: BridgeArchive, *, atol: float = 0.0, tensors_only: bool = False,
+                  model: str | None = None) -> dict[str, Any]:
+    """The full comparison report; ``equivalent`` is True when nothing differs beyond ``atol``.
+
+    ``tensors_only``: compare canonical tensors only, of the models holding weights on both sides (no
+    params, configs, network specs; the others are named in ``scope.not_compared``). ``model``: that model only
+    (``KeyError`` when neither archive has it). ``weights`` summarises the tensors either way.
+    """
     if not (atol >= 0 and math.isfinite(atol)):
         raise ValueError(f"atol must be a finite number >= 0, got {atol!r}")
+    if model is not None and model not in a.models and model not in b.models:
+        raise KeyError(model)
+    if tensors_only or model is not None:
+        return _focused(a, b, atol=atol, tensors_only=tensors_only, model=model)
     header: list[dict[str, Any]] = []
     if a.backend != b.backend:
         header.append({"key": "backend", "a": a.backend, "b": b.backend, "detail": "backends differ"})
@@ -218,4 +243,35 @@ def diff_archives(a: BridgeArchive, b: BridgeArchive, *, atol: float = 0.0) -> d
         "params": params,
         "torch_config": torch_config,
         "models": models,
+        "weights": weights_summary(models),
+        "scope": {"tensors_only": False, "model": None, "not_compared": []},
     }
+
+
+def _focused(a: BridgeArchive, b: BridgeArchive, *, atol: float, tensors_only: bool, model: str | None) -> dict[str, Any]:
+    """``diff --tensors-only`` / ``--model NAME``: the same report shape, restricted."""
+    full = diff_archives(a, b, atol=atol)
+    models = [m for m in full["models"] if model is None or m["name"] == model]
+    empty: dict[str, Any] = {"added": [], "removed": [], "changed": []}
+    skipped: list[str] = []
+    if tensors_only:
+        kept, skipped = [], []
+        for m in models:
+            m = dict(m, network=[])
+            if m["status"] in ("only in a", "only in b") or any(m["sentinel"]):
+                skipped.append(m["name"])  # weights on one side only (or a placeholder): nothing to compare
+                continue
+            m["status"] = "changed" if any(m[k] for k in TENSOR_KEYS) else "same"
+            kept.append(m)
+        models = kept
+    header = [] if tensors_only else list(full["header"])
+    params = empty if tensors_only else full["params"]
+    torch_config = empty if tensors_only else full["torch_config"]
+    differences = (
+        len(header) + sum(len(params[k]) for k in params) + sum(len(torch_config[k]) for k in torch_config)
+        + sum(1 for m in models if m["status"] in ("only in a", "only in b"))
+        + sum(len(m[k]) for m in models for k in ("network",) + TENSOR_KEYS)
+    )
+    return {**full, "equivalent": differences == 0, "differences": differences, "header": header, "params": params,
+            "torch_config": torch_config, "models": models, "weights": weights_summary(models),
+            "scope": {"tensors_only": tensors_only, "model": model, "not_compared": skipped}}

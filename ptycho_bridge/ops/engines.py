@@ -24,6 +24,7 @@ from typing import Any, Iterator, Mapping, Protocol
 import numpy as np
 
 from ptycho_bridge.errors import BridgeError, ConversionRefused
+from ptycho_bridge.ops.extras import missing_packages, pip_hint
 from ptycho_bridge.spec.expressible import Refusal
 from ptycho_bridge.spec.network import NetworkSpec
 
@@ -64,6 +65,8 @@ ENGINES: dict[str, str] = {
     "keras": "converters.tensorflow.engine",
 }
 ENGINE_NAMES = tuple(ENGINES)
+# engine name -> the pyproject extra that installs its packages (named in "not installed" reasons)
+ENGINE_EXTRAS: dict[str, str] = {"onnx": "onnx", "torch": "torch", "keras": "tf"}
 
 
 def engine_module(name: str) -> EngineModule:
@@ -82,8 +85,10 @@ def parse_engines(text: str) -> list[str]:
 
 def availability(name: str) -> str | None:
     """``None`` when the engine's packages are installed, else the reason it is not (no import done)."""
-    missing = [pkg for pkg in engine_module(name).REQUIRES if importlib.util.find_spec(pkg) is None]
-    return f"not installed: {', '.join(missing)}" if missing else None
+    missing = missing_packages(engine_module(name).REQUIRES)
+    if not missing:
+        return None
+    return f"not installed: {', '.join(missing)} ({pip_hint(ENGINE_EXTRAS.get(name, 'all'))})"
 
 
 @dataclass
@@ -144,6 +149,7 @@ def load_engine(name: str, spec: NetworkSpec, tensors: Mapping[str, np.ndarray],
 
 __all__ = [
     "ENGINES",
+    "ENGINE_EXTRAS",
     "ENGINE_NAMES",
     "GOLDEN",
     "EngineModule",

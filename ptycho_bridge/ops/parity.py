@@ -28,7 +28,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -254,12 +254,18 @@ def parity_report(
     atol: float | None = None,
     batch_size: int | None = None,
     strict: bool = False,
+    progress: Callable[[list[tuple[str, str]]], Iterable[tuple[str, str]]] | None = None,
+    keep: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Run ``inp`` through every requested, installed engine for every archive; compare; report.
 
     ``strict`` (the engines were named by the user): an engine that cannot run — not installed, or
     unable to express the network — fails the report (``ok`` false, a note per engine) instead of
     being skipped; it is still listed under ``engines.skipped`` with its reason.
+
+    ``progress`` wraps the list of ``(archive label, engine)`` jobs (the CLI's progress bar);
+    ``keep``, when given, receives ``(actual, reference)`` of comparison ``i`` under key ``i`` (the
+    arrays the rule compared, for ``--plot``).
     """
     base = archives[0].spec
     for a in archives[1:]:
@@ -271,20 +277,22 @@ def parity_report(
             )
     skipped: list[dict[str, str]] = []
     runs: list[_Run] = []
-    for a in archives:
-        for name in engines:
-            label = f"{a.label}:{name}" if a.label else name
-            reason = availability(name)
-            if reason is None:
-                t0 = time.perf_counter()
-                try:
-                    out = load_engine(name, a.spec, a.tensors).run(inp.x_norm, batch_size=batch_size)
-                except EngineUnavailable as exc:
-                    reason = exc.reason
-                else:
-                    runs.append(_Run(label, a, name, out, time.perf_counter() - t0))
-                    continue
-            skipped.append({"engine": name, "archive": a.label or a.path, "reason": reason})
+    jobs = [(a.label, name) for a in archives for name in engines]
+    by_label = {a.label: a for a in archives}
+    for a_label, name in (progress(jobs) if progress else jobs):
+        a = by_label[a_label]
+        label = f"{a.label}:{name}" if a.label else name
+        reason = availability(name)
+        if reason is None:
+            t0 = time.perf_counter()
+            try:
+                out = load_engine(name, a.spec, a.tensors).run(inp.x_norm, batch_size=batch_size)
+            except EngineUnavailable as exc:
+                reason = exc.reason
+            else:
+                runs.append(_Run(label, a, name, out, time.perf_counter() - t0))
+                continue
+        skipped.append({"engine": name, "archive": a.label or a.path, "reason": reason})
 
     comparisons: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -302,7 +310,11 @@ def parity_report(
                 reference = trimmed_to_canonical(inp.expected)
             comparisons.append({"reference": GOLDEN, "actual": run.label, "level": inp.expected_level,
                                 **compare(actual, reference, rtol=rtol, atol=atol)})
+            if keep is not None:
+                keep[len(comparisons) - 1] = (actual, reference)
     for ref, act in _pairs(runs):
+        if keep is not None:
+            keep[len(comparisons)] = (act.output, ref.output)
         comparisons.append({"reference": ref.label, "actual": act.label, "level": PER_PATCH,
                             **compare(act.output, ref.output, rtol=rtol, atol=atol)})
     for a in archives:

@@ -69,7 +69,48 @@ def inspect_report(arch: BridgeArchive, *, tensors: bool = False) -> dict[str, A
         "network": network_summary(arch),
         "models": models,
         "warnings": list(arch.warnings),
+        "notes": list(arch.notes),
+        "conversion": _conversion(arch),
+        "provenance": provenance(arch),
     }
+
+
+def _conversion(arch: BridgeArchive) -> dict[str, Any] | None:
+    """The manifest's record of a backend conversion (from/to backend and every choice made), if any."""
+    conv = arch.manifest.get("conversion") if arch.era == "bridge-2" else None
+    return dict(conv) if isinstance(conv, dict) else None
+
+
+def provenance(arch: BridgeArchive) -> dict[str, Any]:
+    """Where a bridge-2 archive came from: the tool and version that wrote it, when, and what the migration
+    recorded (the primary model's notes); all empty for a legacy era, which records none of it."""
+    if arch.era != "bridge-2":
+        return {"tool": None, "tool_version": None, "created": None, "migration": []}
+    created_by = arch.manifest.get("created_by") or {}
+    primary = (arch.manifest.get("models") or {}).get("diffraction_to_obj") or {}
+    notes = primary.get("notes") if isinstance(primary, dict) else None
+    return {
+        "tool": created_by.get("tool"),
+        "tool_version": created_by.get("version"),
+        "created": arch.manifest.get("created"),
+        "migration": [str(n) for n in notes] if isinstance(notes, list) else [],
+    }
+
+
+def located_error(result: dict[str, Any]) -> str:
+    """The first error of a :func:`validate_path` result, named by the path the user gave, once.
+
+    Reading errors already start with the archive's label (``wts.h5.zip:params.dill: …``, the file's
+    name) and the CLI used to prefix the path as well (``fake.zip: fake.zip: not a readable zip file``).
+    Here the leading label is replaced by the path as given; an error without one gets the path prefixed.
+    """
+    path = str(result["path"])
+    message = str(result["errors"][0])
+    for label in (path, Path(path).name, str(Path(path) / "wts.h5.zip"), "wts.h5.zip"):
+        if message.startswith(label + ":"):
+            rest = message[len(label):]
+            return (path if label in (path, Path(path).name) else str(Path(path) / "wts.h5.zip")) + rest
+    return f"{path}: {message}"
 
 
 def finite_problems(arch: BridgeArchive) -> list[str]:
@@ -145,6 +186,7 @@ def validate_path(path: str | Path, *, limits: Limits = DEFAULT_LIMITS) -> dict[
             checks.append({"check": "checksums", "ok": None, "detail": f"{reader.era} archives carry no checksums"})
             result["notes"].append(f"{reader.era} is a legacy era: structural checks only, no checksums to verify")
         result["warnings"] = list(arch.warnings) + [w for m in arch.models.values() for w in m.warnings]
+        result["notes"] += list(arch.notes)
         result["valid"] = True
         return result
     finally:

@@ -74,6 +74,9 @@ _AMP_CHANNELS = ("amp_channels={amp_channels}: the amp head emits {amp_channels}
                  "count from both heads")
 _NOT_POLAR = "use_polar=False (legacy 'A + iφ' combine) is not supported by the {engine} engine; only the polar combine amp·exp(iφ) is implemented"
 
+# what to do instead when a CBAM network is asked to become TF (refusals name the alternative)
+_CBAM_ALTERNATIVE = ("; it can never become a TF archive: run it with `ptycho-bridge run --engine onnx` (or torch), or deploy it with `ptycho-bridge export-onnx`")
+
 RULES: dict[str, tuple[Rule, ...]] = {
     # a TF network's function carried to upstream torch
     "pytorch": (
@@ -98,9 +101,11 @@ RULES: dict[str, tuple[Rule, ...]] = {
     "tensorflow": (
         Rule("N", lambda s: s.N not in SUPPORTED_N, "N={N}: TF allows only {SUPPORTED}"),
         Rule("cbam_encoder", lambda s: s.cbam_encoder,
-             "cbam_encoder=True: TF has no attention modules; the networks are not equivalent"),
+             "cbam_encoder=True: TF has no attention modules; the networks are not equivalent"
+             + _CBAM_ALTERNATIVE),
         Rule("cbam_bottleneck", lambda s: s.cbam_bottleneck,
-             "cbam_bottleneck=True: TF has no attention modules; the networks are not equivalent"),
+             "cbam_bottleneck=True: TF has no attention modules; the networks are not equivalent"
+             + _CBAM_ALTERNATIVE),
         Rule("batch_norm", lambda s: s.batch_norm,
              "batch_norm=True: TF has no batch-norm layers; the networks are not equivalent"),
         Rule("use_polar", lambda s: not s.use_polar, "use_polar=False: not a torch network"),
@@ -182,7 +187,7 @@ RULES: dict[str, tuple[Rule, ...]] = {
     ),
     "engine:keras": (
         Rule("cbam", lambda s: s.cbam_encoder or s.cbam_bottleneck,
-             "the TF network has no CBAM attention (cbam_encoder/cbam_bottleneck)"),
+             "the TF network has no CBAM attention (cbam_encoder/cbam_bottleneck); use --engine onnx or torch"),
         Rule("batch_norm", lambda s: s.batch_norm, "the TF network has no batch normalisation"),
         Rule("outer_mask", lambda s: s.probe_big and not s.outer_mask, _UNMASKED.replace("{target}", "the TF network")),
         Rule("amp_channels", lambda s: s.amp_channels is not None, _AMP_CHANNELS.replace("{target}", "the TF network")),

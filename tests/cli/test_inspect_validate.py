@@ -522,7 +522,7 @@ def test_validate_reports_each_archive(fixtures_dir: Path, tmp_path: Path) -> No
     text = run_cli("validate", _tf(fixtures_dir), bad, _torch(fixtures_dir))
     assert text.exit_code == 1
     lines = text.stderr.splitlines()
-    assert len(lines) == 2 and lines[0].startswith(f"error: {bad}: ") and "zip slip" in lines[0]
+    assert len(lines) == 2 and lines[0].startswith(f"error: {bad}:") and "zip slip" in lines[0]
     assert lines[1] == "2 valid, 1 invalid"  # the verdict line of a many-archive run
 
 
