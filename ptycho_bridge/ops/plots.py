@@ -52,6 +52,40 @@ def worst_patch(actual: np.ndarray, reference: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(per)), lead))
 
 
+@dataclass
+class Image:
+    """One labelled image of a grid figure (``reconstruct``'s PNGs): pixel axes and a colour bar."""
+
+    data: np.ndarray  # real [H, W]
+    title: str
+    cmap: str
+    label: str | None = None  # colour-bar label
+    symmetric: bool = False  # colour limits ±max|data| (differences)
+    extent: tuple[float, float, float, float] | None = None  # pixel coordinates of a crop
+
+
+def save_grid(path: object, images: Sequence[Image], *, rows: int, cols: int, size: tuple[float, float]) -> None:
+    """A grid of :class:`Image` panels, each with pixel axes and its own colour bar, as one PNG.
+
+    ``path`` is a filename or a writable binary file (callers write into their own atomic temp folder)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=100)
+    FigureCanvasAgg(fig)
+    for i, img in enumerate(images):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        lim = (float(np.max(np.abs(img.data))) or 1.0) if img.symmetric else None
+        im = ax.imshow(img.data, cmap=img.cmap, origin="upper", interpolation="nearest", extent=img.extent,
+                       vmin=-lim if lim else None, vmax=lim)
+        ax.set_title(img.title)
+        ax.set_xlabel("x (px)")
+        ax.set_ylabel("y (px)")
+        fig.colorbar(im, ax=ax, label=img.label)
+    fig.tight_layout()
+    fig.savefig(path if hasattr(path, "write") else str(path), format="png")
+
+
 def _image(fig, ax, data: np.ndarray, title: str, cmap: str) -> None:  # type: ignore[no-untyped-def]
     finite = np.isfinite(data)
     shown = np.where(finite, data, np.nan)

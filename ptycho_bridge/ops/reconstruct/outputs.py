@@ -25,6 +25,7 @@ import numpy as np
 
 from ptycho_bridge import __version__
 from ptycho_bridge.errors import OutputExistsError
+from ptycho_bridge.ops.plots import Image, save_grid
 from ptycho_bridge.ops.reconstruct.pipeline import ReconstructionResult
 from ptycho_bridge.schema import validate
 
@@ -43,26 +44,9 @@ def parse_formats(text: str) -> list[str]:
 
 
 # -- images ------------------------------------------------------------------------------------------
-def _figure(width: float, height: float):  # type: ignore[no-untyped-def]
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def save_image(path: Path, image: np.ndarray, *, title: str, cmap: str, label: str) -> None:
-    """One image with a colour bar and pixel axes (upstream's layout: 8×8 inches, cmap per quantity)."""
-    fig = _figure(6.4, 5.6)
-    ax = fig.add_subplot(1, 1, 1)
-    im = ax.imshow(image, cmap=cmap, origin="upper", interpolation="nearest")
-    ax.set_title(title)
-    ax.set_xlabel("x (px)")
-    ax.set_ylabel("y (px)")
-    fig.colorbar(im, ax=ax, label=label)
-    fig.tight_layout()
-    fig.savefig(path if hasattr(path, "write") else str(path), format="png")
+    """One image with a colour bar and pixel axes (upstream's layout, cmap per quantity)."""
+    save_grid(path, [Image(image, title, cmap, label=label)], rows=1, cols=1, size=(6.4, 5.6))
 
 
 def covered_box(obj: np.ndarray) -> tuple[slice, slice]:
@@ -89,37 +73,18 @@ def save_comparison(path: Path, obj: np.ndarray, guess: np.ndarray, com_xy: Iter
     """Amplitude and phase of ours beside ``objectGuess``, both cropped to the scanned (covered) area."""
     ref = guess_on_canvas(guess, obj.shape[0], com_xy)
     rows, cols = covered_box(obj)
-    fig = _figure(10, 8.4)
-    panels = ((np.abs(obj), "reconstruction amplitude", "gray"), (np.abs(ref), "objectGuess amplitude", "gray"),
-              (np.angle(obj), "reconstruction phase", "viridis"), (np.angle(ref), "objectGuess phase", "viridis"))
-    for i, (img, title, cmap) in enumerate(panels):
-        ax = fig.add_subplot(2, 2, i + 1)
-        im = ax.imshow(img[rows, cols], cmap=cmap, interpolation="nearest",
-                       extent=(cols.start - 0.5, cols.stop - 0.5, rows.stop - 0.5, rows.start - 0.5))
-        ax.set_title(title)
-        ax.set_xlabel("x (px)")
-        ax.set_ylabel("y (px)")
-        fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path if hasattr(path, "write") else str(path), format="png")
+    extent = (cols.start - 0.5, cols.stop - 0.5, rows.stop - 0.5, rows.start - 0.5)
+    save_grid(path, [Image(img[rows, cols], title, cmap, extent=extent) for img, title, cmap in (
+        (np.abs(obj), "reconstruction amplitude", "gray"), (np.abs(ref), "objectGuess amplitude", "gray"),
+        (np.angle(obj), "reconstruction phase", "viridis"), (np.angle(ref), "objectGuess phase", "viridis"))],
+        rows=2, cols=2, size=(10, 8.4))
 
 
 def save_difference_plot(path: Any, ours: np.ndarray, other: np.ndarray, other_name: str) -> None:
     """Amplitude difference ``|ours| − |other|`` and phase difference ``angle(ours · conj(other))``."""
-    fig = _figure(11, 4.8)
-    for i, (img, title, cmap) in enumerate((
-        (np.abs(ours) - np.abs(other), f"|ours| − |{other_name}|", "RdBu_r"),
-        (np.angle(ours * np.conj(other)), f"phase(ours) − phase({other_name})", "RdBu_r"),
-    )):
-        ax = fig.add_subplot(1, 2, i + 1)
-        lim = float(np.max(np.abs(img))) or 1.0
-        im = ax.imshow(img, cmap=cmap, vmin=-lim, vmax=lim, interpolation="nearest")
-        ax.set_title(title)
-        ax.set_xlabel("x (px)")
-        ax.set_ylabel("y (px)")
-        fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path if hasattr(path, "write") else str(path), format="png")
+    save_grid(path, [Image(np.abs(ours) - np.abs(other), f"|ours| − |{other_name}|", "RdBu_r", symmetric=True),
+                     Image(np.angle(ours * np.conj(other)), f"phase(ours) − phase({other_name})", "RdBu_r",
+                           symmetric=True)], rows=1, cols=2, size=(11, 4.8))
 
 
 # -- the folder --------------------------------------------------------------------------------------
