@@ -162,3 +162,35 @@ def test_verify_true_catches_what_the_fast_path_does_not(archives: dict[str, Pat
     with pytest.raises(ChecksumError):
         read_archive(bad)
     assert not validate_path(bad)["valid"]
+
+
+def test_a_2_0_archive_still_reads_and_validates(tmp_path: Path) -> None:
+    """Cross-version regression (zarr-style): archives written as format 2.0.0 keep loading under 2.1."""
+    import hashlib
+    import json
+    import zipfile
+
+    from ptycho_bridge.formats.bridge2.layout import FORMAT_VERSION
+    from ptycho_bridge.formats.detect import read_archive
+    from ptycho_bridge.ops.report import validate_path
+    from ptycho_bridge.ops.sample import write_sample
+
+    assert FORMAT_VERSION.startswith("2.") and FORMAT_VERSION != "2.0.0"
+    src = write_sample(tmp_path / "new.zip")
+    old = tmp_path / "old.zip"
+    with zipfile.ZipFile(src) as zin:
+        members = {info.filename: (info, zin.read(info.filename)) for info in zin.infolist()}
+    params = json.loads(members["params.json"][1])
+    params["format_version"] = "2.0.0"
+    params_bytes = json.dumps(params).encode()
+    manifest = json.loads(members["manifest.json"][1])
+    manifest["format_version"] = "2.0.0"
+    manifest["members"]["params.json"] = {"size": len(params_bytes), "sha256": hashlib.sha256(params_bytes).hexdigest()}
+    members["params.json"] = (members["params.json"][0], params_bytes)
+    members["manifest.json"] = (members["manifest.json"][0], json.dumps(manifest).encode())
+    with zipfile.ZipFile(old, "w") as zout:
+        for info, data in members.values():
+            zout.writestr(info, data)
+    arch = read_archive(old)
+    assert arch.format_version == "2.0.0" and len(dict(arch.primary.tensors)) > 0
+    assert validate_path(old)["valid"] is True
