@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from ptycho_bridge.cli import util
+from ptycho_bridge.cli.progress import status
 from ptycho_bridge.cli.util import emit_json, guarded, no_verify_option
 from ptycho_bridge.io.atomic import resolve_output
 from ptycho_bridge.ops.migrate import migrate
@@ -30,7 +31,8 @@ def command(archive: Path, out: Path, dry_run: bool, force: bool, as_json: bool,
     """Migrate a legacy archive (TF ModelManager, torch bundle, torch-json, Lightning .ckpt) to bridge-2."""
 
     target = resolve_output(out)
-    plan, verified = migrate(archive, target, force=force, dry_run=dry_run, read_verify=not no_verify)
+    with status(f"migrating {archive.name} (write, validate, diff)"):
+        plan, verified = migrate(archive, target, force=force, dry_run=dry_run, read_verify=not no_verify)
     members = plan.member_table()
     doc: dict[str, Any] = {
         "source": str(archive),

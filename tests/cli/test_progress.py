@@ -37,3 +37,19 @@ def test_verdict_is_one_stderr_line(capsys: pytest.CaptureFixture[str]) -> None:
     progress.verdict(5, 1)
     out = capsys.readouterr()
     assert out.out == "" and out.err == "5 passed, 1 failed\n"
+
+
+def test_migrate_shows_a_spinner_and_keeps_stdout_clean(monkeypatch: pytest.MonkeyPatch, tmp_path, fixtures_dir) -> None:  # type: ignore[no-untyped-def]
+    """``migrate`` (write, validate, diff: seconds) spins on stderr; its --json on stdout is untouched."""
+    import json
+
+    from click.testing import CliRunner
+
+    from ptycho_bridge.cli import main
+
+    monkeypatch.setattr(progress, "show_progress", lambda: True)
+    out = tmp_path / "m.zip"
+    result = CliRunner().invoke(main, ["migrate", str(fixtures_dir / "torch_N64_gs1" / "wts.h5.zip"), "-o", str(out),
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["written"] is True and out.is_file()
