@@ -25,14 +25,18 @@ from ptycho_bridge.ops.migrate import migrate
 @click.option("--dry-run", is_flag=True, help="Show the members that would be written; write nothing.")
 @click.option("--force", is_flag=True, help="Replace an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@click.option("--drop-optimizer", is_flag=True,
+              help="Leave the optimizer state (training only) out of kept model.keras members; weights stay byte-for-byte.")
 @no_verify_option
 @guarded
-def command(archive: Path, out: Path, dry_run: bool, force: bool, as_json: bool, no_verify: bool) -> None:
+def command(archive: Path, out: Path, dry_run: bool, force: bool, as_json: bool, drop_optimizer: bool,
+            no_verify: bool) -> None:
     """Migrate a legacy archive (TF ModelManager, torch bundle, torch-json, Lightning .ckpt) to bridge-2."""
 
     target = resolve_output(out)
     with status(f"migrating {archive.name} (write, validate, diff)"):
-        plan, verified = migrate(archive, target, force=force, dry_run=dry_run, read_verify=not no_verify)
+        plan, verified = migrate(archive, target, force=force, dry_run=dry_run, read_verify=not no_verify,
+                                 drop_optimizer=drop_optimizer)
     members = plan.member_table()
     doc: dict[str, Any] = {
         "source": str(archive),

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from converters.pytorch.write import torch_legacy_members
+from converters.tensorflow.strip import keras_without_optimizer
 from converters.tensorflow.write import SUPPORTED_MODELS as TF_WRITABLE_MODELS
 from converters.tensorflow.write import tf_legacy_members
 from ptycho_bridge.errors import FormatError, OutputExistsError, UnsupportedError
@@ -81,6 +82,17 @@ def _legacy_members(source: str | os.PathLike[str], names: list[str]) -> dict[st
         zf.close()
 
 
+def _drop_optimizer_state(arch: BridgeArchive, legacy: dict[str, bytes], label: str) -> dict[str, int]:
+    """Rewrite, in ``legacy``, every kept ``model.keras`` that holds optimizer state; returns member -> tensors dropped."""
+    stripped: dict[str, int] = {}
+    for entry in arch.models.values():
+        opt, member = entry.payload.get("optimizer_tensors"), entry.payload.get("member")
+        if opt and isinstance(member, str) and member in legacy:
+            legacy[member] = keras_without_optimizer(legacy[member], member=f"{label}:{member}")
+            stripped[member] = int(opt)
+    return stripped
+
+
 def _ckpt_legacy_members(arch: BridgeArchive, notes: list[str]) -> dict[str, bytes]:
     """A torch bundle for a Lightning source when the torch writer exists and can be fed; else say why not."""
     if arch.intensity_scale is None:
@@ -119,8 +131,11 @@ def _upgraded_tf_members(arch: BridgeArchive, notes: list[str]) -> dict[str, byt
 
 
 def plan_migration(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
-                   read_verify: bool = True) -> MigrationPlan:
-    """Read ``source`` (any legacy era) and build the bridge-2 archive that would replace it."""
+                   read_verify: bool = True, drop_optimizer: bool = False) -> MigrationPlan:
+    """Read ``source`` (any legacy era) and build the bridge-2 archive that would replace it.
+
+    ``drop_optimizer`` leaves the optimizer state out of kept ``model.keras`` members (training only;
+    every layer weight and the config stay byte-for-byte, see :mod:`converters.tensorflow.strip`)."""
 
     arch = read_archive(source, verify=read_verify)
     label = Path(source).name
@@ -137,7 +152,12 @@ def plan_migration(source: str | os.PathLike[str], output: str | os.PathLike[str
     elif bundle:
         source_names = sorted(arch.members)
         legacy = _legacy_members(source, source_names)
-        notes.append(f"{len(legacy)} legacy members kept byte-for-byte: {', '.join(sorted(legacy))}")
+        stripped = _drop_optimizer_state(arch, legacy, label) if drop_optimizer else {}
+        kept = sorted(set(legacy) - set(stripped))
+        notes.append(f"{len(kept)} legacy members kept byte-for-byte: {', '.join(kept)}")
+        notes += [f"{m}: optimizer state dropped ({n} tensors, --drop-optimizer); its layer weights, config.json and "
+                  "metadata.json kept byte-for-byte; inference never reads it (Keras starts a fresh optimizer)"
+                  for m, n in stripped.items()]
         for old, new in RENAMED.items():
             if old in source_names:
                 notes.append(f"legacy {old} kept as {new} (bridge-2 owns {old})")
@@ -148,9 +168,10 @@ def plan_migration(source: str | os.PathLike[str], output: str | os.PathLike[str
         legacy = _ckpt_legacy_members(arch, notes)
     notes += [f"source reader warning: {w}" for w in arch.warnings]
     for name, entry in arch.models.items():
-        opt = entry.payload.get("optimizer_tensors")
-        if opt:
-            notes.append(f"{entry.payload.get('member')} kept as-is, including its optimizer state ({opt} tensors)")
+        opt, member = entry.payload.get("optimizer_tensors"), entry.payload.get("member")
+        if opt and not (drop_optimizer and member in legacy):
+            notes.append(f"{member} kept as-is, including its optimizer state ({opt} tensors; training only: "
+                         "`migrate --drop-optimizer` leaves it out)")
 
     models: dict[str, ModelToWrite] = {}
     for name, entry in arch.models.items():
@@ -191,7 +212,7 @@ def plan_migration(source: str | os.PathLike[str], output: str | os.PathLike[str
 
 def migrate(
     source: str | os.PathLike[str], output: str | os.PathLike[str], *, force: bool = False, dry_run: bool = False,
-    verify: bool = True, read_verify: bool = True,
+    verify: bool = True, read_verify: bool = True, drop_optimizer: bool = False,
 ) -> tuple[MigrationPlan, dict[str, Any] | None]:
     """Plan, then (unless ``dry_run``) write, verify and only then rename into place; returns the plan
     and the check summary. With ``verify`` the written file must pass ``validate`` and be bit-identical
@@ -201,7 +222,7 @@ def migrate(
     if target.exists() and target.resolve() == Path(source).resolve():
         raise OutputExistsError(f"{target} is the source archive: migrate to a new path, check it, then replace the "
                                 "source yourself (an unverified in-place migration could lose the only copy)")
-    plan = plan_migration(source, target, read_verify=read_verify)
+    plan = plan_migration(source, target, read_verify=read_verify, drop_optimizer=drop_optimizer)
     if dry_run:
         return plan, None
     summary: dict[str, Any] = {}

@@ -99,7 +99,7 @@ def test_tf_migration_keeps_probe_and_notes_optimizer(fixtures_dir: Path, migrat
     assert manifest["backend"] == "tensorflow" and manifest["source_era"] == "tf-modelmanager-1"
     assert manifest["models"]["autoencoder"]["payload"] == {"kind": "keras", "member": "autoencoder/model.keras"}
     notes = " ".join(manifest["models"]["diffraction_to_obj"]["notes"])
-    assert "autoencoder/model.keras kept as-is, including its optimizer state (90 tensors)" in notes
+    assert "autoencoder/model.keras kept as-is, including its optimizer state (90 tensors; training only: `migrate --drop-optimizer` leaves it out)" in notes
 
 
 def test_torch_migration_keeps_sentinel_and_configs(fixtures_dir: Path, migrated: dict[str, Path]) -> None:
