@@ -5,7 +5,7 @@ Per TF fixture (medians of ``--repeat``; one unrecorded warm-up each):
 Sources: the TF fixtures that convert (``tf_N128_gs1`` is refused by design; see ``CONVERTIBLE``).
 
 * ``CLI fresh s``: ``ptycho-bridge convert ARCHIVE --to pytorch -o OUT --force`` in a fresh process.
-* ``API s``: :func:`ptycho_bridge.convert.convert_archive` in this process.
+* ``API s``: :func:`ptycho_bridge.ops.convert.convert_archive` in this process.
 * phases of the same call: ``read_archive``; ``plan_conversion``; ``target_tensors`` (loads every
   canonical tensor of the primary model); ``write_conversion`` (builds the torch legacy members and
   writes the bridge-2 zip atomically; the tensors are cached by then, so this is the write alone).
@@ -62,7 +62,7 @@ def main() -> None:
     try:
         from ptycho_bridge.ops.convert import convert_archive
     except ImportError:
-        print("ptycho_bridge.convert.convert_archive is not available: nothing to measure")
+        print("ptycho_bridge.ops.convert.convert_archive is not available: nothing to measure")
         return
 
     tmp = Path(tempfile.mkdtemp(prefix="pb-bench-"))

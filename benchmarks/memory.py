@@ -85,7 +85,7 @@ def main() -> None:
     try:
         from ptycho_bridge.ops.convert import convert_archive  # noqa: F401
     except ImportError:
-        print("convert: ptycho_bridge.convert.convert_archive not available, skipped")
+        print("convert: ptycho_bridge.ops.convert.convert_archive not available, skipped")
         return
     conv = []
     for case in ("tf_N64_gs1", "tf_N64_gs2"):  # tf_N128_gs1 is refused by design

@@ -2,7 +2,7 @@
 
 Why: every era reader produces this one shape, and every writer, engine and CLI command consumes
 it, so no code downstream needs to know which era an archive came from. Tensors are canonical
-(names from :mod:`ptycho_bridge.mapping`, conv weights OIHW) and may be loaded lazily: ``inspect``
+(names from :mod:`ptycho_bridge.spec.mapping`, conv weights OIHW) and may be loaded lazily: ``inspect``
 only needs their shapes, dtypes and byte counts.
 """
 

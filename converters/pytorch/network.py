@@ -8,11 +8,11 @@ the config) and TF archives (``c_outer=4``, TF's outer-branch width, TF's amp ac
 random weights. ``../shared/docs/upstream-architecture.md`` §1.3, §1.4 and §2.2 give the formulas.
 
 The module's parameter names *are* the canonical names (``encoder.0.conv1.weight`` …), so
-``module.state_dict()`` keys equal :func:`ptycho_bridge.spec.expected_tensors`; upstream's key
-names are produced only through :mod:`ptycho_bridge.mapping`.
+``module.state_dict()`` keys equal :func:`ptycho_bridge.spec.network.expected_tensors`; upstream's key
+names are produced only through :mod:`ptycho_bridge.spec.mapping`.
 
 Convention: :func:`run` takes the canonical input ``x_norm`` float32 ``[B, C, N, N]`` (see
-:mod:`ptycho_bridge.conventions`) and returns the per-patch object complex64 ``[B, Cout, N, N]``.
+:mod:`ptycho_bridge.spec.conventions`) and returns the per-patch object complex64 ``[B, Cout, N, N]``.
 """
 
 from __future__ import annotations

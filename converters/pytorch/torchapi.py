@@ -264,7 +264,7 @@ def expected_with_sources(spec: NetworkSpec, hp: Mapping[str, Any]) -> dict[str,
     """Canonical name → (shape, per-axis "decided by") for every tensor the checkpoint must hold.
 
     Includes the training-only ``training.forward_model.alpha/beta`` (Unsupervised). Cross-checked
-    against :func:`ptycho_bridge.spec.expected_tensors` so the two can never drift.
+    against :func:`ptycho_bridge.spec.network.expected_tensors` so the two can never drift.
     """
     nfs = "model_config.n_filters_scale"
     enc = f"data_config.N, {nfs}"

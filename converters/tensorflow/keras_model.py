@@ -15,7 +15,7 @@ Three models, nested so one set of weights serves all of them:
 - :func:`build_diffraction_to_obj`: inputs ``input`` and ``input_positions`` ``[B, 1, 2, C]``,
   output ``trimmed_obj`` ``[B, N, N, 1]`` — the obj model followed by upstream's reassembly + trim in
   TF ops (per-sample path only, with upstream's batch-mean centring; see
-  :mod:`ptycho_bridge.reassembly` for what is deliberately not reproduced).
+  :mod:`ptycho_bridge.spec.reassembly` for what is deliberately not reproduced).
 
 :func:`run_core` always runs the core on canonical NCHW input, skipping any scaler: multiplying
 ``x_norm`` by ``exp(log_scale)`` only to divide it again would add rounding that is not in the

@@ -1,6 +1,6 @@
 """``ptycho-bridge parity``: one canonical input through every requested engine; compare; exit 0/1.
 
-The rule, the references and the report live in :mod:`ptycho_bridge.parity`; this module parses
+The rule, the references and the report live in :mod:`ptycho_bridge.ops.parity`; this module parses
 options, prints a rich table (or ``--json``, schema ``parity-report``) and sets the exit code:
 0 when every comparison passes, 1 when one fails, there was nothing to compare, or an engine named
 in ``--engines`` cannot run (not installed, or unable to build the network): that is an error, not a skip.

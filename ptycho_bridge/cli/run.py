@@ -2,7 +2,7 @@
 
 Input ``.npz``: ``amplitude`` (canonical ``x_norm`` float32 ``[B, C, N, N]``, optional
 ``positions``) or an upstream fixture ``golden.npz`` (converted with
-:func:`ptycho_bridge.conventions.golden_canonical_input`, see :func:`ptycho_bridge.parity.load_input`).
+:func:`ptycho_bridge.spec.conventions.golden_canonical_input`, see :func:`ptycho_bridge.ops.parity.load_input`).
 Output ``.npz``: ``object`` complex64 ``[B, Cout, N, N]`` and, when positions are given and the
 network is ``object_big`` with a known ``padded_size``, ``trimmed_object`` ``[B, N, N, 1]`` — TF's
 reassembly, each ``--batch-size`` chunk being one upstream call (batch-mean centring is per call).

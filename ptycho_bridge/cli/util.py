@@ -1,6 +1,6 @@
 """Shared CLI plumbing: one-line errors with exit code 1, JSON emission, the rich console.
 
-Why: every verb module (``ptycho_bridge/commands/*``) and ``cli`` use the same conventions; keeping
+Why: every verb module (``ptycho_bridge/cli/*``) and ``cli`` use the same conventions; keeping
 them here (not in ``cli``) lets a verb module be imported on its own without a circular import.
 """
 

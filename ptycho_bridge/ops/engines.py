@@ -3,7 +3,7 @@
 Why: ``run``, ``parity`` and the benchmarks must drive ONNX Runtime, PyTorch and Keras through
 *one* code path, so that a difference between engines is a difference between engines and never
 between three hand-written call sites. Every engine obeys the canonical convention
-(:mod:`ptycho_bridge.conventions`): input ``x_norm`` float32 ``[B, C, N, N]``, output the per-patch
+(:mod:`ptycho_bridge.spec.conventions`): input ``x_norm`` float32 ``[B, C, N, N]``, output the per-patch
 object complex64 ``[B, Cout, N, N]``.
 
 Frameworks are imported only inside :func:`load_engine`; :func:`availability` uses

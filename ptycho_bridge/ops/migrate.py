@@ -14,7 +14,7 @@ on their batch mean (per-patch output unchanged; a batch's reassembled output ma
 
 Everything is built and validated in memory first (:func:`plan_migration`); ``--dry-run`` prints
 that plan, a real run writes it atomically and then re-reads the output to prove it is equivalent
-to the source (:func:`ptycho_bridge.diff.diff_archives`) and valid (``validate``).
+to the source (:func:`ptycho_bridge.ops.diff.diff_archives`) and valid (``validate``).
 """
 
 from __future__ import annotations

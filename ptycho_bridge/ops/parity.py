@@ -19,7 +19,7 @@ Non-finite values in ``act`` fail.
 it; between engines the earlier engine of ``--engines`` is the reference; between two archives the
 first archive's output is. Torch goldens are per-patch ``[B, Cout, N, N]``; TF goldens are the
 reassembled ``trimmed_obj`` ``[B, N, N, 1]``, so engine outputs are first reassembled with
-:func:`ptycho_bridge.reassembly.reassemble` using the input's positions, the whole batch as one call.
+:func:`ptycho_bridge.spec.reassembly.reassemble` using the input's positions, the whole batch as one call.
 """
 
 from __future__ import annotations

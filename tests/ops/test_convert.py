@@ -1,4 +1,4 @@
-"""ptycho_bridge.convert and ``ptycho-bridge convert``: TF ↔ torch conversion or a precise refusal.
+"""ptycho_bridge.ops.convert and ``ptycho-bridge convert``: TF ↔ torch conversion or a precise refusal.
 
 Real data: the TF fixtures converted to torch must reproduce upstream TF's own goldens when run by
 the torch engine (plus the numpy TF reassembly); the upstream torch fixtures (CBAM on) must be

@@ -1,4 +1,4 @@
-"""Tests for ``ptycho-bridge diff`` (ptycho_bridge/diff.py, ptycho_bridge/commands/diff.py)."""
+"""Tests for ``ptycho-bridge diff`` (ptycho_bridge/ops/diff.py, ptycho_bridge/cli/diff.py)."""
 
 from __future__ import annotations
 

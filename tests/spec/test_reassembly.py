@@ -1,4 +1,4 @@
-"""numpy reassembly reference (ptycho_bridge.reassembly): properties that follow from upstream's rules.
+"""numpy reassembly reference (ptycho_bridge.spec.reassembly): properties that follow from upstream's rules.
 
 The expected values here are built independently (np.roll of padded canvases, closed forms), not
 from the function under test. Agreement with TF's own goldens is tested in
