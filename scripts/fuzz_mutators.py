@@ -71,7 +71,9 @@ def pickle_cost(rng: random.Random, seed: bytes) -> tuple[bytes, str]:
     return seed[:stop] + gadget + seed[stop:], "pickle-gadget"
 
 
-def _nested_gcol(size: int) -> bytes:
+def nested_gcol(size: int) -> bytes:
+    """GCOL collections nested in each other's objects, each tiling to the end of the image (the input that
+    made the old global-heap scan quadratic; also a named regression test in tests/test_hostile.py)."""
     k = max(1, size // 32)
     total = 16 + 32 * k
     out = bytearray(b"GCOL\x01\x00\x00\x00" + struct.pack("<Q", total))
@@ -86,7 +88,7 @@ def hdf5_metadata(rng: random.Random, seed: bytes) -> tuple[bytes, str]:
     data = bytearray(seed)
     if rng.random() < 0.1:
         pos = rng.randint(0, len(data))
-        data[pos:pos] = _nested_gcol(rng.choice((4_096, 65_536, 1 << 20)))
+        data[pos:pos] = nested_gcol(rng.choice((4_096, 65_536, 1 << 20)))
         return bytes(data), f"h5-nested-gcol@{pos}"
     hits: list[int] = []
     for sig in H5_SIGNATURES:

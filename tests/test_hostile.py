@@ -48,6 +48,7 @@ from ptycho_bridge.errors import (
     UnsupportedError,
 )
 from ptycho_bridge.ops.sample import write_sample
+from scripts.fuzz_mutators import nested_gcol
 from tests._support import FIXTURES_DIR, REPO  # noqa: E402
 
 FIX = FIXTURES_DIR
@@ -686,24 +687,13 @@ def test_issue12_pickle_hash_colliding_keys_refused(ctx: Ctx) -> None:
     assert outcome.startswith("ArchiveLimitError") and "share one hash value" in outcome, outcome
 
 
-def _nested_gcol(n: int) -> bytes:
-    """GCOL collections nested in each other's objects, each tiling to the end of the image."""
-    k = n // 32
-    size = 16 + 32 * k
-    out = bytearray(b"GCOL\x01\x00\x00\x00" + struct.pack("<Q", size))
-    for j in range(k):
-        p = 16 + 32 * j
-        out += struct.pack("<HHIQ", 1, 0, 0, 16) + b"GCOL\x01\x00\x00\x00" + struct.pack("<Q", size - (p + 16))
-    return bytes(out)
-
-
 def test_issue12_global_heap_scan_is_linear(ctx: Ctx) -> None:
     """1 MiB of nested GCOL candidates: > 60 s before (one walk restarted per signature)."""
     from ptycho_bridge.io.h5 import check_global_heaps
 
     with pytest.raises(CorruptArchiveError, match="collections overlap"):
-        check_global_heaps(_nested_gcol(4096), member="x")
-    path = ctx.keras_with("model.weights.h5", _nested_gcol(1 << 20))
+        check_global_heaps(nested_gcol(4096), member="x")
+    path = ctx.keras_with("model.weights.h5", nested_gcol(1 << 20))
     outcome = _read_in_child(path, timeout=20)
     assert outcome.startswith("CorruptArchiveError") and "model.weights.h5" in outcome, outcome
 
