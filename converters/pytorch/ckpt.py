@@ -48,7 +48,12 @@ from converters.pytorch.torchzip import torch_zip_bytes
 from ptycho_bridge.errors import SpecError
 from ptycho_bridge.spec.expressible import require
 from ptycho_bridge.spec.mapping import TORCH_AUX_PREFIX, canonical_to_torch
-from ptycho_bridge.spec.network import NetworkSpec, check_tensors, expected_tensors, torch_legacy_c_outer
+from ptycho_bridge.spec.network import (
+    NetworkSpec,
+    check_tensors,
+    expected_tensors,
+    torch_legacy_c_outer,
+)
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 

@@ -49,8 +49,8 @@ from ptycho_bridge.formats.base import (
     require_field,
     require_float,
     require_int,
-    require_str,
     require_model_names,
+    require_str,
     type_name,
 )
 from ptycho_bridge.formats.legacy import (

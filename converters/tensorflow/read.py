@@ -170,7 +170,8 @@ def read_keras_payload(zf: SafeZip, member: str, *, model_name: str, params: dic
     return ModelEntry(model_name, spec, LazyTensors(infos, load), infos, payload=payload, warnings=warnings)
 
 
-def _model_h5_scale(zf: SafeZip, member: str) -> float | None:
+def model_h5_scale(zf: SafeZip, member: str) -> float | None:
+    """``model.h5``'s one root attribute ``intensity_scale``, or None; libhdf5 runs in the isolated child."""
     label = zf.member_label(member)
     return run_isolated(_read_scale, zf.read(member, max_size=MAX_MODEL_H5), label, member=label)
 
@@ -249,7 +250,7 @@ class TfModelManagerReader(EraReader):
                 models[name].payload["custom_objects"] = check_custom_objects(
                     read_pickle(zf, objs_name), member=zf.member_label(objs_name))
             if model_member(name, MODEL_H5_MEMBER) in zf:
-                models[name].payload["model_h5_intensity_scale"] = _model_h5_scale(zf, model_member(name, MODEL_H5_MEMBER))
+                models[name].payload["model_h5_intensity_scale"] = model_h5_scale(zf, model_member(name, MODEL_H5_MEMBER))
         primary = primary_name(names)
         params = params_by_model[primary]
         primary_params = model_member(primary, PARAMS_MEMBER)

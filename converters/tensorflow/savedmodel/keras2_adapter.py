@@ -20,8 +20,8 @@ import re
 from typing import Any
 
 from converters.tensorflow.keras_graph import analyse_config
-from ptycho_bridge.errors import SpecError
 from converters.tensorflow.savedmodel.keras2_config import Keras2Model
+from ptycho_bridge.errors import SpecError
 
 CHANNEL_SLICES = {(-4, None), (None, -4)}
 

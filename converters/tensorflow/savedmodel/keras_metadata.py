@@ -13,8 +13,8 @@ import re
 from typing import Any
 
 from converters.tensorflow.savedmodel import protowire
-from ptycho_bridge.errors import ArchiveLimitError, FormatError, SpecError
 from converters.tensorflow.savedmodel.keras2_config import Keras2Model
+from ptycho_bridge.errors import ArchiveLimitError, FormatError, SpecError
 
 MAX_METADATA_PB = 64 * 1024 * 1024
 MAX_ROOT_JSON = 32 * 1024 * 1024

@@ -20,10 +20,9 @@ from __future__ import annotations
 import json
 import re
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from typing import TYPE_CHECKING
 
 from ptycho_bridge.errors import ArchiveLimitError, FormatError
 

@@ -22,11 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from converters.tensorflow.read import check_custom_objects
+from converters.tensorflow.read import check_custom_objects, model_h5_scale
 from converters.tensorflow.savedmodel import tensorbundle as tb
-from converters.tensorflow.savedmodel.keras2_adapter import analyse, checkpoint_keys, multiply_constants
+from converters.tensorflow.savedmodel.keras2_adapter import (
+    analyse,
+    checkpoint_keys,
+    multiply_constants,
+)
 from converters.tensorflow.savedmodel.keras2_config import check_allowlist, parse_model
-from converters.tensorflow.savedmodel.keras_metadata import cross_check_nodes, read_metadata
+from converters.tensorflow.savedmodel.keras_metadata import (
+    cross_check_nodes,
+    read_metadata,
+)
 from converters.tensorflow.spec import spec_from_tf
 from ptycho_bridge.errors import FormatError, SpecError
 from ptycho_bridge.formats.base import (
@@ -38,9 +45,14 @@ from ptycho_bridge.formats.base import (
     require_field,
     require_model_names,
 )
-from ptycho_bridge.io.h5 import get_attr, open_h5
 from ptycho_bridge.io.safezip import SafeZip
-from ptycho_bridge.model import BridgeArchive, LazyTensors, ModelEntry, TensorInfo, primary_name
+from ptycho_bridge.model import (
+    BridgeArchive,
+    LazyTensors,
+    ModelEntry,
+    TensorInfo,
+    primary_name,
+)
 from ptycho_bridge.spec.conventions import tf_scale_divisor
 from ptycho_bridge.spec.mapping import tf_to_canonical_array
 from ptycho_bridge.spec.network import check_tensors, tf_padded_size
@@ -53,7 +65,6 @@ AE_EXTRA_PREFIXES = ("optimizer/", "keras_api/metrics/")
 MANIFEST = "manifest.dill"
 MANIFEST_VERSION = "1.0"
 MAX_INDEX_BYTES = 64 * 1024 * 1024
-MAX_MODEL_H5_BYTES = 1024 * 1024
 # The reassembly semantics of this era: upstream's ReassemblePatchesLayer at 9c9bda1..67ea583 translated
 # each patch by its own offset, with no batch-mean centring (added later, with the .keras layout).
 CENTRES_OFFSETS = False
@@ -260,24 +271,3 @@ def _side_members(zf: Any, name: str, params: dict[str, Any], index: Any, shards
         out["probe_matches_params"] = bool(isinstance(ref, np.ndarray) and probe.size == ref.size
                                            and np.array_equal(probe.reshape(ref.shape), ref))
     return out
-
-
-def model_h5_scale(zf: SafeZip, member: str) -> float | None:
-    """``model.h5``'s one root attribute ``intensity_scale`` (HDF5, no datasets), or None when absent.
-
-    (The same few lines as the ``.keras`` era reader's private helper, kept here so the two eras'
-    readers do not import each other's internals.)
-    """
-    label = zf.member_label(member)
-    f = open_h5(zf.read(member, max_size=MAX_MODEL_H5_BYTES), member=label)
-    try:
-        value = get_attr(f, "intensity_scale", member=label)
-        if value is None:
-            return None
-        arr = np.asarray(value)
-        if arr.size != 1 or arr.dtype.kind not in "iuf":
-            raise FormatError(f"intensity_scale attribute is {arr.dtype}{list(arr.shape)}, expected a number",
-                              member=label, field="intensity_scale")
-        return float(arr.reshape(()))
-    finally:
-        f.close()

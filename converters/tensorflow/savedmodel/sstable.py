@@ -23,7 +23,12 @@ import struct
 from dataclasses import dataclass
 
 from converters.tensorflow.savedmodel.crc import masked_crc32c
-from ptycho_bridge.errors import ArchiveLimitError, ChecksumError, FormatError, UnsupportedError
+from ptycho_bridge.errors import (
+    ArchiveLimitError,
+    ChecksumError,
+    FormatError,
+    UnsupportedError,
+)
 
 MAGIC = 0xDB4775248B80FB57
 FOOTER = 48

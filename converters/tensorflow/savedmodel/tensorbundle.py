@@ -21,8 +21,17 @@ import numpy as np
 
 from converters.tensorflow.savedmodel import protowire
 from converters.tensorflow.savedmodel.crc import crc32c, mask, masked_crc32c
-from ptycho_bridge.errors import ArchiveLimitError, ChecksumError, FormatError, UnsupportedError
-from converters.tensorflow.savedmodel.sstable import TableLimits, read_table, read_varint
+from converters.tensorflow.savedmodel.sstable import (
+    TableLimits,
+    read_table,
+    read_varint,
+)
+from ptycho_bridge.errors import (
+    ArchiveLimitError,
+    ChecksumError,
+    FormatError,
+    UnsupportedError,
+)
 
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 DT_STRING = 7
