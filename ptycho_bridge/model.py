@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
+from ptycho_bridge.io.deferred import DeferredArray, itemsize
+from ptycho_bridge.lazy import is_loaded
 from ptycho_bridge.spec.network import NetworkSpec
 
 
@@ -36,10 +38,10 @@ class TensorInfo:
         count = 1
         for d in self.shape:
             count *= int(d)
-        return count * np.dtype(self.dtype).itemsize
+        return count * itemsize(self.dtype)
 
 
-class LazyTensors(Mapping[str, np.ndarray]):
+class LazyTensors(Mapping[str, "np.ndarray"]):
     """A mapping of canonical tensors whose data is read on first access (then cached)."""
 
     def __init__(self, infos: Mapping[str, TensorInfo], loader: Callable[[], dict[str, np.ndarray]]) -> None:
@@ -145,6 +147,10 @@ class BridgeArchive:
         return self.manifest.get("source_era") if self.era == "bridge-2" else None
 
     @property
-    def probe(self) -> np.ndarray | None:
+    def probe(self) -> np.ndarray | DeferredArray | None:
+        """The probe array from ``params``; a :class:`DeferredArray` only when the archive was read
+        with ``lazy_arrays`` (``inspect``), which never builds it."""
         probe = self.params.get("probe")
-        return probe if isinstance(probe, np.ndarray) else None
+        if isinstance(probe, DeferredArray):
+            return probe
+        return probe if is_loaded("numpy") and isinstance(probe, np.ndarray) else None

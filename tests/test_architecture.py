@@ -5,6 +5,8 @@
 - no private name (leading underscore) is imported from another module;
 - project modules are imported at module top; the only function-local ones are the engines' lazy
   imports of their framework-bound module (listed below, each with its reason);
+- numpy is bound through ``ptycho_bridge.lazy`` (imported on first use), never by a module-level
+  ``import numpy``, so that reading an archive's metadata imports no numpy (issue 16);
 - no module exceeds 500 lines.
 """
 
@@ -19,7 +21,7 @@ from tests._support import REPO
 
 PACKAGES = ("ptycho_bridge", "converters")
 CORE = ("ptycho_bridge.io", "ptycho_bridge.spec", "ptycho_bridge.formats", "ptycho_bridge.model",
-        "ptycho_bridge.errors", "ptycho_bridge.schema")
+        "ptycho_bridge.errors", "ptycho_bridge.schema", "ptycho_bridge.lazy")
 UPPER = ("ptycho_bridge.ops", "ptycho_bridge.cli")
 # function-local project imports that keep a framework lazy: module -> imported modules allowed
 LAZY_ALLOWED = {
@@ -87,3 +89,15 @@ def test_layering_private_names_and_top_level_imports(module: str, path: Path) -
 def test_module_size(module: str, path: Path) -> None:
     lines = path.read_text(encoding="utf-8").count("\n")
     assert lines <= MAX_LINES, f"{module} has {lines} lines (limit {MAX_LINES}): split it by job"
+
+
+@pytest.mark.parametrize("module,path", MODULES, ids=[m for m, _ in MODULES])
+def test_numpy_is_bound_lazily(module: str, path: Path) -> None:
+    """A module-level ``import numpy`` (outside ``if TYPE_CHECKING:``) would put numpy back on every
+    path that imports the module; ``from ptycho_bridge.lazy import numpy as np`` binds the same name."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in tree.body:
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+            [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+        eager = [n for n in names if n == "numpy" or n.startswith("numpy.")]
+        assert not eager, f"{path.relative_to(REPO)}:{node.lineno} imports numpy at module level; use ptycho_bridge.lazy"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Mapping
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from converters.onnx.export import build_onnx, model_bytes
 from converters.onnx.layout import INPUT_NAME, OUTPUT_NAME, POSITIONS_NAME, TRIMMED_NAME

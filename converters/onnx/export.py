@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from converters.onnx.graph import GraphBuilder, OnnxExportError
 from converters.onnx.layout import (

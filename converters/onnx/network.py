@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from converters.onnx.graph import GraphBuilder, OnnxExportError
 from converters.onnx.layout import OUTPUT_NAME

@@ -9,7 +9,7 @@ the network's ``object`` output and the ``positions`` input and emits ``trimmed_
 
 from __future__ import annotations
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from converters.onnx.graph import GraphBuilder
 from converters.onnx.layout import TRIMMED_NAME

@@ -30,7 +30,7 @@ import copy
 import re
 from typing import Any, Mapping
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from converters.pytorch.layout import (
     CKPT_TOP_LEVEL_ORDER,

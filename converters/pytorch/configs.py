@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from converters.pytorch.layout import TORCH_CONFIG_KEYS, TORCH_VERSION
 from ptycho_bridge.errors import ConversionRefused

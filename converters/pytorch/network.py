@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from converters.pytorch import (
     torchzip,  # the module, not its names: see LightningCheckpointReader
@@ -59,27 +59,30 @@ from ptycho_bridge.formats.legacy import (
     legacy_manifest_warnings,
     read_legacy_manifest,
 )
+from ptycho_bridge.io.deferred import DeferredArray, materialise_tree
 from ptycho_bridge.io.safezip import SafeZip
-from ptycho_bridge.model import BridgeArchive, ModelEntry, TensorInfo, primary_name
+from ptycho_bridge.lazy import is_loaded
+from ptycho_bridge.model import BridgeArchive, LazyTensors, ModelEntry, TensorInfo, primary_name
 from ptycho_bridge.spec.mapping import torch_to_canonical
 
 
-def canonical_state_dict(state: Any, *, member: str) -> tuple[dict[str, np.ndarray], dict[str, TensorInfo]]:
-    """state_dict → canonical tensors + infos; every value must be a decoded array."""
+def canonical_state_dict(state: Any, *, member: str) -> tuple[LazyTensors, dict[str, TensorInfo]]:
+    """state_dict → canonical tensors + infos; every value must be a decoded array (an ndarray, or a
+    :class:`DeferredArray` from a deferred decode: then the tensors are built when first used)."""
     state = require_dict(state, member=member, what="state_dict")
-    tensors: dict[str, np.ndarray] = {}
+    values: dict[str, Any] = {}
     infos: dict[str, TensorInfo] = {}
     for key, value in state.items():
         if not isinstance(key, str):
             raise FormatError(f"state_dict key {key!r} is not a string", member=member)
-        if not isinstance(value, np.ndarray):
+        if not (isinstance(value, DeferredArray) or (is_loaded("numpy") and isinstance(value, np.ndarray))):
             raise FormatError(f"state_dict entry {key!r} is not a tensor ({type_name(value)})", member=member, field=key)
         name = torch_to_canonical(key)
-        if name in tensors:
+        if name in values:
             raise FormatError(f"state_dict keys map twice onto canonical tensor {name!r}", member=member, field=key)
-        tensors[name] = value
+        values[name] = value
         infos[name] = TensorInfo(name, tuple(int(d) for d in value.shape), str(value.dtype), source_name=key)
-    return tensors, infos
+    return LazyTensors(infos, lambda: {name: materialise_tree(v) for name, v in values.items()}), infos
 
 
 def torch_model_entry(
@@ -226,7 +229,7 @@ def _read_torch_models(
                     member=zf.member_label(weights),
                 )
             raise FormatError(f"model {name!r} has no model.pth", member=zf.member_label(weights))
-        state = read_torch(zf, weights)
+        state = read_torch(zf, weights, defer_arrays=True)  # tensors built when first used
         models[name] = torch_model_entry(
             name, state, member=zf.member_label(weights), N=N, gridsize=g, params=params, model_config=model_config
         )
@@ -311,7 +314,12 @@ class LightningCheckpointReader(EraReader):
         return torchzip.is_torch_zip(zf)
 
     def read(self, zf: SafeZip, path: str, hints: dict[str, Any] | None = None) -> BridgeArchive:
-        data = require_dict(torchzip.load_torch_zip(zf, member_label=zf.label), member=zf.label, what="checkpoint")
+        data = require_dict(torchzip.load_torch_zip(zf, member_label=zf.label, defer_arrays=True), member=zf.label,
+                            what="checkpoint")
+        # tensors stay deferred: the state_dict's are built when first used (canonical_state_dict), the
+        # optimizer's never (only counted); the configs are plain data
+        if "hyper_parameters" in data:
+            data["hyper_parameters"] = materialise_tree(data["hyper_parameters"])
         if "state_dict" not in data or "hyper_parameters" not in data:
             raise FormatError("torch file is not a Lightning checkpoint (needs state_dict and hyper_parameters)", member=zf.label)
         hp = require_dict(data["hyper_parameters"], member=zf.label, what="hyper_parameters")
@@ -363,7 +371,7 @@ def _read_torchapi_checkpoint(zf: SafeZip, path: str, data: dict[str, Any], hp: 
     label = zf.label
     spec, warnings = spec_from_hyper_parameters(hp, member=f"{label} [hyper_parameters]")
     tensors, infos = canonical_state_dict(data["state_dict"], member=f"{label} [state_dict]")
-    check_checkpoint_tensors(spec, hp, tensors, member=f"{label} [state_dict]")
+    check_checkpoint_tensors(spec, hp, infos, member=f"{label} [state_dict]")
     optimizer_states = data.get("optimizer_states")
     entry = ModelEntry("diffraction_to_obj", spec, tensors, infos, payload={
         "kind": "torch-state-dict", "member": label, "variant": VARIANT_TORCHAPI,

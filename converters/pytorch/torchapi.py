@@ -51,7 +51,7 @@ import math
 import re
 from typing import Any, Mapping
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from converters.pytorch.layout import (
     MAIN_MARKER_FIELD,
@@ -327,6 +327,7 @@ def expected_with_sources(spec: NetworkSpec, hp: Mapping[str, Any]) -> dict[str,
 def check_checkpoint_tensors(
     spec: NetworkSpec, hp: Mapping[str, Any], tensors: Mapping[str, Any], *, member: str = "state_dict"
 ) -> list[tuple[str, tuple[int, ...], tuple[str, ...]]]:
+    # ``tensors``: anything with ``.shape`` and ``.dtype`` per name (arrays, or the reader's TensorInfo)
     """Every expected tensor present, float32, with the derived shape; nothing else (strict like
     Lightning's ``load_state_dict(strict=True)``). Returns the checked rows (name, shape, sources)."""
     expected = expected_with_sources(spec, hp)
@@ -335,7 +336,7 @@ def check_checkpoint_tensors(
         if name not in tensors:
             raise SpecError(f"missing tensor {name!r} (expected shape {list(shape)}, decided by {', '.join(sources)})",
                             member=member)
-        got = tuple(int(d) for d in np.shape(tensors[name]))
+        got = tuple(int(d) for d in tensors[name].shape)
         if len(got) != len(shape):
             raise SpecError(f"tensor {name!r} has {len(got)} axes {list(got)}, expected {list(shape)}", member=member)
         for axis, (a, b, src) in enumerate(zip(got, shape, sources)):
@@ -343,8 +344,8 @@ def check_checkpoint_tensors(
                 raise SpecError(
                     f"tensor {name!r} axis {axis} is {a} but the configs give {b} (decided by {src}); "
                     f"shape {list(got)} vs {list(shape)}", member=member)
-        dt = np.asarray(tensors[name]).dtype
-        if dt != np.float32:
+        dt = str(tensors[name].dtype)
+        if dt != "float32":
             raise SpecError(f"tensor {name!r} has dtype {dt}, expected float32", member=member)
         rows.append((name, shape, sources))
     extra = sorted(set(tensors) - set(expected))

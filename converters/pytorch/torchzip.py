@@ -23,7 +23,7 @@ import struct
 import zipfile
 from typing import Any
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from converters.pytorch.layout import STORAGE_ALIGNMENT, STORAGE_CLASSES, STORAGE_DTYPES
 from ptycho_bridge.errors import FormatError, PickleDecodeError, UnsupportedError
@@ -62,8 +62,12 @@ def load_torch_zip(
     *,
     member_label: str | None = None,
     pickle_limits: PickleLimits = DEFAULT_PICKLE_LIMITS,
+    defer_arrays: bool = False,
 ) -> Any:
     """Decode a ``torch.save`` zip into plain data (tensors → numpy arrays), importing no framework.
+
+    ``defer_arrays``: tensors come out as :class:`~ptycho_bridge.io.deferred.DeferredArray` (checked,
+    copied when used), so a caller that needs only shapes never imports numpy.
 
     ``member_label`` names the zip in messages (default: the zip's own label). Storages are read once
     each, sized-checked against ``numel`` before use, and never shared with the returned arrays.
@@ -120,14 +124,14 @@ def load_torch_zip(
 
     data = zf.read(pickle_name)
     inert = load_inert(data, member=pickle_label, persistent_load=persistent_load, limits=pickle_limits)
-    return decode(inert, member=pickle_label, limits=pickle_limits)
+    return decode(inert, member=pickle_label, limits=pickle_limits, defer_arrays=defer_arrays)
 
 
-def read_torch(zf: SafeZip, name: str) -> Any:
-    """A ``torch.save`` zip member decoded without torch."""
+def read_torch(zf: SafeZip, name: str, *, defer_arrays: bool = False) -> Any:
+    """A ``torch.save`` zip member decoded without torch (``defer_arrays``: see :func:`load_torch_zip`)."""
     nested = zf.open_nested(name)
     try:
-        return load_torch_zip(nested, member_label=nested.label)
+        return load_torch_zip(nested, member_label=nested.label, defer_arrays=defer_arrays)
     finally:
         nested.close()
 

@@ -19,7 +19,7 @@ import collections
 import math
 from typing import Any, Mapping, Sequence
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from converters.pytorch.configs import torch_config_for, torch_params_dill
 from converters.pytorch.layout import (

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from converters.tensorflow.keras_model import build_keras_model, run_core, set_threads
 from ptycho_bridge.spec import expressible

@@ -38,7 +38,7 @@ from functools import lru_cache
 from types import SimpleNamespace
 from typing import Any, Mapping
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import SpecError
 from ptycho_bridge.spec.expressible import require

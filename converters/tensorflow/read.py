@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from converters.tensorflow.keras_graph import analyse_config
 from converters.tensorflow.layout import (
@@ -63,6 +63,7 @@ from ptycho_bridge.io.h5 import (
     read_array,
     walk_datasets,
 )
+from ptycho_bridge.io.deferred import DeferredArray, is_array, materialise_tree
 from ptycho_bridge.io.h5_isolated import run_isolated
 from ptycho_bridge.io.safepickle import Opaque, Record
 from ptycho_bridge.io.safezip import SafeZip
@@ -237,7 +238,8 @@ class TfModelManagerReader(EraReader):
                     raise FormatError(f"model {name!r} listed in {MANIFEST_MEMBER} has no {part}",
                                       member=zf.member_label(model_member(name, part)))
             pname = model_member(name, PARAMS_MEMBER)
-            params = require_dict(read_pickle(zf, pname), member=zf.member_label(pname), what=PARAMS_MEMBER)
+            params = require_dict(read_pickle(zf, pname, defer_arrays=self.lazy_arrays), member=zf.member_label(pname),
+                                  what=PARAMS_MEMBER)
             if "_version" in params:
                 require_str(params["_version"], member=zf.member_label(pname), field="_version")
             opaque = opaque_names(params)
@@ -263,10 +265,10 @@ class TfModelManagerReader(EraReader):
             field="intensity_scale",
         )
         h5_scale = models[primary].payload.get("model_h5_intensity_scale")
-        if h5_scale is not None and not np.isclose(h5_scale, scale, rtol=1e-6):
+        if h5_scale is not None and not abs(h5_scale - scale) <= 1e-8 + 1e-6 * abs(scale):  # np.isclose(rtol=1e-6)
             warnings.append(f"model.h5 intensity_scale {h5_scale} differs from params.dill {scale} (upstream reads params.dill)")
         probe = params.get("probe")
-        if probe is not None and not isinstance(probe, np.ndarray):
+        if probe is not None and not is_array(probe):
             warnings.append("params.dill 'probe' is not an array the safe reader understands")
         return BridgeArchive(
             path=path,
@@ -321,8 +323,12 @@ def _values_differ(a: Any, b: Any) -> bool:
         return a.keys() != b.keys() or any(_values_differ(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and type(a) is type(b) and len(a) == len(b):
         return any(_values_differ(x, y) for x, y in zip(a, b))
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)) or _arrays_differ(a, b)
+    if is_array(a) or is_array(b):
+        if not (is_array(a) and is_array(b)):
+            return True
+        if isinstance(a, DeferredArray) and isinstance(b, DeferredArray) and a.key is not None and a.key == b.key:
+            return False  # built from the same bytes, shape, dtype and order: equal without building them
+        return _arrays_differ(materialise_tree(a), materialise_tree(b))
     if type(a) is not type(b):
         return True
     if isinstance(a, float):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import zipfile
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from converters.tensorflow.layout import KERAS_WEIGHTS, OPTIMIZER_GROUP
 from ptycho_bridge.errors import FormatError

@@ -33,7 +33,7 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any, Mapping
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from converters.tensorflow.keras_config import (
     DEFAULT_SHARED_OBJECT_ID,

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ConversionRefused
 from ptycho_bridge.formats.detect import read_archive

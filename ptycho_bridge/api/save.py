@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from converters.pytorch.spec import spec_from_torch
 from converters.tensorflow.keras_model import spec_and_tensors

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -74,6 +72,10 @@ def imap(fn: Callable[[T], R], items: list[T], jobs: int) -> Iterator[R]:
     if jobs <= 1 or len(items) <= 1:
         yield from map(fn, items)
         return
+    # imported here: a one-archive command never starts a pool and need not pay ~10 ms for these
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork") if "fork" in methods else None
     workers = min(jobs, len(items))
@@ -91,7 +93,7 @@ def _failure(exc: BaseException) -> str:
 def inspect_one(path: Path, tensors: bool = False) -> tuple[dict[str, Any] | None, str | None]:
     """(report, None) or (None, the error line's message) — never raises for a bad archive."""
     try:
-        return inspect_report(read_archive(path, verify=False), tensors=tensors), None
+        return inspect_report(read_archive(path, verify=False, lazy_arrays=True), tensors=tensors), None
     except (BridgeError, MemoryError, RecursionError) as exc:
         return None, _failure(exc)
 

@@ -38,7 +38,8 @@ def command(archives: tuple[Path, ...], as_json: bool, as_jsonl: bool, tensors: 
     paths = batch.expand(archives, recursive)
     single = batch.resolve_single(archives, paths)
     if single is not None and not as_jsonl:
-        report = inspect_report(read_archive(single, verify=False), tensors=tensors)  # reads no tensor bytes
+        # reads no tensor bytes and builds no array: inspect imports no numpy for most archives
+        report = inspect_report(read_archive(single, verify=False, lazy_arrays=True), tensors=tensors)
         if as_json:
             emit_json(report)
             return

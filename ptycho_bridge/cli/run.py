@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.cli.progress import NO_PROGRESS_ENV, show_progress, track
 from ptycho_bridge.cli.util import guarded, no_verify_option

@@ -13,11 +13,12 @@ import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import FormatError, PickleDecodeError, SpecError
 from ptycho_bridge.io.safepickle import decode, find_opaque, load_inert
 from ptycho_bridge.io.safezip import SafeZip
+from ptycho_bridge.lazy import is_loaded
 from ptycho_bridge.model import BridgeArchive
 
 MAX_JSON_BYTES = 32 * 1024 * 1024
@@ -38,9 +39,12 @@ class EraReader(ABC):
     # the root manifest.dill "version" this era writes (legacy pickled eras only)
     legacy_manifest_version: ClassVar[str | None] = None
 
-    def __init__(self, *, verify: bool = True) -> None:
+    def __init__(self, *, verify: bool = True, lazy_arrays: bool = False) -> None:
         # eras with checksums verify the bytes they hand out (docs/security.md); the rest ignore it
         self.verify = verify
+        # arrays in params (the probe) as DeferredArray, built only if used: ``inspect`` reports their
+        # shape and dtype and never their values, so it reads an archive without numpy (issue 16)
+        self.lazy_arrays = lazy_arrays
 
     @classmethod
     @abstractmethod
@@ -107,12 +111,13 @@ def require_model_names(models: list[Any], *, member: str) -> list[str]:
     return list(models)
 
 
-def read_pickle(zf: SafeZip, name: str) -> Any:
-    """A pickle/dill member decoded to plain data by the safe reader (nothing imported or called)."""
+def read_pickle(zf: SafeZip, name: str, *, defer_arrays: bool = False) -> Any:
+    """A pickle/dill member decoded to plain data by the safe reader (nothing imported or called);
+    ``defer_arrays``: arrays as :class:`~ptycho_bridge.io.deferred.DeferredArray` (``EraReader.lazy_arrays``)."""
 
     where = zf.member_label(name)
     data = zf.read(name, max_size=MAX_PICKLE_BYTES)
-    return decode(load_inert(data, member=where), member=where)
+    return decode(load_inert(data, member=where), member=where, defer_arrays=defer_arrays)
 
 
 def opaque_names(value: Any) -> list[str]:
@@ -143,7 +148,7 @@ def require_field(mapping: dict[str, Any], key: str, kind: type | tuple[type, ..
         raise FormatError(f"required field {key!r} is missing", member=member, field=key)
     value = mapping[key]
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    if float in kinds and isinstance(value, np.floating):
+    if float in kinds and is_loaded("numpy") and isinstance(value, np.floating):
         return float(value)
     if isinstance(value, bool) and bool not in kinds:
         ok = False
@@ -169,7 +174,7 @@ def shown(value: Any, limit: int = 80) -> str:
     """
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
         return f"an integer of {value.bit_length()} bits"
-    if isinstance(value, np.ndarray):
+    if is_loaded("numpy") and isinstance(value, np.ndarray):
         return f"an array {value.dtype}{list(value.shape)}"
     try:
         text = repr(value)
@@ -193,7 +198,7 @@ def require_int(value: Any, *, member: str, field: str, min: int | None = None, 
     ValueError/TypeError/OverflowError deep inside a reader; here it is a :class:`FormatError`
     naming the member and field.
     """
-    if isinstance(value, np.integer) and not isinstance(value, np.bool_):
+    if is_loaded("numpy") and isinstance(value, np.integer) and not isinstance(value, np.bool_):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise _wrong(value, "an integer", member=member, field=field)
@@ -205,7 +210,7 @@ def require_int(value: Any, *, member: str, field: str, min: int | None = None, 
 def require_float(value: Any, *, member: str, field: str, finite: bool = True, positive: bool = False,
                   min: float | None = None, max: float | None = None) -> float:
     """A decoded real number (int or float, never a bool, string or array) as a float, finite unless told."""
-    if isinstance(value, (np.integer, np.floating)) and not isinstance(value, np.bool_):
+    if is_loaded("numpy") and isinstance(value, (np.integer, np.floating)) and not isinstance(value, np.bool_):
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _wrong(value, "a number", member=member, field=field)
@@ -224,7 +229,7 @@ def require_float(value: Any, *, member: str, field: str, finite: bool = True, p
 
 def require_bool(value: Any, *, member: str, field: str) -> bool:
     """A decoded flag: ``True``/``False`` (or a numpy bool), never 0/1, a string or an array."""
-    if isinstance(value, np.bool_):
+    if is_loaded("numpy") and isinstance(value, np.bool_):
         value = bool(value)
     if not isinstance(value, bool):
         raise _wrong(value, "true/false", member=member, field=field)

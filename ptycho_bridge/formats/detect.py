@@ -13,7 +13,7 @@ from typing import Any
 from ptycho_bridge.errors import CorruptArchiveError, FormatError, UnsupportedError
 from ptycho_bridge.formats.base import EraReader, type_name
 from ptycho_bridge.formats.bridge2.verify import verify_checksums
-from ptycho_bridge.formats.eras import reader_classes
+from ptycho_bridge.formats.eras import candidate_readers, reader_classes
 from ptycho_bridge.formats.legacy import LEGACY_MANIFEST
 from ptycho_bridge.io.safezip import DEFAULT_LIMITS, Limits, SafeZip
 from ptycho_bridge.model import BridgeArchive
@@ -23,7 +23,7 @@ def detect_reader(zf: SafeZip) -> tuple[type[EraReader], dict[str, Any]]:
     """The reader class for an open container and the manifests detection decoded (pass them to
     ``read``), or :class:`UnsupportedError` saying what was seen."""
     hints: dict[str, Any] = {}
-    for reader in reader_classes():
+    for reader in candidate_readers(zf):
         if reader.detect(zf, hints):
             return reader, hints
     names = zf.names()
@@ -56,7 +56,7 @@ def open_container(path: str | os.PathLike[str], limits: Limits = DEFAULT_LIMITS
 
 
 def read_archive(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS, verify: bool = True,
-                 full_check: bool = False) -> BridgeArchive:
+                 full_check: bool = False, lazy_arrays: bool = False) -> BridgeArchive:
     """Read any supported archive (a ``wts.h5.zip``, its folder, or a Lightning ``.ckpt``).
 
     ``verify`` (the default; archives with checksums, i.e. bridge-2): every byte handed out is checked
@@ -65,11 +65,13 @@ def read_archive(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMIT
     :class:`ChecksumError`. ``verify=False`` trusts the content (``inspect``, ``--no-verify``).
     ``full_check=True`` additionally runs :func:`verify_checksums` before returning (what ``validate``
     does: every member, every tensor, every ``offset`` against the HDF5 metadata).
+    ``lazy_arrays=True`` (``inspect``): arrays in ``params`` (the probe) are
+    :class:`~ptycho_bridge.io.deferred.DeferredArray`, known by shape and dtype, never built unless used.
     """
     zf = open_container(path, limits)
     try:
         reader, hints = detect_reader(zf)
-        arch = reader(verify=verify).read(zf, str(path), hints)
+        arch = reader(verify=verify, lazy_arrays=lazy_arrays).read(zf, str(path), hints)
         if full_check and reader.has_checksums:
             verify_checksums(zf, arch.manifest)
         return arch

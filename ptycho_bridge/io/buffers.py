@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import zlib
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ArchiveLimitError, CorruptArchiveError
 from ptycho_bridge.io.h5 import check_dataset, read_array

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 from typing import Iterator
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ArchiveLimitError, CorruptArchiveError, FormatError, UnsafeArchiveError
 

@@ -28,7 +28,7 @@ import time
 import warnings
 from typing import Any, Callable
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge import errors
 from ptycho_bridge.errors import ArchiveError, CorruptArchiveError

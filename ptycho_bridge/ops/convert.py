@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from converters.pytorch.configs import c_outer_override, torch_config_for
 from converters.pytorch.layout import FORWARD_MODEL_AUX

@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.model import BridgeArchive, ModelEntry
 

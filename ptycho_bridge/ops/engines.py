@@ -21,7 +21,7 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Protocol
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import BridgeError, ConversionRefused
 from ptycho_bridge.ops.extras import missing_packages, pip_hint

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from converters.pytorch.ckpt import checkpoint_object, encode_checkpoint, torchapi_spec
 from converters.pytorch.layout import TORCHAPI_CONFIG_KEYS, VARIANT_TORCHAPI

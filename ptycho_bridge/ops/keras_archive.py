@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from converters.tensorflow.layout import KERAS_MEMBER, SUPPORTED_MODELS, default_padded_size, model_member
 from converters.tensorflow.read import TfModelManagerReader

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ConversionRefused, FormatError, SpecError
 from ptycho_bridge.formats.detect import read_archive

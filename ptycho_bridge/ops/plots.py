@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.io.atomic import atomic_write
 from ptycho_bridge.ops.extras import require

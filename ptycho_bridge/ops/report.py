@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ArchiveError, ChecksumError, SchemaError, SpecError
 from ptycho_bridge.formats.bridge2.verify import verify_checksums

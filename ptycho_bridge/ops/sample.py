@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.formats.bridge2.write import ModelToWrite, write_archive
 from ptycho_bridge.io.atomic import atomic_write

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from converters.pytorch.configs import torch_config_for, torch_params_dill
 from converters.pytorch.layout import FORWARD_MODEL_AUX, TORCH_CONFIG_KEYS, TORCH_MODELS

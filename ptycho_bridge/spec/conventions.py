@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Mapping
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 
 def tf_log_scale(intensity_scale: float) -> np.float32:

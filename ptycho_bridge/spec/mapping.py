@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 # canonical template → torch state_dict template (below the autoencoder prefix)
 TORCH_NAME_TABLE: tuple[tuple[str, str], ...] = (

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import SpecError
 from ptycho_bridge.spec.network import check_padded_size

@@ -22,7 +22,7 @@ import re
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ArchiveLimitError, FormatError
 

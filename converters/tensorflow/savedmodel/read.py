@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from converters.tensorflow.read import check_custom_objects, model_h5_scale
 from converters.tensorflow.savedmodel import tensorbundle as tb

@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from converters.tensorflow.savedmodel import protowire
 from converters.tensorflow.savedmodel.crc import crc32c, mask, masked_crc32c

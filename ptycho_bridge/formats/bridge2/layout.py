@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import UnsupportedError
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import FormatError
 
@@ -48,7 +48,7 @@ def encode_value(value: Any, *, key: str, store_array: Callable[[str, np.ndarray
     raise FormatError(f"parameter {key!r} has a value of type {type(value).__name__} that cannot be stored", field=key)
 
 
-def decode_value(value: Any, *, load_array: Callable[[dict[str, Any]], np.ndarray]) -> Any:
+def decode_value(value: Any, *, load_array: Callable[[dict[str, Any]], Any]) -> Any:
     """Typed JSON → Python value; ``load_array(ref)`` reads a referenced array."""
     if isinstance(value, list):
         return [decode_value(v, load_array=load_array) for v in value]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge import schema
 from ptycho_bridge.errors import (
@@ -57,6 +57,7 @@ from ptycho_bridge.io.h5 import (
     get_dataset,
     open_h5,
 )
+from ptycho_bridge.io.deferred import DeferredArray
 from ptycho_bridge.io.h5_isolated import run_isolated
 from ptycho_bridge.io.safezip import SafeZip
 from ptycho_bridge.model import BridgeArchive, LazyTensors, ModelEntry, TensorInfo
@@ -176,8 +177,14 @@ class BridgeReader(EraReader):
                     )
                 return arr
 
-            params = decode_value(doc["params"], load_array=load_array)
-            torch_config = decode_value(doc.get("torch_config"), load_array=load_array)
+            def array_ref(ref: dict[str, Any]) -> Any:
+                # lazy_arrays (inspect): the schema-checked shape and dtype now, the HDF5 read if ever used
+                if self.lazy_arrays:
+                    return DeferredArray(tuple(ref["shape"]), ref["dtype"], lambda: load_array(ref))
+                return load_array(ref)
+
+            params = decode_value(doc["params"], load_array=array_ref)
+            torch_config = decode_value(doc.get("torch_config"), load_array=array_ref)
             if "intensity_scale" in params:
                 require_float(params["intensity_scale"], member=pwhere, field="intensity_scale", positive=True)
         if manifest["intensity_scale"] is not None:

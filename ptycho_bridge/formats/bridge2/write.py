@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge import __version__, schema
 from ptycho_bridge.formats.bridge2.layout import (

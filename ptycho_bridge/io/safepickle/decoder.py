@@ -1,5 +1,8 @@
 """The decoder: an inert tree (:mod:`.nodes`) -> plain data, with numpy alone and nothing called.
 
+With ``defer`` (``inspect``), arrays come out as :class:`~ptycho_bridge.io.deferred.DeferredArray`:
+checked in full, copied into an ndarray only when used, so reading an archive's metadata imports no numpy.
+
 Why: this is the walk every decoded value goes through: containers and scalars as themselves,
 dataclass-like objects as :class:`Record`, known globals through the table of :mod:`.handlers`,
 everything else as :class:`Opaque` so that reports can name it. The array builders here are where the
@@ -9,13 +12,13 @@ array-bytes budget and the dtype allow-list are enforced, whichever handler asks
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-import numpy as np
-
 from ptycho_bridge.errors import ArchiveLimitError, PickleDecodeError
-from ptycho_bridge.io.safepickle.layout import NUMPY_DTYPE_KINDS, NUMPY_DTYPE_STR
+from ptycho_bridge.io.deferred import DeferredArray, itemsize
+from ptycho_bridge.io.safepickle.layout import NUMPY_DTYPE_KINDS, NUMPY_DTYPE_STR, NUMPY_PLAIN_CODES, TORCH_DTYPES
 from ptycho_bridge.io.safepickle.limits import HashGuard, PickleLimits
 from ptycho_bridge.io.safepickle.nodes import (
     Build,
@@ -29,6 +32,8 @@ from ptycho_bridge.io.safepickle.nodes import (
 )
 from ptycho_bridge.io.safepickle.reprs import short_repr
 from ptycho_bridge.io.safepickle.storage import TensorStorage
+from ptycho_bridge.lazy import is_loaded
+from ptycho_bridge.lazy import numpy as np
 
 
 @dataclass(eq=False)
@@ -62,8 +67,11 @@ class Decoder:
     :attr:`PickleLimits.max_array_bytes`.
     """
 
-    def __init__(self, member: str, limits: PickleLimits, handlers: Mapping[str, DecodeHandler]) -> None:
+    def __init__(self, member: str, limits: PickleLimits, handlers: Mapping[str, DecodeHandler], *,
+                 defer: bool = False) -> None:
         self.member = member
+        # hand out torch tensors and plain numpy arrays as DeferredArray (checked now, built on use)
+        self.defer = defer
         self.limits = limits
         self.handlers = handlers
         self.done: dict[int, Any] = {}
@@ -83,7 +91,9 @@ class Decoder:
 
     # -- generic walk ------------------------------------------------------------------------------
     def decode(self, value: Any, depth: int) -> Any:
-        if value is None or isinstance(value, (bool, int, float, complex, str, bytes, np.ndarray, np.generic)):
+        if value is None or isinstance(value, (bool, int, float, complex, str, bytes, DeferredArray)):
+            return value
+        if is_loaded("numpy") and isinstance(value, (np.ndarray, np.generic)):  # never true before numpy loads
             return value
         if isinstance(value, bytearray):
             return bytes(value)
@@ -201,21 +211,27 @@ class Decoder:
         return None if fields is None else Record(cls_name, fields)
 
     # -- numpy -------------------------------------------------------------------------------------
-    def dtype(self, value: Any, depth: int) -> np.dtype:
-        if isinstance(value, np.dtype):
+    def dtype(self, value: Any, depth: int, *, light: bool = False) -> Any:
+        """The dtype a pickled ``numpy.dtype(...)`` call describes: an ``np.dtype``, or with ``light``
+        (deferred decoding) its numpy name when it is a plain native-order number type (no numpy needed)."""
+        if is_loaded("numpy") and isinstance(value, np.dtype):
             return value
         if not (isinstance(value, Reduce) and value.func == Global("numpy", "dtype")):
             raise self.fail(f"expected a numpy dtype, found {name_of(value)}")
-        return self.make_dtype(value, depth)
+        return self.make_dtype(value, depth, light=light)
 
-    def make_dtype(self, node: Call, depth: int) -> np.dtype:
+    def make_dtype(self, node: Call, depth: int, *, light: bool = False) -> Any:
         args = tuple(self.decode(a, depth) for a in node.args)
         if not args or not isinstance(args[0], str) or not NUMPY_DTYPE_STR.fullmatch(args[0]):
             raise self.fail(f"unsupported numpy dtype arguments {short_repr(args)}")
         if args[0][0] in "OV":
             raise self.fail(f"numpy dtype {args[0]!r} (object or structured) refused")
-        dt = np.dtype(args[0])
         state = self.decode(node.state, depth)
+        if light and args[0] in NUMPY_PLAIN_CODES and sys.byteorder == "little" and (
+                state is None or (isinstance(state, tuple) and len(state) >= 8 and state[1] in ("<", "|", "=")
+                                  and state[2:5] == (None, None, None))):
+            return NUMPY_PLAIN_CODES[args[0]]
+        dt = np.dtype(args[0])
         if state is not None:
             if not isinstance(state, tuple) or len(state) < 8:
                 raise self.fail("unsupported numpy dtype state")
@@ -232,7 +248,9 @@ class Decoder:
             raise self.fail(f"numpy dtype {dt.str!r} refused (only bool/int/float/complex/bytes/str)")
         return dt
 
-    def ndarray(self, shape: Any, dt: np.dtype, order: str, raw: Any) -> np.ndarray:
+    def ndarray(self, shape: Any, dt: Any, order: str, raw: Any) -> Any:
+        """The array of ``shape``, dtype ``dt`` (an ``np.dtype``, or a plain dtype's name from
+        :meth:`make_dtype` with ``light``: then a :class:`DeferredArray`) and ``order`` from ``raw``."""
         if isinstance(raw, bytearray):
             raw = bytes(raw)
         if not isinstance(raw, bytes):
@@ -244,11 +262,21 @@ class Decoder:
         ):
             raise self.fail(f"bad array shape {short_repr(shape)}")
         count = math.prod(shape)
-        if len(raw) != count * dt.itemsize:
+        size = itemsize(dt) if isinstance(dt, str) else dt.itemsize
+        if len(raw) != count * size:
             raise self.fail(
-                f"array data holds {len(raw)} bytes, shape {shape} of {dt} needs {count * dt.itemsize}"
+                f"array data holds {len(raw)} bytes, shape {shape} of {dt} needs {count * size}"
             )
         self.spend(len(raw))
+        if isinstance(dt, str):
+            data = raw
+            return DeferredArray(shape, dt, lambda: self._copy_array(shape, np.dtype(dt), order, data),
+                                 key=(shape, dt, order, raw))
+        return self._copy_array(shape, dt, order, raw)
+
+    @staticmethod
+    def _copy_array(shape: tuple[int, ...], dt: np.dtype, order: str, raw: bytes) -> np.ndarray:
+        count = math.prod(shape)
         flat = np.frombuffer(raw, dtype=dt, count=count) if count else np.empty(0, dtype=dt)
         return np.array(flat.reshape(shape, order=order), copy=True, order=order)
 
@@ -259,13 +287,22 @@ class Decoder:
             state = state[1:]
         shape, dt, fortran, raw = state
         shape = self.decode(shape, depth)
-        dt = self.dtype(dt, depth)
+        dt = self.dtype(dt, depth, light=self.defer)
         raw = self.decode(raw, depth)
         return self.ndarray(shape, dt, "F" if fortran else "C", raw)
 
     # -- torch -------------------------------------------------------------------------------------
     def tensor(self, storage: TensorStorage, offset: Any, size: Any, stride: Any, dtype: str, meta: Any) -> Any:
-        flat = storage.as_array(dtype, member=self.member)
+        """A torch tensor (``_rebuild_tensor*``) as a C-ordered copy of its storage view; every check on
+        its geometry runs here, so a :class:`DeferredArray` (``defer``) only waits for the copy."""
+        if dtype not in TORCH_DTYPES:
+            raise self.fail(f"unsupported torch dtype {dtype!r}")
+        elsize = TORCH_DTYPES[dtype][1]
+        if len(storage.raw) % elsize:
+            raise self.fail(f"storage {storage.key} holds {len(storage.raw)} bytes, not a multiple of {dtype} size {elsize}")
+        numel = len(storage.raw) // elsize
+        out_dtype = "float32" if dtype == "bfloat16" else dtype  # bfloat16 is widened exactly to float32
+        out_size = itemsize(out_dtype)
 
         def ints(v: Any) -> bool:
             return isinstance(v, tuple) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in v)
@@ -274,38 +311,42 @@ class Decoder:
                 and len(size) == len(stride) <= 64):
             raise self.fail(f"bad tensor geometry offset={short_repr(offset)} size={short_repr(size)} "
                             f"stride={short_repr(stride)}")
-        count = math.prod(size)
-        if count == 0:
-            return np.empty(size, dtype=flat.dtype)
-        extent = offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1
-        if extent > flat.size:
-            raise self.fail(
-                f"storage smaller than tensor: storage {storage.key} holds {flat.size} {dtype} elements, "
-                f"tensor needs {extent} (offset {offset}, size {size}, stride {stride})"
-            )
-        nbytes = count * flat.itemsize
-        if nbytes > max(flat.nbytes, self.limits.max_broadcast_bytes):
-            # stride 0 / overlapping strides: a 4-byte storage viewed as a 2.5 GB tensor is refused here,
-            # before anything is materialised; a real state dict never reads an element twice
-            raise ArchiveLimitError(
-                f"tensor of {nbytes} bytes views storage {storage.key} of {flat.nbytes} bytes (stride {stride}): "
-                f"a broadcast view larger than {self.limits.max_broadcast_bytes} bytes is refused", member=self.member
-            )
-        self.spend(nbytes)
-        view = np.lib.stride_tricks.as_strided(
-            flat[offset:], shape=size, strides=tuple(s * flat.itemsize for s in stride), writeable=False
-        )
-        out = np.array(view, copy=True, order="C")
-        for flag, on in (meta or {}).items():
-            if not on:
-                continue
-            if flag == "conj":
-                out = np.conj(out)
-            elif flag == "neg":
-                out = np.negative(out)
-            else:
+        flags = [flag for flag, on in (meta or {}).items() if on]
+        for flag in flags:
+            if flag not in ("conj", "neg"):
                 raise self.fail(f"unsupported tensor metadata {short_repr(flag)}")
-        return out
+        count = math.prod(size)
+        if count:
+            extent = offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1
+            if extent > numel:
+                raise self.fail(
+                    f"storage smaller than tensor: storage {storage.key} holds {numel} {dtype} elements, "
+                    f"tensor needs {extent} (offset {offset}, size {size}, stride {stride})"
+                )
+            nbytes = count * out_size
+            if nbytes > max(numel * out_size, self.limits.max_broadcast_bytes):
+                # stride 0 / overlapping strides: a 4-byte storage viewed as a 2.5 GB tensor is refused here,
+                # before anything is materialised; a real state dict never reads an element twice
+                raise ArchiveLimitError(
+                    f"tensor of {nbytes} bytes views storage {storage.key} of {numel * out_size} bytes (stride {stride}): "
+                    f"a broadcast view larger than {self.limits.max_broadcast_bytes} bytes is refused", member=self.member
+                )
+            self.spend(nbytes)
+        member = self.member
+
+        def build() -> np.ndarray:
+            flat = storage.as_array(dtype, member=member)
+            if not count:
+                return np.empty(size, dtype=flat.dtype)
+            view = np.lib.stride_tricks.as_strided(
+                flat[offset:], shape=size, strides=tuple(s * flat.itemsize for s in stride), writeable=False
+            )
+            out = np.array(view, copy=True, order="C")
+            for flag in flags:
+                out = np.conj(out) if flag == "conj" else np.negative(out)
+            return out
+
+        return DeferredArray(size, out_dtype, build) if self.defer else build()
 
 
 # a handler for calls to one global: (decoder, call record, depth) -> plain value, or NotImplemented

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
+from ptycho_bridge.io.deferred import DeferredArray
 from ptycho_bridge.io.safepickle.decoder import DecodeHandler, Decoder
 from ptycho_bridge.io.safepickle.layout import (
     NUMPY_CORE,
@@ -30,6 +29,8 @@ from ptycho_bridge.io.safepickle.nodes import (
 )
 from ptycho_bridge.io.safepickle.reprs import short_repr
 from ptycho_bridge.io.safepickle.storage import TensorStorage
+from ptycho_bridge.lazy import is_loaded
+from ptycho_bridge.lazy import numpy as np
 
 
 def _h_ordered_dict(d: Decoder, node: Call, depth: int) -> Any:
@@ -80,7 +81,7 @@ def _h_frombuffer(d: Decoder, node: Call, depth: int) -> Any:
     buf, _, shape, order = args
     if order not in ("C", "F"):
         raise d.fail(f"bad array order {short_repr(order)}")
-    return d.ndarray(shape, d.dtype(node.args[1], depth), order, buf)
+    return d.ndarray(shape, d.dtype(node.args[1], depth, light=d.defer), order, buf)
 
 
 def _h_scalar(d: Decoder, node: Call, depth: int) -> Any:
@@ -101,7 +102,8 @@ def _h_dtype(d: Decoder, node: Call, depth: int) -> Any:
 
 def _h_convert_to_tensor(d: Decoder, node: Call, depth: int) -> Any:
     args = d.plain_args(node, depth, counts=(1,))
-    if args is None or not isinstance(args[0], (np.ndarray, np.generic)):
+    if args is None or not (isinstance(args[0], DeferredArray)
+                            or (is_loaded("numpy") and isinstance(args[0], (np.ndarray, np.generic)))):
         return NotImplemented
     return args[0]
 

@@ -43,7 +43,13 @@ TORCH_DTYPE_ALIASES: dict[str, str] = {
 NUMPY_CORE = ("numpy.core.multiarray", "numpy._core.multiarray")
 NUMPY_NUMERIC = ("numpy.core.numeric", "numpy._core.numeric")
 NUMPY_DTYPE_STR = re.compile(r"[biufcSUOVMm][0-9]{0,5}")  # kind letter + item size, as numpy pickles it
-NUMPY_DTYPE_KINDS = "biufcSU"  # the dtype kinds decoded: bool/int/uint/float/complex/bytes/str
+NUMPY_DTYPE_KINDS = "biufcSU"
+# the plain number dtypes a deferred decode names without numpy: pickled code -> numpy's name
+NUMPY_PLAIN_CODES: dict[str, str] = {
+    "b1": "bool", "i1": "int8", "i2": "int16", "i4": "int32", "i8": "int64", "u1": "uint8", "u2": "uint16",
+    "u4": "uint32", "u8": "uint64", "f2": "float16", "f4": "float32", "f8": "float64", "c8": "complex64",
+    "c16": "complex128",
+}  # the dtype kinds decoded: bool/int/uint/float/complex/bytes/str
 
 # ``module.Class`` of every pathlib class a pickle may name -> the pure path class that renders it
 PATH_CLASSES = {

@@ -20,7 +20,7 @@ from ptycho_bridge.io.safepickle.nodes import CONTAINERS, Global, children_of
 from ptycho_bridge.io.safepickle.reprs import describe
 
 
-def decode(obj: Any, *, member: str, limits: PickleLimits = DEFAULT_PICKLE_LIMITS) -> Any:
+def decode(obj: Any, *, member: str, limits: PickleLimits = DEFAULT_PICKLE_LIMITS, defer_arrays: bool = False) -> Any:
     """Turn an inert tree (from :func:`load_inert`) into plain data; nothing from the pickle is called.
 
     Recognised: containers and scalars as themselves; ``OrderedDict`` → dict (order kept); numpy
@@ -28,8 +28,10 @@ def decode(obj: Any, *, member: str, limits: PickleLimits = DEFAULT_PICKLE_LIMIT
     ndarray; torch tensors (storage from ``persistent_load``) → ndarray copies; ``torch.Size`` → tuple;
     ``torch.device`` → str; ``pathlib`` paths → str; dataclass/namespace-like objects → :class:`Record`.
     Everything else → :class:`Opaque`. Shared sub-trees decode once and stay shared.
+    ``defer_arrays``: arrays and tensors come out as :class:`~ptycho_bridge.io.deferred.DeferredArray`
+    (checked now, built on use; see :mod:`ptycho_bridge.io.deferred`).
     """
-    decoder = Decoder(member, limits, HANDLERS)
+    decoder = Decoder(member, limits, HANDLERS, defer=defer_arrays)
     # decode() recurses a few frames per level; make sure a tree at the depth bound fits.
     old_limit = sys.getrecursionlimit()
     room = min(8 * limits.max_depth, 10_000) + 200

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import PickleDecodeError
 from ptycho_bridge.io.safepickle.layout import TORCH_DTYPES

@@ -18,7 +18,7 @@ import pickletools
 import struct
 from typing import Any, Mapping, Sequence
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 # Opcodes that import or call: a plain-data pickle holds none of them.
 CALL_OPCODES = ("GLOBAL", "STACK_GLOBAL", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD", "INST", "OBJ")

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ArchiveError, CorruptArchiveError, FormatError
 from ptycho_bridge.ops.parity import DEFAULT_RTOL, compare

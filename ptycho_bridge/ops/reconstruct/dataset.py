@@ -29,7 +29,7 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ArchiveError, CorruptArchiveError, FormatError
 from ptycho_bridge.io.h5 import get_dataset, walk_datasets

@@ -23,7 +23,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import OptionError
 

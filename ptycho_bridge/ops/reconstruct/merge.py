@@ -23,7 +23,7 @@ the reference path (there ``0·inf`` spreads NaN to neighbours).
 
 from __future__ import annotations
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.spec.reassembly import NORM_EPSILON, centre_mask, reassemble
 

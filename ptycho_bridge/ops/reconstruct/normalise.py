@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import FormatError
 from ptycho_bridge.ops.reconstruct.patterns import PatternSource

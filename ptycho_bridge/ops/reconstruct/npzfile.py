@@ -25,7 +25,7 @@ import zipfile
 from dataclasses import dataclass
 from typing import BinaryIO
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import CorruptArchiveError, FormatError, UnsafeArchiveError
 

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge import __version__
 from ptycho_bridge.errors import OutputExistsError

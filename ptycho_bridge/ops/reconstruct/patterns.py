@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
+from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import OptionError
 from ptycho_bridge.ops.reconstruct.npzfile import MemberStream, NpzMember, spool_member
