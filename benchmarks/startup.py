@@ -142,6 +142,18 @@ def many_rows(count: int, repeat: int, tmp: Path, verbs: tuple[str, ...] = ("val
     return rows
 
 
+def compile_bytecode() -> None:
+    """Byte-compile this checkout first, as ``pip install`` does for an installed package.
+
+    Why: an editable checkout run with ``PYTHONDONTWRITEBYTECODE=1`` (as on the CI machines) never
+    caches bytecode, so every fresh process would recompile each module edited since the last
+    cache — ~1.5 ms per module, 20 ms on a 100 ms command — which measures the checkout, not the tool."""
+    import compileall
+
+    for package in ("ptycho_bridge", "converters"):
+        compileall.compile_dir(str(REPO / package), quiet=1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=7)
@@ -155,6 +167,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     os.environ.setdefault("PTYCHO_BRIDGE_NO_PROGRESS", "1")
+    compile_bytecode()
     tmp = Path(tempfile.mkdtemp(prefix="pb-startup-"))
     try:
         for title, fn in (("start-up", lambda: startup_rows(args.repeat)),
