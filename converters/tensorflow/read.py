@@ -39,6 +39,7 @@ from converters.tensorflow.layout import (
     vars_group,
 )
 from converters.tensorflow.spec import spec_from_tf
+from converters.tensorflow.weights_meta import check_loaded, scan_scale, scan_weights
 from ptycho_bridge.errors import FormatError, PickleDecodeError, SpecError
 from ptycho_bridge.formats.base import (
     EraReader,
@@ -113,10 +114,13 @@ def read_keras_payload(zf: SafeZip, member: str, *, model_name: str, params: dic
     keras.close()
 
     conv_paths_wanted = [f"{vars_group(role.alias)}/{index}" for role in graph.convs for index, _ in CONV_VARS]
-    scan = run_isolated(_scan_weights, weights_bytes, conv_paths_wanted, weights_label, member=weights_label)
+    scan = scan_weights(weights_bytes, conv_paths_wanted, weights_label)  # pure Python; None: not answered
+    if scan is None:
+        scan = run_isolated(_scan_weights, weights_bytes, conv_paths_wanted, weights_label, member=weights_label)
     infos: dict[str, TensorInfo] = {}
     paths: dict[str, str] = {}
     shapes: dict[str, tuple[int, ...]] = {}
+    stored: dict[str, tuple[tuple[int, ...], str, str]] = {}  # as the scan read them, checked against the data
     for role in graph.convs:
         group_path = vars_group(role.alias)
         for index, param in CONV_VARS:
@@ -131,6 +135,7 @@ def read_keras_payload(zf: SafeZip, member: str, *, model_name: str, params: dic
                     )
             name = f"{role.canonical}.{param}"
             shape = tuple(int(d) for d in found["shape"])
+            stored[name] = (shape, found["dtype"], path)
             if param == "weight":
                 if len(shape) != 4:
                     raise SpecError(f"{path} has shape {list(shape)}, expected a 4-D HWIO kernel", member=weights_label)
@@ -152,6 +157,7 @@ def read_keras_payload(zf: SafeZip, member: str, *, model_name: str, params: dic
 
     def load() -> dict[str, np.ndarray]:
         arrays = run_isolated(_read_weights, weights_bytes, paths, weights_label, member=weights_label)
+        check_loaded(arrays, stored, weights_label)
         return {name: tf_to_canonical_array(name, arrays[name]) for name in paths}
 
     payload = {
@@ -172,9 +178,12 @@ def read_keras_payload(zf: SafeZip, member: str, *, model_name: str, params: dic
 
 
 def model_h5_scale(zf: SafeZip, member: str) -> float | None:
-    """``model.h5``'s one root attribute ``intensity_scale``, or None; libhdf5 runs in the isolated child."""
+    """``model.h5``'s one root attribute ``intensity_scale``, or None: read by the pure metadata scan when it
+    answers (:mod:`converters.tensorflow.weights_meta`), else by libhdf5 in the isolated child."""
     label = zf.member_label(member)
-    return run_isolated(_read_scale, zf.read(member, max_size=MAX_MODEL_H5), label, member=label)
+    data = zf.read(member, max_size=MAX_MODEL_H5)
+    answered, value = scan_scale(data, label)
+    return value if answered else run_isolated(_read_scale, data, label, member=label)
 
 
 # -- libhdf5 work, run in a forked child by io.h5_isolated (plain data back) ---------------------------
