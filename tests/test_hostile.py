@@ -317,7 +317,10 @@ class Case:
     build: Callable[[Ctx], Path]
     member: str  # the error message must name this member (or tensor)
     error: type[ArchiveError] | tuple[type[ArchiveError], ...] = ArchiveError
-    stage: str = "read"  # "read": read_archive raises; "load": only loading tensor values fails
+    # "read": read_archive raises; "load": only loading tensor values fails; "probe": read_archive raises
+    # (it reads the probe from weights.h5) but inspect, which reports bridge-2's probe from params.json's
+    # reference without opening weights.h5 (issue 16, docs/security.md §7b), succeeds
+    stage: str = "read"
     may_hang: bool = False  # read first in a subprocess with a timeout (a regression must fail, not hang)
 
 
@@ -526,8 +529,9 @@ CASES: list[Case] = [
     # -- bridge-2 ---------------------------------------------------------------------------------
     Case("bridge_dtype_lie", lambda c: c.bridge(_bridge_dtype_lie), "encoder.0.conv1.weight", stage="load"),
     Case("bridge_external_link", lambda c: c.bridge(_bridge_link), "weights.h5", stage="load"),
-    Case("bridge_params_dtype_lie", lambda c: c.bridge(_bridge_probe_dtype), "params.json", FormatError),
-    Case("bridge_truncated_weights", lambda c: c.bridge(_bridge_truncated), "diffraction_to_obj/weights.h5", CorruptArchiveError),
+    Case("bridge_params_dtype_lie", lambda c: c.bridge(_bridge_probe_dtype), "params.json", FormatError, stage="probe"),
+    Case("bridge_truncated_weights", lambda c: c.bridge(_bridge_truncated), "diffraction_to_obj/weights.h5", CorruptArchiveError,
+         stage="probe"),
     Case("bridge_smuggled_member", lambda c: c.bridge(lambda *_: None, smuggle={"evil.dill": _dumps(_os_system(c.cmd))}),
          "evil.dill", FormatError),
     Case("bridge_nan_literal_in_manifest", lambda c: c.write({**zip_members(write_sample(c.tmp / "s.zip")),
@@ -566,7 +570,7 @@ def test_hostile_archive(case: Case, ctx: Ctx) -> None:
         probe = f"from ptycho_bridge import read_archive\ntry:\n read_archive(r'{path}')\nexcept Exception: pass"
         subprocess.run([sys.executable, "-c", probe], timeout=120, check=True)
 
-    if case.stage == "read":
+    if case.stage in ("read", "probe"):
         with pytest.raises(case.error) as info:
             read_archive(path)
         assert case.member in str(info.value), str(info.value)

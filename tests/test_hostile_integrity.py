@@ -196,6 +196,11 @@ def test_libhdf5_crash_is_one_error_line(build, member: str, sample: Path, tmp_p
     before = sorted(p.name for p in tmp_path.iterdir())
     for args in (["inspect", str(path)], ["validate", str(path)], ["migrate", str(path), "-o", str(tmp_path / "m")],
                  ["export-onnx", str(path), "-o", str(tmp_path / "m.onnx")]):
+        if args[0] == "inspect" and member == WEIGHTS:
+            # bridge-2: inspect reports from manifest.json and params.json, never opening weights.h5 (issue 16)
+            proc = _subprocess_cli(*args)
+            assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+            continue
         proc = _subprocess_cli(*args)
         assert proc.returncode == 1, (args, proc.returncode, proc.stderr[-2000:])
         _one_error_line(proc.stderr, member)

@@ -2,9 +2,10 @@
 
 Why a subprocess: ``sys.modules`` of the test process is polluted by every other test. Per path, the
 modules listed are the ones that path has been made not to need (``docs/performance.md``): ``inspect``
-builds no array (tensors and probes are :class:`~ptycho_bridge.io.deferred.DeferredArray`), so numpy
-is imported only where the era's metadata needs float32 arithmetic (the SavedModel era's input
-divisor); jsonschema stays on the bridge-2 path (its manifest is untrusted input that the schema bounds).
+builds no array (tensors and probes are :class:`~ptycho_bridge.io.deferred.DeferredArray`) and reads
+HDF5 metadata in pure Python (:mod:`ptycho_bridge.io.h5meta`), so numpy and h5py are imported only where
+the era's metadata needs float32 arithmetic and tensor values (the SavedModel era's input divisor and
+probe check); jsonschema stays on the bridge-2 path (its manifest is untrusted input that the schema bounds).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ INSPECT = {
     "torch-bundle-2": (FIXTURES_DIR / "torch_N64_gs1" / "wts.h5.zip", NO_ARRAYS),
     "lightning-ckpt": (FIXTURES_DIR / "torch_N64_gs1" / "lightning.ckpt", NO_ARRAYS),
     "lightning-ckpt (Ptychodus torchapi)": (PTYCHODUS_DIR / "case_N64_gs1" / "model.ckpt", NO_ARRAYS),
-    "tf-modelmanager-1": (FIXTURES_DIR / "tf_N64_gs1" / "wts.h5.zip", ("jsonschema", "google.protobuf", "rich")),
+    "tf-modelmanager-1": (FIXTURES_DIR / "tf_N64_gs1" / "wts.h5.zip", NO_ARRAYS),  # HDF5 metadata: io.h5meta
+    "tf-modelmanager-1 (N128)": (FIXTURES_DIR / "tf_N128_gs1" / "wts.h5.zip", NO_ARRAYS),
 }
 
 
