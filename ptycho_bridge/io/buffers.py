@@ -2,8 +2,9 @@
 
 Why: bridge-2 stores ``weights.h5`` uncompressed and aligned, so a member's bytes can be read with
 one ``readinto`` at their file offset and every tensor becomes a view of that buffer; h5py parses
-metadata through a file object over the buffer (:class:`BufferFile`) or a window on the member in
-the zip (:class:`MemberWindow`). No format knowledge lives here; every offset is bounds-checked.
+metadata through a file object over the buffer (:class:`BufferFile`), and the pure metadata scan
+locates small datasets without libhdf5 (:func:`dataset_from_scan`). No format knowledge lives here;
+every offset is bounds-checked.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ArchiveLimitError, CorruptArchiveError
 from ptycho_bridge.io.h5 import check_dataset, read_array
+from ptycho_bridge.io.h5meta import scan
 from ptycho_bridge.io.safezip import SafeZip
 
 
@@ -92,60 +94,10 @@ class BufferFile(io.RawIOBase):
         return self._buf[offset:offset + nbytes]
 
 
-class MemberWindow(BufferFile):
-    """A read-only file over a stored member's byte range in the zip on disk (nothing else is readable).
-
-    Why: reading one small dataset (the probe) must not read the whole member. Reads are clipped to
-    the member, so a lying HDF5 address can never reach another member's bytes.
-    """
-
-    def __init__(self, path: str, offset: int, size: int, *, label: str) -> None:
-        io.RawIOBase.__init__(self)
-        self.label = label
-        self._fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
-        self._base = offset
-        self._pos = 0
-        self.size = size
-
-    @classmethod
-    def open(cls, zf: SafeZip, member: str) -> MemberWindow | None:
-        offset = zf.data_offset(member)
-        info = zf.info(member)
-        if offset is None or zf.path is None or info.compressed_size != info.size:
-            return None
-        return cls(str(zf.path), offset, info.size, label=zf.member_label(member))
-
-    def readinto(self, target) -> int:  # type: ignore[no-untyped-def]
-        n = max(0, min(len(target), self.size - self._pos))
-        if n == 0:
-            return 0
-        self._fh.seek(self._base + self._pos)
-        got = self._fh.readinto(memoryview(target).cast("B")[:n]) or 0
-        self._pos += got
-        return got
-
-    def span(self, offset: int, nbytes: int) -> np.ndarray:
-        out = np.empty(nbytes, dtype=np.uint8)
-        self.seek(offset)
-        got = 0
-        view = memoryview(out)
-        while got < nbytes:
-            n = self.readinto(view[got:])
-            if not n:
-                raise CorruptArchiveError(f"member truncated at byte {offset + got}", member=self.label)
-            got += n
-        return out
-
-    def close(self) -> None:
-        self._fh.close()
-        io.RawIOBase.close(self)
-
-
 def read_in_place(store: BufferFile, dset, *, member: str) -> np.ndarray:  # type: ignore[no-untyped-def]
     """A checked dataset read straight from the HDF5 image when contiguous and unfiltered, else via h5py.
 
-    From a :class:`BufferFile` the array is a view of the member buffer (no copy); from a
-    :class:`MemberWindow` it is one read at the dataset's offset. Bounds: the dataset's byte range
+    The array is a view of the member buffer (no copy). Bounds: the dataset's byte range
     must lie inside the member. Unaligned data is copied (numpy and torch want aligned arrays).
     """
     check_dataset(dset, member=member)
@@ -169,3 +121,32 @@ def read_in_place(store: BufferFile, dset, *, member: str) -> np.ndarray:  # typ
         )
     arr = store.span(offset, nbytes).view(dtype).reshape(shape)
     return arr if arr.flags.aligned else arr.copy()
+
+
+def dataset_from_scan(buf: np.ndarray, path: str, shape: list[int] | tuple[int, ...], dtype: str) -> np.ndarray | None:
+    """A copy of the dataset ``path`` of the HDF5 image in ``buf`` (a member buffer), located by the pure
+    metadata scan (:mod:`ptycho_bridge.io.h5meta`): no libhdf5, no forked child.
+
+    Why: reading one small dataset (bridge-2's probe) through libhdf5 costs a fork and a parse, ≈ 10 ms and
+    half the fixed cost of reading a bridge-2 archive (docs/performance.md). The scan gives the same
+    answer as libhdf5 on the subset it understands (tests/io/test_h5meta.py compares offsets too), and
+    ``validate`` cross-checks it against libhdf5 (:mod:`ptycho_bridge.formats.bridge2.verify`).
+
+    None -- read it through libhdf5, which gives the authoritative value or error -- when the scan does not
+    answer, the dataset is absent or was never written, or its shape or dtype (numpy's name, so native
+    little-endian) is not exactly ``shape`` and ``dtype``.
+    """
+    meta = scan(memoryview(buf))
+    if meta is None or path not in meta.datasets:
+        return None
+    found_shape, found_dtype = meta.datasets[path]
+    where = meta.storage.get(path)
+    if where is None or list(found_shape) != list(shape) or found_dtype != dtype:
+        return None
+    start, nbytes = where
+    count = 1
+    for d in found_shape:
+        count *= d
+    arr = np.frombuffer(buf, dtype=np.dtype(dtype), count=count, offset=start).reshape(found_shape)
+    return arr.copy() if arr.nbytes == nbytes else None
+

@@ -23,7 +23,7 @@ recursion: the group walk and the B-tree walk use explicit stacks.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ptycho_bridge.io.h5meta_messages import (
@@ -31,6 +31,7 @@ from ptycho_bridge.io.h5meta_messages import (
     UNDEF,
     UNSUPPORTED,
     Bad,
+    ComplexType,
     Image,
     Numeric,
     attribute,
@@ -59,15 +60,24 @@ DATASET_MESSAGES = {DATASPACE, DATATYPE, FILL, LAYOUT}
 class H5Metadata:
     """What ``scan`` read. ``datasets``: ``{"/a/b": (shape, dtype)}`` in the order of
     :func:`ptycho_bridge.io.h5.walk_datasets`, dtype as ``str(h5py_dataset.dtype)``; ``attributes``: for ``"/"``
-    and every object path, ``{name: value}`` (int, float, str, or :data:`UNSUPPORTED`)."""
+    and every object path, ``{name: value}`` (int, float, str, or :data:`UNSUPPORTED`); ``storage``: per dataset
+    ``(start, nbytes)`` of its contiguous raw data in the image (checked to lie inside the file and to be exactly
+    shape x itemsize), None for compact data or data never written -- libhdf5's ``get_offset`` answers alike."""
 
     datasets: dict[str, tuple[tuple[int, ...], str]]
     attributes: dict[str, dict[str, Any]]
+    storage: dict[str, tuple[int, int] | None] = field(default_factory=dict)
 
 
-def scan(image: bytes) -> H5Metadata | None:
-    """The metadata of an HDF5 image, or None if it is outside the subset this reader understands."""
-    if not isinstance(image, bytes):
+def scan(image: bytes | memoryview) -> H5Metadata | None:
+    """The metadata of an HDF5 image, or None if it is outside the subset this reader understands.
+
+    ``image`` may be a memoryview of bytes (a member buffer read in place): only the metadata is looked at."""
+    if isinstance(image, memoryview):
+        if not (image.c_contiguous and image.ndim == 1 and image.format in ("B", "b", "c")):
+            return None
+        image = image.cast("B")
+    elif not isinstance(image, bytes):
         return None
     try:
         return _Scanner(image).run()
@@ -131,6 +141,7 @@ class _Scanner:
     # -- the group walk: same order as io.h5.walk_datasets (a stack of groups, names in order) --------------
     def walk(self, root: _Object) -> H5Metadata:
         datasets: dict[str, tuple[tuple[int, ...], str]] = {}
+        storage: dict[str, tuple[int, int] | None] = {}
         attributes: dict[str, dict[str, Any]] = {"/": root.attrs}
         stack: list[tuple[str, _Object, int]] = [("", root, 0)]
         objects = 1
@@ -151,7 +162,10 @@ class _Scanner:
                     need(cache is None)
                     assert child.shape is not None and child.dtype is not None
                     datasets[child_path] = (child.shape, child.dtype.dtype)
-        return H5Metadata(datasets, attributes)
+                    assert child.layout is not None
+                    cls, start, nbytes = child.layout
+                    storage[child_path] = (start, nbytes) if cls == 1 and start != UNDEF else None
+        return H5Metadata(datasets, attributes, storage)
 
     # -- symbol-table groups ---------------------------------------------------------------------------
     def links(self, btree: int, heap: int) -> list[tuple[str, int, tuple[int, int] | None]]:
@@ -221,9 +235,10 @@ class _Scanner:
 
         def name(off: int) -> bytes:
             need(off < size)
-            end = img.data.find(b"\0", data + off, data + min(size, off + MAX_NAME + 1))
+            text = img.take(data + off, min(size, off + MAX_NAME + 1) - off)
+            end = text.find(b"\0")
             need(end >= 0)
-            return img.data[data + off:end]
+            return text[:end]
 
         return name
 
@@ -282,7 +297,7 @@ class _Scanner:
             need(obj.shape is not None)
         elif kind == DATATYPE:
             dt = datatype(img, body, size, base=True)
-            need(isinstance(dt, Numeric))
+            need(isinstance(dt, (Numeric, ComplexType)))
             obj.dtype = dt  # type: ignore[assignment]
         elif kind == LAYOUT:
             need(img.u8(body) in (3, 4) and size >= 4)

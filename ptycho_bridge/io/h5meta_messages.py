@@ -35,7 +35,7 @@ UNSUPPORTED = Unsupported()
 class Image:
     """The file's bytes, read only below ``eoa`` (the superblock's end-of-file address), with a step budget."""
 
-    def __init__(self, data: bytes, steps: int) -> None:
+    def __init__(self, data: bytes | memoryview, steps: int) -> None:
         self.data = data
         self.eoa = len(data)
         self.steps = steps
@@ -64,7 +64,7 @@ class Image:
         return int.from_bytes(self.data[self.check(off, 8):off + 8], "little")
 
     def take(self, off: int, n: int) -> bytes:
-        return self.data[self.check(off, n):off + n]
+        return bytes(self.data[self.check(off, n):off + n])  # bytes even when the image is a memoryview
 
 
 def need(cond: bool) -> None:
@@ -114,13 +114,26 @@ class Numeric:
         self.fmt = (">" if big else "<") + _STRUCT[(kind, size)]
 
 
+class ComplexType:
+    """h5py's complex number: a compound of two IEEE floats named ``r`` and ``i`` at offsets 0 and size/2;
+    ``dtype`` is what ``str(h5py_dataset.dtype)`` prints (``complex64``, ``>c8`` when big-endian)."""
+
+    def __init__(self, part: Numeric) -> None:
+        self.kind, self.size, self.big = "c", 2 * part.size, part.big
+        self.dtype = f">c{self.size}" if part.big else f"complex{8 * self.size}"
+
+
+FLOAT_MESSAGE = 20  # an IEEE float datatype message: 8-byte header + 12 bytes of properties
+
+
 class VlenString:
     def __init__(self, cset: int) -> None:
         self.cset, self.size = cset, 16  # sequence length (4), collection address (8), object index (4)
 
 
-def datatype(img: Image, off: int, size: int, *, base: bool = False) -> Numeric | VlenString:
-    """A numeric type, or (not as a base type) a variable-length string; anything else is :class:`Bad`."""
+def datatype(img: Image, off: int, size: int, *, base: bool = False) -> Numeric | ComplexType | VlenString:
+    """A numeric type, h5py's complex compound, or (not as a base type) a variable-length string; anything
+    else is :class:`Bad`."""
     need(size >= 8)
     head = img.u8(off)
     cls, version = head & 0x0F, head >> 4
@@ -137,12 +150,36 @@ def datatype(img: Image, off: int, size: int, *, base: bool = False) -> Numeric 
         need((img.u16(off + 8), img.u16(off + 10), img.u8(off + 12), img.u8(off + 13), img.u8(off + 14),
               img.u8(off + 15), img.u32(off + 16)) == (0, prec, eloc, esize, 0, msize, bias))
         return Numeric("f", tsize, bool(bits & 1))
+    if cls == 6:  # compound: only h5py's complex numbers ({r, i} of one float type), versions 1 and 2
+        return _complex(img, off, size, version, bits, tsize)
     if cls == 9 and not base:  # variable-length string of 1-byte characters (h5py's str)
         need(bits & 0xF == 1 and (bits >> 8) & 0xF in (0, 1) and bits >> 12 == 0 and tsize == 16)
         inner = datatype(img, off + 8, size - 8, base=True)
         need(isinstance(inner, Numeric) and inner.kind != "f" and inner.size == 1)
         return VlenString((bits >> 8) & 0xF)
     raise Bad("datatype class")
+
+
+def _complex(img: Image, off: int, size: int, version: int, bits: int, tsize: int) -> ComplexType:
+    """Members ``r`` at 0 and ``i`` at ``tsize / 2``, both the same IEEE float, nothing else (no padding, no
+    array members); version 1 carries a dimensionality block per member that must be empty."""
+    need(version in (1, 2) and bits == 2 and tsize in (8, 16))
+    p, end, part = off + 8, off + size, None
+    for name, offset in ((b"r\0", 0), (b"i\0", tsize // 2)):
+        need(img.take(p, 8) == name + b"\0" * 6)  # the name, NUL-padded to 8 bytes
+        need(img.u32(p + 8) == offset)
+        p += 12
+        if version == 1:  # dimensionality 0, reserved, permutation, reserved, four sizes: all zero
+            need(img.take(p, 28) == b"\0" * 28)
+            p += 28
+        need(p + FLOAT_MESSAGE <= end)
+        member = datatype(img, p, FLOAT_MESSAGE, base=True)
+        need(isinstance(member, Numeric) and member.kind == "f" and 2 * member.size == tsize)
+        need(part is None or (member.size, member.big) == (part.size, part.big))
+        part = member
+        p += FLOAT_MESSAGE
+    assert part is not None
+    return ComplexType(part)
 
 
 # -- attribute (0x000C) ---------------------------------------------------------------------------------
@@ -183,6 +220,8 @@ def attribute(img: Image, off: int, size: int) -> tuple[str, Any]:
         return name, UNSUPPORTED
     if isinstance(dt, Numeric):
         return name, struct.unpack(dt.fmt, img.take(p, dt.size))[0]
+    if isinstance(dt, ComplexType):
+        return name, UNSUPPORTED
     return name, _vlen_string(img, p, dt.cset)
 
 
@@ -203,7 +242,7 @@ def _vlen_string(img: Image, p: int, cset: int) -> Any:
     if index == 0 or index not in objects or objects[index][1] != length:
         return UNSUPPORTED
     start, _ = objects[index]
-    data = img.data[start:start + length]
+    data = bytes(img.data[start:start + length])
     if b"\0" in data:  # h5py's C string would stop there
         return UNSUPPORTED
     try:

@@ -14,9 +14,10 @@ read of the member's bytes at their file offset (:func:`read_member_buffer`). Wh
 records every tensor's ``offset`` (the safetensors-style index) the views are taken straight from it
 (:func:`tensors_at_offsets`): no HDF5 parsing and no CRC-32 — bridge-2 integrity is the sha256 index.
 Without offsets, or for deflated members and in-memory containers, h5py parses the metadata of a
-CRC-checked buffer (:func:`read_in_place`). Params arrays (the probe) are read through a window on
-the member (:class:`MemberWindow`) when not verifying, so ``inspect`` reads HDF5 metadata and the
-probe, never the tensors. Every libhdf5 call on archive bytes runs in a forked child
+CRC-checked buffer (:func:`read_in_place`). Params arrays (the probe) are read from the same member
+buffer at the offset the pure HDF5 metadata scan finds (:func:`dataset_from_scan`; libhdf5 when it
+does not answer); ``inspect`` reads neither (``lazy_arrays``: the probe is reported from
+``params.json``). Every libhdf5 call on archive bytes runs in a forked child
 (:mod:`ptycho_bridge.io.h5_isolated`), and only native-order, contiguous, unfiltered datasets are
 read (:func:`check_native_layout`): what the offset path and h5py read is the same bytes.
 """
@@ -49,7 +50,7 @@ from ptycho_bridge.formats.bridge2.params import decode_value
 from ptycho_bridge.formats.bridge2.verify import check_member_sha256, check_native_layout
 from ptycho_bridge.io.buffers import (
     BufferFile,
-    MemberWindow,
+    dataset_from_scan,
     read_in_place,
     read_member_buffer,
 )
@@ -112,6 +113,7 @@ class BridgeReader(EraReader):
             return weights_cache[member]
 
         models: dict[str, ModelEntry] = {}
+        in_place_members: set[str] = set()  # weights members whose tensors are read at manifest offsets
         for name, entry in manifest["models"].items():
             mwhere = f"{where} models.{name}"
             if entry["payload"]["kind"] == "torch-sentinel":  # the schema allows nothing else in such an entry
@@ -134,6 +136,8 @@ class BridgeReader(EraReader):
             weights = entry["weights"]
             in_place = (len(offsets) == len(index) and zf.path is not None and weights in zf
                         and zf.info(weights).stored)
+            if in_place:
+                in_place_members.add(weights)
             models[name] = ModelEntry(
                 name,
                 spec,
@@ -154,22 +158,22 @@ class BridgeReader(EraReader):
             schema.validate("params", doc, member=pwhere)
 
             def load_array(ref: dict[str, Any]) -> np.ndarray:
-                # params arrays (the probe) are read through a window on the member: inspect then reads
-                # the HDF5 metadata and the probe bytes only, not every tensor. The member's CRC is
-                # checked when the tensors load (the whole member is read then); validate checks sha256.
+                # params arrays (the probe) come from the member buffer the tensors are read from: a verifying
+                # read hashes the whole member first (sha256), an in-place member skips the CRC as its tensors
+                # do, any other member is CRC-checked. The pure metadata scan locates the dataset; libhdf5 (in
+                # a forked child) reads it only when the scan does not answer (io.buffers.dataset_from_scan).
                 label = zf.member_label(ref["member"])
                 if ref["member"] not in zf:
                     raise FormatError("weights member named in params.json is absent", member=label)
-                # A verifying read hashes the whole member first and reads the probe from those bytes.
-                cached = weights_buffer(ref["member"]) if verify else weights_cache.get(ref["member"])
-                store = BufferFile(cached) if cached is not None else MemberWindow.open(zf, ref["member"])
-                if store is None:
-                    store = BufferFile(weights_buffer(ref["member"]))
-                try:  # libhdf5 runs on these bytes in a forked child (io.h5_isolated)
-                    arr = run_isolated(_read_params_array, store, ref["dataset"], label, list(ref["shape"]), pwhere,
-                                       member=label)
-                finally:
-                    store.close()
+                buf = weights_buffer(ref["member"], check_crc=ref["member"] not in in_place_members)
+                arr = dataset_from_scan(buf, ref["dataset"], ref["shape"], ref["dtype"])
+                if arr is None:
+                    store = BufferFile(buf)
+                    try:
+                        arr = run_isolated(_read_params_array, store, ref["dataset"], label, list(ref["shape"]),
+                                           pwhere, member=label)
+                    finally:
+                        store.close()
                 if list(arr.shape) != list(ref["shape"]) or str(arr.dtype) != ref["dtype"]:
                     raise FormatError(
                         f"{ref['dataset']} is {arr.dtype}{list(arr.shape)}, params.json says {ref['dtype']}{ref['shape']}",

@@ -12,9 +12,10 @@ import sys
 from typing import Any
 
 from ptycho_bridge.errors import ChecksumError, CorruptArchiveError, FormatError
-from ptycho_bridge.formats.bridge2.layout import TENSOR_GROUP, tensor_sha256
+from ptycho_bridge.formats.bridge2.layout import PARAMS_GROUP, TENSOR_GROUP, tensor_sha256
 from ptycho_bridge.io.h5 import get_dataset, open_h5, read_array, walk_datasets
 from ptycho_bridge.io.h5_isolated import run_isolated
+from ptycho_bridge.io.h5meta import scan
 from ptycho_bridge.io.safezip import SafeZip
 
 
@@ -42,6 +43,7 @@ def verify_checksums(zf: SafeZip, manifest: dict[str, Any]) -> list[str]:
         image = zf.read(entry["weights"]) if data is None else data
         # libhdf5 parses the image in a forked child (a crash or a loop becomes an error line)
         found = run_isolated(_tensor_facts, image, sorted(entry["tensors"]), label, member=label)
+        check_scan_agrees(image, found["params"], label=label)
         extra = set(found["names"]) - set(entry["tensors"])
         if extra:
             raise FormatError(f"tensors not indexed in manifest.json: {sorted(extra)}", member=label)
@@ -54,6 +56,23 @@ def verify_checksums(zf: SafeZip, manifest: dict[str, Any]) -> list[str]:
                 raise ChecksumError(f"tensor {tname!r} sha256 does not match manifest.json", member=label)
             checked.append(f"{model}:{tname}")
     return checked
+
+
+def check_scan_agrees(image: bytes, libhdf5: dict[str, list[Any]], *, label: str) -> None:
+    """The pure metadata scan and libhdf5 must agree on every ``/params`` dataset the scan answers for.
+
+    Why: readers take params arrays (the probe) at the offset the scan finds (``io.buffers.dataset_from_scan``)
+    and fall back to libhdf5 only when it does not answer; ``validate`` checks here that both parsers see the
+    same shape, dtype and data offset, so no archive can show one probe to the fast path and another to h5py."""
+    meta = scan(image)
+    if meta is None:
+        return  # readers use libhdf5 for this member: nothing to compare
+    for path, (offset, shape, dtype) in libhdf5.items():
+        mine = meta.datasets.get(path)
+        where = meta.storage.get(path) if mine is not None else None
+        if mine is None or [list(mine[0]), mine[1]] != [shape, dtype] or (None if where is None else where[0]) != offset:
+            raise FormatError(f"HDF5 parsers disagree on {path}: metadata scan {mine} at "
+                              f"{None if where is None else where[0]}, libhdf5 {dtype}{shape} at {offset}", member=label)
 
 
 def check_member_sha256(name: str, data: bytes | memoryview, manifest: dict[str, Any], *, label: str) -> None:
@@ -94,7 +113,18 @@ def _tensor_facts(image: bytes, names: list[str], label: str) -> dict[str, Any]:
     """(run in the child) every /tensors dataset name; per indexed tensor its data offset and sha256."""
     f = open_h5(image, member=label)
     try:
-        present = [p.split("/", 2)[2] for p, _ in walk_datasets(f, member=label) if p.startswith(f"/{TENSOR_GROUP}/")]
+        walked = list(walk_datasets(f, member=label))
+        present = [p.split("/", 2)[2] for p, _ in walked if p.startswith(f"/{TENSOR_GROUP}/")]
+        params: dict[str, list[Any]] = {}
+        for path, dset in walked:
+            if path.startswith(f"/{PARAMS_GROUP}/"):
+                try:
+                    offset = dset.id.get_offset()
+                    params[path] = [None if offset is None else int(offset), [int(d) for d in dset.shape],
+                                    str(dset.dtype)]
+                except Exception as exc:
+                    raise CorruptArchiveError(f"cannot read HDF5 dataset {path} ({exc.__class__.__name__})",
+                                              member=label) from None
         tensors: dict[str, Any] = {}
         for tname in names:
             dset = get_dataset(f, f"/{TENSOR_GROUP}/{tname}", member=label)
@@ -104,6 +134,6 @@ def _tensor_facts(image: bytes, names: list[str], label: str) -> dict[str, Any]:
             except Exception as exc:
                 raise CorruptArchiveError(f"tensor {tname!r}: cannot read HDF5 data offset ({exc})", member=label) from None
             tensors[tname] = [None if offset is None else int(offset), tensor_sha256(read_array(dset, member=label))]
-        return {"names": present, "tensors": tensors}
+        return {"names": present, "tensors": tensors, "params": params}
     finally:
         f.close()

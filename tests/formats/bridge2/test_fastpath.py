@@ -194,3 +194,46 @@ def test_a_2_0_archive_still_reads_and_validates(tmp_path: Path) -> None:
     arch = read_archive(old)
     assert arch.format_version == "2.0.0" and len(dict(arch.primary.tensors)) > 0
     assert validate_path(old)["valid"] is True
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_the_probe_is_read_without_libhdf5_and_equals_what_libhdf5_reads(
+        archives: dict[str, Path], monkeypatch: pytest.MonkeyPatch, verify: bool) -> None:
+    """issue 16: the pure metadata scan locates the probe (no forked child); libhdf5 reads the same array."""
+    from ptycho_bridge.formats.bridge2 import read as bridge_read
+
+    path = archives["tf_N64_gs1"]
+    with h5py.File(io.BytesIO(read_member(path, "diffraction_to_obj/weights.h5")), "r") as f:
+        expected = f["params/probe"][()]
+    calls: list[object] = []
+    real = bridge_read.run_isolated
+    monkeypatch.setattr(bridge_read, "run_isolated", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    probe = read_archive(path, verify=verify).probe
+    assert calls == [] and probe is not None
+    assert probe.dtype == expected.dtype == np.complex64 and np.array_equal(probe, expected)
+    monkeypatch.setattr(bridge_read, "dataset_from_scan", lambda *a: None)  # the scan does not answer: libhdf5
+    again = read_archive(path, verify=verify).probe
+    assert [getattr(c, "__name__", c) for c in calls] == ["_read_params_array"]
+    assert again is not None and np.array_equal(again, expected)
+
+
+def test_validate_refuses_an_archive_whose_parsers_disagree_on_the_probe(
+        archives: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A metadata scan that placed the probe elsewhere than libhdf5 does would show another probe to the fast
+    path: validate compares the two (here the scan is made to lie; real files are compared in test_h5meta)."""
+    from ptycho_bridge.formats.bridge2 import verify as bridge_verify
+    from ptycho_bridge.io.h5meta import H5Metadata, scan
+
+    path = archives["tf_N64_gs1"]
+    assert validate_path(path)["valid"]
+
+    def lying(image: bytes) -> H5Metadata | None:
+        meta = scan(image)
+        if meta is None or meta.storage.get("/params/probe") is None:  # the other model's weights hold no probe
+            return meta
+        start, nbytes = meta.storage["/params/probe"]  # type: ignore[misc]
+        return H5Metadata(meta.datasets, meta.attributes, {**meta.storage, "/params/probe": (start + 8, nbytes)})
+
+    monkeypatch.setattr(bridge_verify, "scan", lying)
+    report = validate_path(path)
+    assert not report["valid"] and "HDF5 parsers disagree on /params/probe" in report["errors"][0], report["errors"]
