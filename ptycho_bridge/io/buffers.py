@@ -136,7 +136,8 @@ def dataset_from_scan(buf: np.ndarray, path: str, shape: list[int] | tuple[int, 
     answer, the dataset is absent or was never written, or its shape or dtype (numpy's name, so native
     little-endian) is not exactly ``shape`` and ``dtype``.
     """
-    meta = scan(memoryview(buf))
+    top = "/" + path.lstrip("/").split("/", 1)[0]
+    meta = scan(memoryview(buf), within=top)  # the dataset's top-level group alone (the tensors are not walked)
     if meta is None or path not in meta.datasets:
         return None
     found_shape, found_dtype = meta.datasets[path]

@@ -69,10 +69,12 @@ class H5Metadata:
     storage: dict[str, tuple[int, int] | None] = field(default_factory=dict)
 
 
-def scan(image: bytes | memoryview) -> H5Metadata | None:
+def scan(image: bytes | memoryview, *, within: str | None = None) -> H5Metadata | None:
     """The metadata of an HDF5 image, or None if it is outside the subset this reader understands.
 
-    ``image`` may be a memoryview of bytes (a member buffer read in place): only the metadata is looked at."""
+    ``image`` may be a memoryview of bytes (a member buffer read in place): only the metadata is looked at.
+    ``within`` (a top-level group, ``"/params"``) walks that group alone: the root's other members are not
+    parsed and not reported -- what a caller asking for one small dataset needs, in a fraction of the time."""
     if isinstance(image, memoryview):
         if not (image.c_contiguous and image.ndim == 1 and image.format in ("B", "b", "c")):
             return None
@@ -80,7 +82,7 @@ def scan(image: bytes | memoryview) -> H5Metadata | None:
     elif not isinstance(image, bytes):
         return None
     try:
-        return _Scanner(image).run()
+        return _Scanner(image, within).run()
     except (Bad, struct.error, IndexError, ValueError, UnicodeDecodeError, OverflowError, KeyError):
         return None
 
@@ -96,8 +98,9 @@ class _Object:
 
 
 class _Scanner:
-    def __init__(self, image: bytes) -> None:
+    def __init__(self, image: bytes | memoryview, within: str | None = None) -> None:
         self.img = Image(image, steps=len(image) // 8 + 4096)
+        self.within = within
         self.seen: set[int] = set()  # every structure address visited (headers, chunks, nodes, heaps)
 
     def visit(self, addr: int) -> None:
@@ -149,6 +152,8 @@ class _Scanner:
             path, group, depth = stack.pop()
             assert group.stab is not None
             for name, addr, cache in self.links(*group.stab):
+                if depth == 0 and self.within is not None and f"/{name}" != self.within:
+                    continue  # outside the group asked for: not parsed, not reported
                 objects += 1
                 need(objects <= MAX_OBJECTS)
                 child = self.object(addr)

@@ -226,6 +226,21 @@ def test_complex_datasets_read_as_h5py_and_their_bytes_are_where_the_scan_says(t
         assert np.array_equal(got, arr), name
 
 
+def test_a_scan_within_one_group_reports_that_group_as_the_full_scan_does(tmp_path: Path) -> None:
+    def build(f: Any) -> None:
+        _varied(f)
+        f["p/probe"] = np.ones((2, 2), "c8")
+
+    data = _write(tmp_path, build)
+    full, part = scan(data), scan(data, within="/p")
+    assert full is not None and part is not None
+    assert part.datasets == {k: v for k, v in full.datasets.items() if k.startswith("/p/")} == {
+        "/p/probe": ((2, 2), "complex64")}
+    assert part.storage == {"/p/probe": full.storage["/p/probe"]}
+    assert set(part.attributes) == {"/", "/p", "/p/probe"}
+    assert scan(data, within="/absent") is not None and scan(data, within="/absent").datasets == {}  # type: ignore[union-attr]
+
+
 def _root_header(data: bytes) -> int:
     return struct.unpack_from("<Q", data, 24 + 32 + 8)[0]  # superblock v0: root symbol table entry's header address
 

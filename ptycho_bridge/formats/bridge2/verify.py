@@ -64,7 +64,7 @@ def check_scan_agrees(image: bytes, libhdf5: dict[str, list[Any]], *, label: str
     Why: readers take params arrays (the probe) at the offset the scan finds (``io.buffers.dataset_from_scan``)
     and fall back to libhdf5 only when it does not answer; ``validate`` checks here that both parsers see the
     same shape, dtype and data offset, so no archive can show one probe to the fast path and another to h5py."""
-    meta = scan(image)
+    meta = scan(image, within=f"/{PARAMS_GROUP}")  # the scan readers make (io.buffers.dataset_from_scan)
     if meta is None:
         return  # readers use libhdf5 for this member: nothing to compare
     for path, (offset, shape, dtype) in libhdf5.items():

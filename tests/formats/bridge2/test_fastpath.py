@@ -227,8 +227,8 @@ def test_validate_refuses_an_archive_whose_parsers_disagree_on_the_probe(
     path = archives["tf_N64_gs1"]
     assert validate_path(path)["valid"]
 
-    def lying(image: bytes) -> H5Metadata | None:
-        meta = scan(image)
+    def lying(image: bytes, **kw: str) -> H5Metadata | None:
+        meta = scan(image, **kw)
         if meta is None or meta.storage.get("/params/probe") is None:  # the other model's weights hold no probe
             return meta
         start, nbytes = meta.storage["/params/probe"]  # type: ignore[misc]
