@@ -6,6 +6,8 @@ For each archive, in this process, page cache warm (one unrecorded warm-up call 
   buffer, whole file — the physical limit (a page-cache memcpy).
 * ``read+tensors``: ``read_archive(path)`` then every canonical tensor of every model
   (``dict(model.tensors)``) — what a converter or engine pays. Bandwidth = tensor bytes / time.
+  Verifying (the default): the weights member and every tensor view are sha256-hashed, so SHA-256's
+  throughput bounds it; the ``unverified`` row (bridge-2) is ``read_archive(path, verify=False)``.
 * ``read only``: ``read_archive(path)`` alone (manifest, schema, params; bridge-2 also reads the
   primary ``weights.h5`` once here because the probe lives in it).
 
@@ -37,10 +39,10 @@ def load() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def load_all(path: Path) -> int:
+def load_all(path: Path, verify: bool = True) -> int:
     from ptycho_bridge import read_archive
 
-    arch = read_archive(path)
+    arch = read_archive(path, verify=verify)
     return sum(a.nbytes for m in arch.models.values() for a in dict(m.tensors).values())
 
 
@@ -130,6 +132,13 @@ def main() -> None:
                "tensor MB/s": tensor_bytes / MB / both, "% of plain": 100 * (tensor_bytes / both) / (size / plain)}
         rows.append(row)
         if label.startswith("bridge-2"):
+            unverified = time_call(lambda path=path: load_all(path, verify=False), args.repeat)
+            unverified_only = time_call(lambda path=path: read_archive(path, verify=False), args.repeat)
+            rows.append({"archive": "  unverified (verify=False / --no-verify)", "file MB": size / MB,
+                         "tensor MB": tensor_bytes / MB, "plain read MB/s": size / MB / plain,
+                         "read+tensors ms": unverified * 1e3, "read only ms": unverified_only * 1e3,
+                         "tensor MB/s": tensor_bytes / MB / unverified,
+                         "% of plain": 100 * (tensor_bytes / unverified) / (size / plain)})
             prev = time_call(lambda path=path: previous_loader(path), args.repeat)
             rows.append({"archive": "  previous loader (zip read + h5py BytesIO)", "file MB": size / MB,
                          "tensor MB": tensor_bytes / MB, "plain read MB/s": size / MB / plain,
