@@ -13,8 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ptycho_bridge.lazy import numpy as np
 
-from ptycho_bridge.io.deferred import DeferredArray, itemsize
-from ptycho_bridge.lazy import is_loaded
+from ptycho_bridge.io.deferred import DeferredArray, is_array, itemsize
 from ptycho_bridge.spec.network import NetworkSpec
 
 
@@ -151,6 +150,4 @@ class BridgeArchive:
         """The probe array from ``params``; a :class:`DeferredArray` only when the archive was read
         with ``lazy_arrays`` (``inspect``), which never builds it."""
         probe = self.params.get("probe")
-        if isinstance(probe, DeferredArray):
-            return probe
-        return probe if is_loaded("numpy") and isinstance(probe, np.ndarray) else None
+        return probe if is_array(probe) else None

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ptycho_bridge.lazy import numpy as np
-
 from converters.pytorch import (
     torchzip,  # the module, not its names: see LightningCheckpointReader
 )
@@ -59,9 +57,8 @@ from ptycho_bridge.formats.legacy import (
     legacy_manifest_warnings,
     read_legacy_manifest,
 )
-from ptycho_bridge.io.deferred import DeferredArray, materialise_tree
+from ptycho_bridge.io.deferred import is_array, materialise_tree
 from ptycho_bridge.io.safezip import SafeZip
-from ptycho_bridge.lazy import is_loaded
 from ptycho_bridge.model import BridgeArchive, LazyTensors, ModelEntry, TensorInfo, primary_name
 from ptycho_bridge.spec.mapping import torch_to_canonical
 
@@ -75,7 +72,7 @@ def canonical_state_dict(state: Any, *, member: str) -> tuple[LazyTensors, dict[
     for key, value in state.items():
         if not isinstance(key, str):
             raise FormatError(f"state_dict key {key!r} is not a string", member=member)
-        if not (isinstance(value, DeferredArray) or (is_loaded("numpy") and isinstance(value, np.ndarray))):
+        if not is_array(value):
             raise FormatError(f"state_dict entry {key!r} is not a tensor ({type_name(value)})", member=member, field=key)
         name = torch_to_canonical(key)
         if name in values:

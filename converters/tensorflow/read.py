@@ -204,7 +204,8 @@ def _scan_weights(weights_bytes: bytes, conv_paths: list[str], label: str) -> di
 
 
 def _read_weights(weights_bytes: bytes, paths: dict[str, str], label: str) -> dict[str, np.ndarray]:
-    f = open_h5(weights_bytes, member=label)
+    # these very bytes passed check_global_heaps when the archive was read (scan_weights or _scan_weights)
+    f = open_h5(weights_bytes, member=label, checked=True)
     try:
         return {name: read_array(get_dataset(f, path, member=label), member=label) for name, path in paths.items()}
     finally:

@@ -144,10 +144,7 @@ def dataset_from_scan(buf: np.ndarray, path: str, shape: list[int] | tuple[int, 
     where = meta.storage.get(path)
     if where is None or list(found_shape) != list(shape) or found_dtype != dtype:
         return None
-    start, nbytes = where
-    count = 1
-    for d in found_shape:
-        count *= d
-    arr = np.frombuffer(buf, dtype=np.dtype(dtype), count=count, offset=start).reshape(found_shape)
-    return arr.copy() if arr.nbytes == nbytes else None
+    start, nbytes = where  # the scan checked nbytes == shape x itemsize and that the range lies in the image
+    return np.frombuffer(buf, dtype=np.dtype(dtype), count=nbytes // np.dtype(dtype).itemsize,
+                         offset=start).reshape(found_shape).copy()
 

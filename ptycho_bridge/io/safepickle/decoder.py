@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from ptycho_bridge.errors import ArchiveLimitError, PickleDecodeError
 from ptycho_bridge.io.deferred import DeferredArray, itemsize
-from ptycho_bridge.io.safepickle.layout import NUMPY_DTYPE_KINDS, NUMPY_DTYPE_STR, NUMPY_PLAIN_CODES, TORCH_DTYPES
+from ptycho_bridge.io.safepickle.layout import NUMPY_DTYPE_KINDS, NUMPY_DTYPE_STR, NUMPY_PLAIN_CODES
 from ptycho_bridge.io.safepickle.limits import HashGuard, PickleLimits
 from ptycho_bridge.io.safepickle.nodes import (
     Build,
@@ -295,12 +295,7 @@ class Decoder:
     def tensor(self, storage: TensorStorage, offset: Any, size: Any, stride: Any, dtype: str, meta: Any) -> Any:
         """A torch tensor (``_rebuild_tensor*``) as a C-ordered copy of its storage view; every check on
         its geometry runs here, so a :class:`DeferredArray` (``defer``) only waits for the copy."""
-        if dtype not in TORCH_DTYPES:
-            raise self.fail(f"unsupported torch dtype {dtype!r}")
-        elsize = TORCH_DTYPES[dtype][1]
-        if len(storage.raw) % elsize:
-            raise self.fail(f"storage {storage.key} holds {len(storage.raw)} bytes, not a multiple of {dtype} size {elsize}")
-        numel = len(storage.raw) // elsize
+        numel = storage.numel(dtype, member=self.member)
         out_dtype = "float32" if dtype == "bfloat16" else dtype  # bfloat16 is widened exactly to float32
         out_size = itemsize(out_dtype)
 

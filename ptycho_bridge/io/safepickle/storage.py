@@ -29,27 +29,28 @@ class TensorStorage:
     dtype: str
     _views: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
+    def numel(self, dtype: str, *, member: str) -> int:
+        """How many ``dtype`` elements the storage holds; a dtype not in :data:`TORCH_DTYPES` or a byte
+        count that is not a whole number of elements is refused. No numpy: a deferred decode checks
+        tensors with this before (and without) building them."""
+        if dtype not in TORCH_DTYPES:
+            raise PickleDecodeError(f"unsupported torch dtype {dtype!r}", member=member)
+        itemsize = TORCH_DTYPES[dtype][1]
+        if len(self.raw) % itemsize:
+            raise PickleDecodeError(
+                f"storage {self.key} holds {len(self.raw)} bytes, not a multiple of {dtype} size {itemsize}",
+                member=member,
+            )
+        return len(self.raw) // itemsize
+
     def as_array(self, dtype: str, *, member: str) -> np.ndarray:
         """The storage as a read-only 1-D array of ``dtype`` (bfloat16 widened exactly to float32)."""
         if dtype not in self._views:
-            np_dtype, itemsize = _torch_dtype(dtype, member)
-            if len(self.raw) % itemsize:
-                raise PickleDecodeError(
-                    f"storage {self.key} holds {len(self.raw)} bytes, not a multiple of {dtype} size {itemsize}",
-                    member=member,
-                )
+            self.numel(dtype, member=member)
             if dtype == "bfloat16":
                 bits = np.frombuffer(self.raw, dtype="<u2").astype(np.uint32) << 16
                 arr = bits.view(np.float32)
             else:
-                arr = np.frombuffer(self.raw, dtype=np_dtype)
+                arr = np.frombuffer(self.raw, dtype=np.dtype(TORCH_DTYPES[dtype][0]))
             self._views[dtype] = arr
         return self._views[dtype]
-
-
-def _torch_dtype(name: str, member: str) -> tuple[np.dtype, int]:
-    try:
-        np_name, itemsize = TORCH_DTYPES[name]
-    except KeyError:
-        raise PickleDecodeError(f"unsupported torch dtype {name!r}", member=member) from None
-    return np.dtype(np_name), itemsize
