@@ -178,9 +178,14 @@ class Network:
             border = g.initializer("border_mask", 1.0 - centre_mask(spec.N)[None, None])
         amp = self.head(h, "amp", border)
         phase = self.head(h, "phase", border)
-        # a 1-channel amp (spec.amp_channels) broadcasts over the phase channels in Mul
-        real = g.op("Mul", [amp, g.op("Cos", [phase], "phase.cos")], "object.real")
-        imag = g.op("Mul", [amp, g.op("Sin", [phase], "phase.sin")], "object.imag")
+        # a 1-channel amp (spec.amp_channels) broadcasts over the phase channels in Mul / Expand
+        if spec.use_polar:
+            real = g.op("Mul", [amp, g.op("Cos", [phase], "phase.cos")], "object.real")
+            imag = g.op("Mul", [amp, g.op("Sin", [phase], "phase.sin")], "object.imag")
+        else:  # upstream's .keras-era CombineComplexLayer before 2026-01-26: tf.complex(amp, phase)
+            shape = g.op("Shape", [phase], "phase.shape")
+            real = g.op("Expand", [amp, shape], "object.real") if spec.head_channels("amp") != spec.channels_out else amp
+            imag = phase
         real = g.unsqueeze(real, [-1], "object.real_ri")
         imag = g.unsqueeze(imag, [-1], "object.imag_ri")
         return g.op("Concat", [real, imag], OUTPUT_NAME, axis=-1)

@@ -210,6 +210,8 @@ class PtychoPinnCnn(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         amp, phase = self.amp_phase(x)
+        if not self.spec.use_polar:  # upstream TF's .keras-era CombineComplexLayer before 2026-01-26: amp + i·phase
+            return torch.complex(amp.expand_as(phase).contiguous(), phase)
         # Upstream torch's CombineComplex, in complex64 (a 1-channel amp broadcasts over the phase channels).
         return amp.to(dtype=torch.complex64) * torch.exp(1j * phase.to(dtype=torch.complex64))
 

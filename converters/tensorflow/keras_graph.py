@@ -32,9 +32,16 @@ class KerasGraphInfo:
     use_polar: bool
     padded_size: int | None
     convs: tuple[TfConvRole, ...]
+    reassembly_centring: bool = True
     layer_classes: tuple[str, ...] = field(default=())
     inputs: tuple[str, ...] = field(default=())
     outputs: tuple[str, ...] = field(default=())
+    # (canonical conv prefix, Conv2D ``filters``) for every conv: the widths the archive's network was built with
+    conv_filters: tuple[tuple[str, int], ...] = field(default=())
+
+    def head_widths(self, head: str) -> set[int]:
+        """Output widths of ``head``'s final convs (``conv1``/``conv2``) as the config builds them."""
+        return {f for name, f in self.conv_filters if name in (f"{head}.conv1", f"{head}.conv2")}
 
 
 def _iter_history(node: Any) -> Iterator[str]:
@@ -274,13 +281,25 @@ def _analyse(config: dict[str, Any], *, member: str) -> KerasGraphInfo:
     if rem or nfs < 1:
         raise fail(f"first conv has {filters0} filters, not n_filters_scale·2048/N for N={N}", "filters")
 
+    conv_filters = []
+    for role in roles:
+        filters = by_name[role.layer_name].get("config", {}).get("filters")
+        if type(filters) is not int or not 1 <= filters <= 65536:
+            raise fail(f"Conv2D {role.layer_name!r} ({role.canonical}) has filters {filters!r}, expected a positive int",
+                       "filters")
+        conv_filters.append((role.canonical, filters))
+
     amp_layer = next((l for l in layers if l["name"] == "amp" and l["class_name"] == "ActivationLayer"), None)
     phi_layer = next((l for l in layers if l["name"] == "phi" and l["class_name"] == "ActivationLayer"), None)
     if amp_layer is None or phi_layer is None:
         raise fail("ActivationLayer 'amp'/'phi' not found")
     amp_activation = str(amp_layer["config"].get("activation_name"))
     phase_scale = float(phi_layer["config"].get("scale", 1.0))
-    use_polar = bool(obj.get("config", {}).get("use_polar", True))
+    # CombineComplexLayer records ``use_polar`` since upstream fixed its combine (2026-01-26); the layer
+    # before that computed tf.complex(amp, phase), i.e. the legacy A + iφ (ptycho_bridge.spec.history)
+    use_polar = obj.get("config", {}).get("use_polar", False)
+    if not isinstance(use_polar, bool):
+        raise fail(f"CombineComplexLayer use_polar is {use_polar!r}, expected true or false", "use_polar")
     reassemble = [l for l in layers if l.get("class_name") == "ReassemblePatchesLayer"]
     pad_rec = [l for l in layers if l.get("class_name") == "PadReconstructionLayer"]
     object_big = bool(reassemble)
@@ -288,6 +307,10 @@ def _analyse(config: dict[str, Any], *, member: str) -> KerasGraphInfo:
     src = (reassemble or pad_rec or [None])[0]
     if src is not None and "padded_size" in src.get("config", {}):
         padded = int(src["config"]["padded_size"])
+    # the ReassemblePatchesLayer that records padded_size/N/gridsize centres the offsets on their batch
+    # mean (today's); the earlier one (config without them, e.g. upstream cb46e91) translated each patch
+    # by its own offset, as the SavedModel era did
+    centring = bool(reassemble) and "padded_size" in reassemble[0].get("config", {})
 
     return KerasGraphInfo(
         N=N,
@@ -301,7 +324,9 @@ def _analyse(config: dict[str, Any], *, member: str) -> KerasGraphInfo:
         use_polar=use_polar,
         padded_size=padded,
         convs=tuple(roles),
+        reassembly_centring=centring,
         layer_classes=tuple(str(l.get("class_name")) for l in layers),
         inputs=tuple(str(x[0]) for x in inner.get("input_layers", []) if isinstance(x, list) and x),
         outputs=tuple(str(x[0]) for x in inner.get("output_layers", []) if isinstance(x, list) and x),
+        conv_filters=tuple(conv_filters),
     )

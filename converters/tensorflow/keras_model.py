@@ -135,12 +135,12 @@ def _tf() -> SimpleNamespace:
 
         def call(self, inputs: Any) -> Any:
             amp, phase = inputs
-            if self.use_polar:
+            if self.use_polar:  # a 1-channel amp broadcasts over the phase channels
                 return tf.complex(amp * tf.math.cos(phase), amp * tf.math.sin(phase))
-            return tf.complex(amp, phase)
+            return tf.complex(tf.broadcast_to(amp, tf.shape(phase)), phase)
 
         def compute_output_spec(self, inputs: Any) -> Any:
-            return keras.KerasTensor(inputs[0].shape, dtype="complex64")
+            return keras.KerasTensor(inputs[1].shape, dtype="complex64")
 
         def get_config(self) -> dict[str, Any]:
             return {**super().get_config(), "use_polar": self.use_polar}
@@ -295,7 +295,7 @@ def _build_core(spec: NetworkSpec) -> tuple[Any, dict[str, Any]]:
             act = k.Activation(spec.amp_activation, name="amp")
         else:
             act = k.Activation("tanh", scale=math.pi, name="phi")
-        cout = spec.channels_out
+        cout = spec.head_channels(head)
         if spec.pad_object:
             narrow = h[..., : spec.latent_width - spec.c_outer]
             x1 = act(conv(f"{head}.conv1", cout, False)(narrow))

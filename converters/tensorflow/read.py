@@ -172,9 +172,8 @@ def read_keras_payload(zf: SafeZip, member: str, *, model_name: str, params: dic
     warnings = []
     if optimizer:
         warnings.append(f"{optimizer} optimizer tensors in {member} (training state; not needed for inference)")
-    if not graph.use_polar:
-        warnings.append("CombineComplexLayer use_polar=False (legacy A + iφ output): conversions refuse it")
-    return ModelEntry(model_name, spec, LazyTensors(infos, load), infos, payload=payload, warnings=warnings)
+    return ModelEntry(model_name, spec, LazyTensors(infos, load), infos, payload=payload, warnings=warnings,
+                      reassembly_centring=graph.reassembly_centring)
 
 
 def model_h5_scale(zf: SafeZip, member: str) -> float | None:

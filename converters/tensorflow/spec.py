@@ -23,6 +23,7 @@ from ptycho_bridge.spec.network import (
     SUPPORTED_N,
     TF_AMP_ACTIVATIONS,
     NetworkSpec,
+    expected_tensors,
     tf_padded_size,
     tf_spec,
 )
@@ -56,11 +57,16 @@ def spec_from_tf(
     if amp not in TF_AMP_ACTIVATIONS:
         raise SpecError(f"amp_activation {amp!r} is not one TF builds ({TF_AMP_ACTIVATIONS})", member=member, field="amp_activation")
     padded = graph.padded_size
-    if "offset" in p and "max_position_jitter" in p and padded is not None:
+    if "offset" in p and "max_position_jitter" in p:
         offset = require_int(p["offset"], member=member, field="offset", min=0, max=MAX_PIXELS)
         jitter = require_int(p["max_position_jitter"], member=member, field="max_position_jitter", min=0, max=MAX_PIXELS)
         want = tf_padded_size(N, gridsize, offset, jitter)
-        require_agree("padded_size", f"{PARAMS_MEMBER} (N + (g-1)·offset + jitter)", want, cfg, padded, member)
+        if padded is not None:
+            require_agree("padded_size", f"{PARAMS_MEMBER} (N + (g-1)·offset + jitter)", want, cfg, padded, member)
+        elif object_big:
+            # upstream before the layer recorded it (e.g. cb46e91) computed it from params.get_padded_size()
+            padded = want
+    amp_channels = _amp_channels(graph, object_big=object_big, gridsize=gridsize, member=member, cfg=cfg)
     spec = tf_spec(
         N=N,
         gridsize=gridsize,
@@ -71,6 +77,48 @@ def spec_from_tf(
         amp_activation=amp,
         use_polar=graph.use_polar,
         padded_size=padded,
+        amp_channels=amp_channels,
     )
     spec.check()
+    _check_filters(spec, graph, member=member, cfg=cfg)
     return spec
+
+
+def _head_width(graph: KerasGraphInfo, head: str, *, member: str, cfg: str) -> int:
+    widths = graph.head_widths(head)
+    if len(widths) != 1:
+        raise SpecError(f"{cfg}: the {head} head's final convs have different widths {sorted(widths)}",
+                        member=member, field=f"{head}.filters")
+    return widths.pop()
+
+
+def _amp_channels(graph: KerasGraphInfo, *, object_big: bool, gridsize: int, member: str, cfg: str) -> int:
+    """The amplitude head's width as the archive's network was built (``ptycho_bridge.spec.history``).
+
+    The phase heads are ``gridsize²`` wide with ``object.big`` (else 1) in every upstream version, so
+    their width is cross-checked against ``params.dill``; the amplitude heads were ``Conv2D(1)`` at every
+    gridsize before upstream c03673d (2026-02-10) and ``Cout`` since, so 1 and ``Cout`` are both accepted.
+    """
+    cout = gridsize * gridsize if object_big else 1
+    phase = _head_width(graph, "phase", member=member, cfg=cfg)
+    require_agree("phase head channels", f"{PARAMS_MEMBER} (gridsize² with object.big, else 1)", cout,
+                  f"{cfg} (phase head Conv2D filters)", phase, member)
+    amp = _head_width(graph, "amp", member=member, cfg=cfg)
+    if amp not in (1, cout):
+        raise SpecError(f"{cfg}: the amp head's Conv2D filters are {amp}; upstream built 1 (before c03673d, "
+                        f"2026-02-10) or the phase head's {cout}", member=member, field="amp.filters")
+    return amp
+
+
+def _check_filters(spec: NetworkSpec, graph: KerasGraphInfo, *, member: str, cfg: str) -> None:
+    """Every conv's ``filters`` in the config equals the output width the derived spec gives it."""
+    want = expected_tensors(spec)
+    for prefix, filters in graph.conv_filters:
+        shape = want.get(f"{prefix}.weight")
+        if shape is None:
+            raise SpecError(f"{cfg}: conv {prefix!r} is not part of the network the spec describes",
+                            member=member, field=f"{prefix}.filters")
+        if shape[0] != filters:
+            raise SpecError(f"{cfg}: conv {prefix!r} has {filters} filters but the spec (N={spec.N}, "
+                            f"n_filters_scale={spec.n_filters_scale}) gives it {shape[0]}",
+                            member=member, field=f"{prefix}.filters")

@@ -87,6 +87,8 @@ def _print_inspect(report: dict[str, Any]) -> None:
                                         + (" outer_mask=False" if net.get("outer_mask") is False else "")))
         if "upstream_variant" in net:
             head.add_row("upstream", util.cell(VARIANT_TEXT.get(net["upstream_variant"], str(net["upstream_variant"]))))
+        for variant in net.get("variants", []):
+            head.add_row("variant", util.cell(f"{variant['text']} ({variant['upstream']})"))
     console.print(head)
     models = tables.table(("model", "payload", "tensors", "bytes", "notes"), title="models", right=("tensors", "bytes"))
     for name, m in report["models"].items():

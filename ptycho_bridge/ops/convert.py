@@ -33,6 +33,7 @@ from ptycho_bridge.formats.detect import read_archive
 from ptycho_bridge.io.atomic import refuse_existing, resolve_output
 from ptycho_bridge.model import BridgeArchive, ModelEntry
 from ptycho_bridge.spec.expressible import require
+from ptycho_bridge.spec.history import today_form
 from ptycho_bridge.spec.mapping import TORCH_AUX_PREFIX
 from ptycho_bridge.spec.network import (
     NetworkSpec,
@@ -103,11 +104,14 @@ def _plan_tf_to_torch(arch: BridgeArchive, entry: ModelEntry) -> Plan:
     target = torch_spec(
         N=src.N, gridsize=src.gridsize, n_filters_scale=src.n_filters_scale, object_big=src.object_big,
         probe_big=src.probe_big, amp_activation=src.amp_activation, c_outer=src.c_outer,
-        padded_size=src.padded_size,
+        padded_size=src.padded_size, amp_channels=src.amp_channels,
     )
     target.check()
     choices = ["cbam_encoder=False, cbam_bottleneck=False, batch_norm=False: TF has no attention or batch norm "
                "(upstream torch's default has CBAM on)"]
+    legacy_target, _, widened = today_form(target, {})
+    choices += [f"{note}; the torch bundle members (upstream main's loader) hold that form, the canonical tensors "
+                "keep the source's one-channel head" for note in widened]
     override = c_outer_override(target)
     if override["use_legacy_decoder_channel_override"]:
         choices.append(
@@ -127,7 +131,7 @@ def _plan_tf_to_torch(arch: BridgeArchive, entry: ModelEntry) -> Plan:
     if src.amp_activation == "swish":
         choices.append("amp_activation 'swish' written as torch's 'silu' (the same function)")
     base = arch.torch_config if isinstance(arch.torch_config, Mapping) and "model_config" in arch.torch_config else None
-    config = torch_config_for(target, arch.params, base)
+    config = torch_config_for(legacy_target, arch.params, base)
     mc = config["model_config"]
     if mc.get("mode", "Unsupervised") == "Unsupervised":
         choices.append(f"training-only {', '.join(FORWARD_MODEL_AUX)} filled with ones "
@@ -172,8 +176,11 @@ def _plan_torch_to_tf(arch: BridgeArchive, entry: ModelEntry) -> Plan:
     target = tf_spec(
         N=src.N, gridsize=src.gridsize, n_filters_scale=src.n_filters_scale, object_big=src.object_big,
         probe_big=src.probe_big, pad_object=True, amp_activation=src.amp_activation, padded_size=padded,
+        amp_channels=src.amp_channels,
     )
     target.check()
+    choices += [f"{note}; the TF members (today's upstream loader) hold that form, the canonical tensors keep the "
+                "source's one-channel head" for note in today_form(target, {})[2]]
     expected = expected_tensors(target)
     dropped = tuple(n for n in entry.tensor_info if n not in expected)
     unused = _unused_outer(src)
@@ -265,18 +272,21 @@ def write_conversion(arch: BridgeArchive, plan: Plan, out_path: str | os.PathLik
     entry = _primary(arch)
     tensors = target_tensors(entry, plan)
     spec = plan.target_spec
+    # upstream's loaders rebuild today's network and load weights by shape: its members get today's form
+    legacy_spec, legacy_tensors, _ = today_form(spec, tensors)
     if plan.to_backend == "pytorch":
 
-        legacy = torch_legacy_members(spec, tensors, plan.legacy_params, torch_config=plan.torch_config,
+        legacy = torch_legacy_members(legacy_spec, legacy_tensors, plan.legacy_params, torch_config=plan.torch_config,
                                       intensity_scale=plan.intensity_scale)
         payload = ("torch-state-dict", f"{PRIMARY}/model.pth")
         torch_config = plan.torch_config
     else:
 
-        legacy = tf_legacy_members(spec, tensors, plan.legacy_params, plan.intensity_scale)
+        legacy = tf_legacy_members(legacy_spec, legacy_tensors, plan.legacy_params, plan.intensity_scale)
         payload = ("keras", f"{PRIMARY}/model.keras")
         torch_config = arch.torch_config
-    model = ModelToWrite(spec, tensors, payload_kind=payload[0], payload_member=payload[1])
+    model = ModelToWrite(spec, tensors, payload_kind=payload[0], payload_member=payload[1],
+                         reassembly_centring=entry.reassembly_centring)
     return write_archive(
         out_path, force=force, backend=plan.to_backend, source_era=arch.era, models={PRIMARY: model},
         params=arch.params, intensity_scale=plan.intensity_scale, torch_config=torch_config,

@@ -39,6 +39,7 @@ from ptycho_bridge.io.atomic import refuse_existing
 from ptycho_bridge.model import BridgeArchive, primary_name
 from ptycho_bridge.ops.diff import diff_archives
 from ptycho_bridge.ops.report import finite_problems, validate_path
+from ptycho_bridge.spec.history import today_form
 
 LEGACY_ERAS = ("tf-modelmanager-1", "tf-savedmodel-1", "torch-bundle-2", "torch-json-1", "lightning-ckpt")
 # eras whose legacy members are rewritten in the current upstream layout instead of kept byte-for-byte
@@ -105,17 +106,46 @@ def _ckpt_legacy_members(arch: BridgeArchive, notes: list[str]) -> dict[str, byt
     entry = arch.primary
     assert entry.spec is not None
     config = {k: v for k, v in (arch.torch_config or {}).items() if k != "hyper_parameters"} or None
-    members = torch_legacy_members(entry.spec, dict(entry.tensors), arch.params, torch_config=config,
+    spec, tensors, widened = today_form(entry.spec, dict(entry.tensors))
+    notes += [f"{n}: upstream's torch bundle loaders build that form" for n in widened]
+    members = torch_legacy_members(spec, tensors, arch.params, torch_config=config,
                                    intensity_scale=arch.intensity_scale, models=("diffraction_to_obj",))
     notes.append(f"torch bundle members written by converters.pytorch.write: {', '.join(sorted(members))}")
     return dict(members)
 
 
+def needs_upgrade(arch: BridgeArchive) -> bool:
+    """Whether the legacy members must be rewritten in today's ``.keras`` layout for today's upstream to open them.
+
+    The SavedModel era always (today's upstream has no SavedModel loader); a ``.keras`` archive whose network
+    is not the one today's factory builds (a one-channel amplitude head, upstream before c03673d) too, since
+    upstream's loader rebuilds today's network and loads weights by shape. Not when the network cannot be
+    re-expressed for today's factory (the legacy ``A + iφ`` combine): see :func:`_unloadable_note`.
+    """
+    if arch.era in UPGRADED_ERAS:
+        return True
+    spec = arch.primary.spec if arch.backend == "tensorflow" and arch.era == "tf-modelmanager-1" else None
+    return spec is not None and spec.use_polar and today_form(spec, {})[0] != spec
+
+
+def _unloadable_note(arch: BridgeArchive) -> list[str]:
+    """Why today's upstream cannot open a kept ``.keras`` network, if it cannot (ptycho_bridge.spec.history)."""
+    spec = arch.primary.spec if arch.backend == "tensorflow" else None
+    if spec is None or spec.use_polar:
+        return []
+    return ["the network combines its heads as amp + i·phase (upstream's .keras CombineComplexLayer before "
+            "2026-01-26); today's upstream factory always builds amp·exp(i·phase), which no choice of weights turns "
+            "into this one, so the legacy members are kept byte-for-byte for the upstream of the archive's own era; "
+            "the canonical tensors and network spec carry it exactly (run it with ptycho-bridge run/reconstruct)"]
+
+
 def _upgraded_tf_members(arch: BridgeArchive, notes: list[str]) -> dict[str, bytes]:
-    """The current upstream ``.keras``-layout members for a SavedModel-era source (same tensors)."""
+    """The current upstream ``.keras``-layout members for a source today's upstream cannot open as it is."""
     entry = arch.primary
     assert entry.spec is not None and arch.intensity_scale is not None
-    members = tf_legacy_members(entry.spec, dict(entry.tensors), arch.params, arch.intensity_scale)
+    spec, tensors, widened = today_form(entry.spec, dict(entry.tensors))
+    notes += widened
+    members = tf_legacy_members(spec, tensors, arch.params, arch.intensity_scale)
     dropped = sorted(set(arch.models) - set(TF_WRITABLE_MODELS))
     notes.append(f"{arch.era} legacy members upgraded to the current upstream .keras layout by "
                  f"converters.tensorflow.write ({', '.join(sorted(members))}): today's PtychoPINN opens them "
@@ -147,7 +177,9 @@ def plan_migration(source: str | os.PathLike[str], output: str | os.PathLike[str
                           + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""), member=label)
     notes: list[str] = [f"migrated from {arch.era} ({label}) by ptycho-bridge migrate"]
     bundle = arch.era != "lightning-ckpt"
-    if arch.era in UPGRADED_ERAS:
+    upgrade = needs_upgrade(arch)
+    notes += _unloadable_note(arch)
+    if upgrade:
         legacy = _upgraded_tf_members(arch, notes)
     elif bundle:
         source_names = sorted(arch.members)
@@ -176,7 +208,7 @@ def plan_migration(source: str | os.PathLike[str], output: str | os.PathLike[str
     models: dict[str, ModelToWrite] = {}
     for name, entry in arch.models.items():
         member, source_kind = entry.payload.get("member"), entry.payload.get("kind", "none")
-        if arch.era in UPGRADED_ERAS:  # members written by the TF writer above (diffraction_to_obj only)
+        if upgrade:  # members written by the TF writer above (diffraction_to_obj only)
             member, source_kind = f"{name}/model.keras", "keras"
         if not bundle and f"{name}/model.pth" in legacy:
             member = f"{name}/model.pth"  # written for a Lightning source by the torch bundle writer
@@ -192,7 +224,8 @@ def plan_migration(source: str | os.PathLike[str], output: str | os.PathLike[str
         assert entry.spec is not None  # readers give every non-sentinel model a spec
         kind = str(source_kind) if kept else "none"
         models[name] = ModelToWrite(entry.spec, dict(entry.tensors), kind, member if kept else None,
-                                    notes=[f"source reader warning: {w}" for w in entry.warnings])
+                                    notes=[f"source reader warning: {w}" for w in entry.warnings],
+                                    reassembly_centring=entry.reassembly_centring)
     real = [n for n, m in models.items() if m.spec is not None]
     primary = primary_name(real)
     models[primary].notes = notes + models[primary].notes

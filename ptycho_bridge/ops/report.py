@@ -14,6 +14,7 @@ from ptycho_bridge.formats.bridge2.verify import verify_checksums
 from ptycho_bridge.formats.detect import detect_reader, open_container
 from ptycho_bridge.io.safezip import DEFAULT_LIMITS, Limits
 from ptycho_bridge.model import BridgeArchive
+from ptycho_bridge.spec.history import variant_notes
 from ptycho_bridge.spec.network import NetworkSpec
 
 
@@ -26,6 +27,9 @@ def network_summary(arch: BridgeArchive) -> dict[str, Any] | None:
     variant = upstream_variant(arch.backend, entry.spec)
     if variant is not None:
         spec["upstream_variant"] = variant
+    history = variant_notes(entry.spec, arch.backend, reassembly_centring=entry.reassembly_centring)
+    if history:  # how this network differs from the one today's upstream builds (ptycho_bridge.spec.history)
+        spec["variants"] = [v.to_dict() for v in history]
     return spec
 
 

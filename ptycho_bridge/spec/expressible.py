@@ -72,7 +72,6 @@ _UNMASKED = ("outer_mask=False (upstream torchapi-devel, Ptychodus 1.7): the out
 _AMP_CHANNELS = ("amp_channels={amp_channels}: the amp head emits {amp_channels} channel(s) broadcast over "
                  "{channels_out} phase channels (torchapi-devel's decoder_last_amp_channels); {target} emits the same "
                  "count from both heads")
-_NOT_POLAR = "use_polar=False (legacy 'A + iφ' combine) is not supported by the {engine} engine; only the polar combine amp·exp(iφ) is implemented"
 
 # what to do instead when a CBAM network is asked to become TF (refusals name the alternative)
 _CBAM_ALTERNATIVE = ("; it can never become a TF archive: run it with `ptycho-bridge run --engine onnx` (or torch), or deploy it with `ptycho-bridge export-onnx`")
@@ -112,7 +111,6 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Rule("amp_activation", lambda s: s.amp_activation not in TORCH_AMP_ACTIVATIONS,
              "amp_activation={amp_activation!r}: upstream torch builds only sigmoid or SiLU"),
         Rule("outer_mask", lambda s: s.probe_big and not s.outer_mask, _UNMASKED.replace("{target}", "TF")),
-        Rule("amp_channels", lambda s: s.amp_channels is not None, _AMP_CHANNELS.replace("{target}", "TF")),
         Rule("c_outer", lambda s: s.c_outer != TF_C_OUTER,
              "c_outer={c_outer}: TF routes exactly 4 latent channels to the outer branch (hard-coded), this torch "
              "network routes {c_outer}; the networks are not equivalent"),
@@ -146,7 +144,8 @@ RULES: dict[str, tuple[Rule, ...]] = {
              _UNMASKED.replace("{target}", "upstream main's torch network")
              + "; export-ckpt writes it as the Lightning checkpoint Ptychodus loads"),
         Rule("amp_channels", lambda s: s.amp_channels is not None,
-             _AMP_CHANNELS.replace("{target}", "the torch bundle writer (upstream main)")),
+             _AMP_CHANNELS.replace("{target}", "the torch bundle writer (upstream main)")
+             + "; spec.history.today_form gives the equivalent network with the amplitude head widened"),
     ),
     # upstream torchapi-devel's PtychoPINN_Lightning (the Lightning .ckpt Ptychodus 1.7 loads)
     "ptychodus-ckpt": (
@@ -178,7 +177,6 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Rule("family", lambda s: s.family != FAMILY, "network family {family!r} is not the PtychoPINN CNN"),
     ),
     "engine:torch": (
-        Rule("use_polar", lambda s: not s.use_polar, _NOT_POLAR.replace("{engine}", "torch")),
         Rule("batch_norm", lambda s: s.batch_norm,
              "batch_norm=True is not supported by the torch engine (the canonical tensor index does "
              "not enumerate upstream's decoder/head batch-norm tensors)"),
@@ -190,14 +188,10 @@ RULES: dict[str, tuple[Rule, ...]] = {
              "the TF network has no CBAM attention (cbam_encoder/cbam_bottleneck); use --engine onnx or torch"),
         Rule("batch_norm", lambda s: s.batch_norm, "the TF network has no batch normalisation"),
         Rule("outer_mask", lambda s: s.probe_big and not s.outer_mask, _UNMASKED.replace("{target}", "the TF network")),
-        Rule("amp_channels", lambda s: s.amp_channels is not None, _AMP_CHANNELS.replace("{target}", "the TF network")),
         Rule("amp_activation", lambda s: s.amp_activation not in ENGINE_AMP_ACTIVATIONS,
              "amp_activation {amp_activation!r} is not one of {ENGINE_AMP_ACTIVATIONS}"),
     ),
     "engine:onnx": (
-        Rule("use_polar", lambda s: not s.use_polar,
-             "use_polar=False (legacy CombineComplexLayer: object = A + i·φ) is not supported by the "
-             "ONNX exporter; only the polar combine A·exp(iφ) is implemented"),
         Rule("amp_activation", lambda s: s.amp_activation not in ENGINE_AMP_ACTIVATIONS,
              "amp_activation={amp_activation!r} is not supported (expected one of {ENGINE_AMP_ACTIVATIONS})"),
     ),
@@ -210,7 +204,7 @@ def _tf_form_refusals(spec: NetworkSpec) -> list[Refusal]:
     try:
         want = tf_spec(N=spec.N, gridsize=spec.gridsize, n_filters_scale=spec.n_filters_scale, object_big=spec.object_big,
                        probe_big=spec.probe_big, pad_object=spec.pad_object, amp_activation=spec.amp_activation,
-                       use_polar=spec.use_polar, padded_size=spec.padded_size)
+                       use_polar=spec.use_polar, padded_size=spec.padded_size, amp_channels=spec.amp_channels)
         want.check()
     except SpecError as exc:
         return [Refusal(exc.field or "network", None, f"upstream TF cannot build this network: {exc.reason}")]

@@ -191,10 +191,16 @@ def tf_spec(
     amp_activation: str,
     use_polar: bool = True,
     padded_size: int | None = None,
+    amp_channels: int | None = None,
 ) -> NetworkSpec:
-    """The spec of the network upstream's TF factory builds for these parameters."""
+    """The spec of the network upstream's TF factory builds for these parameters.
+
+    ``amp_channels=1`` is the factory of upstream before c03673d (2026-02-10): the amplitude heads were
+    ``Conv2D(1)`` at every gridsize (``ptycho_bridge.spec.history``); today's factory gives them ``Cout``.
+    """
     channels = gridsize * gridsize
     outer_used = (pad_object and probe_big) or not pad_object
+    cout = channels if object_big else 1
     return NetworkSpec(
         N=N,
         gridsize=gridsize,
@@ -204,13 +210,14 @@ def tf_spec(
         pad_object=pad_object,
         amp_activation=amp_activation,
         channels_in=channels,
-        channels_out=channels if object_big else 1,
+        channels_out=cout,
         c_outer=TF_C_OUTER,
         outer_width=tf_outer_width(N, n_filters_scale),
         outer_tensors=outer_used,
         narrow_head=pad_object,
         use_polar=use_polar,
         padded_size=padded_size,
+        amp_channels=None if amp_channels == cout else amp_channels,
     )
 
 

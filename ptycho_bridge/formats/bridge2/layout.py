@@ -14,7 +14,7 @@ from ptycho_bridge.lazy import numpy as np
 from ptycho_bridge.errors import UnsupportedError
 
 FORMAT = "ptycho-bridge"
-FORMAT_VERSION = "2.1.0"  # 2.1: optional network.outer_mask / amp_channels, more source_era values
+FORMAT_VERSION = "2.2.0"  # 2.1: optional network.outer_mask / amp_channels, more source_era values; 2.2: model reassembly_centring
 TENSOR_GROUP = "tensors"
 PARAMS_GROUP = "params"
 # the manifest schema's tensor dtypes ($defs/tensor); the offset fast path reads only these

@@ -146,6 +146,7 @@ class BridgeReader(EraReader):
                 infos,
                 payload=dict(entry["payload"], weights=entry["weights"]),
                 warnings=list(entry.get("notes", [])),
+                reassembly_centring=entry.get("reassembly_centring", True),
             )
         params: dict[str, Any] = {}
         torch_config = None

@@ -56,6 +56,7 @@ class ModelToWrite:
     payload_member: str | None = None
     notes: list[str] = field(default_factory=list)
     sentinel: str | None = None
+    reassembly_centring: bool = True  # ModelEntry.reassembly_centring; recorded only when False (format 2.2)
 
 
 def tensor_layout(array: np.ndarray) -> str:
@@ -180,6 +181,8 @@ def build_members(
         }
         if model.notes:
             entry["notes"] = list(model.notes)
+        if not model.reassembly_centring:
+            entry["reassembly_centring"] = False
         manifest_models[name] = entry
     for member, data in (legacy_members or {}).items():
         if member in members or member == "manifest.json":

@@ -27,9 +27,10 @@ from converters.onnx.engine import make_session, run_onnx, run_session  # noqa: 
 from converters.onnx.export import build_onnx, ops_used, save_onnx  # noqa: E402
 from converters.onnx.graph import OnnxExportError  # noqa: E402
 from converters.onnx.layout import INPUT_NAME, OUTPUT_NAME, POSITIONS_NAME, TRIMMED_NAME  # noqa: E402
-from ptycho_bridge.errors import ConversionRefused, OutputExistsError  # noqa: E402
+from ptycho_bridge.errors import OutputExistsError  # noqa: E402
 from ptycho_bridge.formats.detect import read_archive  # noqa: E402
 from ptycho_bridge.spec import reassembly  # noqa: E402
+from tests.numpy_reference import random_tensors, reference  # noqa: E402
 from ptycho_bridge.spec.conventions import golden_canonical_input  # noqa: E402
 from ptycho_bridge.spec.network import NetworkSpec, expected_tensors, tf_spec  # noqa: E402
 from tests._support import REPO  # noqa: E402
@@ -167,105 +168,14 @@ def test_no_framework_imported(fixtures_dir: Path) -> None:
     assert "clean" in proc.stdout
 
 
-# -- variants without goldens: float64 numpy transcription of the documented formulas -------------
-def _random_tensors(spec: NetworkSpec, seed: int, extra: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    shapes = dict(expected_tensors(spec))
-    shapes.update(extra or {})
-    out: dict[str, np.ndarray] = {}
-    for name, shape in shapes.items():
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf == "num_batches_tracked":
-            out[name] = np.array(7, np.int64)
-        elif leaf == "running_var":
-            out[name] = rng.uniform(0.5, 2.0, shape).astype(np.float32)
-        elif leaf == "running_mean" or leaf == "bias":
-            out[name] = rng.normal(0, 0.05, shape).astype(np.float32)
-        elif ".bn" in name:  # batch-norm gamma
-            out[name] = rng.uniform(0.8, 1.2, shape).astype(np.float32)
-        else:
-            fan_in = int(np.prod(shape[1:]))
-            head = shape[0] <= spec.channels_out and len(shape) == 4
-            std = 0.25 / np.sqrt(fan_in) if head else np.sqrt(2.0 / fan_in)
-            out[name] = rng.normal(0, std, shape).astype(np.float32)
-    return out
-
-
-def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    k = w.shape[-1]
-    pad = k // 2
-    H, W = x.shape[-2:]
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    out = np.zeros((x.shape[0], w.shape[0], H, W))
-    for dy in range(k):
-        for dx in range(k):
-            out += np.einsum("oi,bihw->bohw", w[:, :, dy, dx], xp[:, :, dy : dy + H, dx : dx + W], optimize=True)
-    return out if b is None else out + b[None, :, None, None]
-
-
-def _reference(spec: NetworkSpec, t: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    T = {k: np.asarray(v, np.float64) for k, v in t.items()}
-    sig = lambda v: 1.0 / (1.0 + np.exp(-v))  # noqa: E731
-    relu = lambda v: np.maximum(v, 0.0)  # noqa: E731
-    acts = {"sigmoid": sig, "swish": lambda v: v * sig(v), "softplus": lambda v: np.log1p(np.exp(v)), "relu": relu}
-
-    def conv_bn(v, block, j):
-        v = _conv(v, T[f"{block}.conv{j}.weight"], T[f"{block}.conv{j}.bias"])
-        bn = f"{block}.bn{j}"
-        if spec.batch_norm and f"{bn}.running_mean" in T:
-            shape = (1, -1, 1, 1)
-            v = (v - T[f"{bn}.running_mean"].reshape(shape)) / np.sqrt(T[f"{bn}.running_var"].reshape(shape) + 1e-5)
-            v = v * T[f"{bn}.weight"].reshape(shape) + T[f"{bn}.bias"].reshape(shape)
-        return v
-
-    def double(v, block):
-        return relu(conv_bn(relu(conv_bn(v, block, 1)), block, 2))
-
-    def up(v):
-        return v.repeat(2, axis=2).repeat(2, axis=3)
-
-    def cbam(v, p):
-        mlp = lambda z: relu(z @ T[f"{p}.cbam.mlp1.weight"].T + T[f"{p}.cbam.mlp1.bias"]) @ T[  # noqa: E731
-            f"{p}.cbam.mlp2.weight"
-        ].T + T[f"{p}.cbam.mlp2.bias"]
-        gate = sig(mlp(v.mean(axis=(2, 3))) + mlp(v.max(axis=(2, 3))))
-        v = v * gate[:, :, None, None]
-        comp = np.concatenate([v.max(axis=1, keepdims=True), v.mean(axis=1, keepdims=True)], axis=1)
-        return v * sig(_conv(comp, T[f"{p}.cbam.spatial.weight"], None))
-
-    h = x.astype(np.float64)
-    for i, _ in enumerate(spec.encoder_widths):
-        h = double(h, f"encoder.{i}")
-        if spec.cbam_encoder:
-            h = cbam(h, f"encoder.{i}")
-        B, C, H, W = h.shape
-        h = h.reshape(B, C, H // 2, 2, W // 2, 2).max(axis=(3, 5))
-    if spec.cbam_bottleneck:
-        h = cbam(h, "bottleneck")
-    N, q, L = spec.N, spec.N // 4, spec.latent_width
-    border = 1.0 - reassembly.centre_mask(N).astype(np.float64)
-    heads = {}
-    for head in ("amp", "phase"):
-        act = acts[spec.amp_activation] if head == "amp" else (lambda v: np.pi * np.tanh(v))
-        v = h
-        for d, _ in enumerate(spec.decoder_widths):
-            v = up(double(v, f"{head}.decoder.{d}"))
-        if not spec.pad_object:
-            heads[head] = act(conv_bn(up(double(v, f"{head}.outer")), head, 2))
-            continue
-        x1 = np.pad(act(conv_bn(v[:, : L - spec.c_outer], head, 1)), ((0, 0), (0, 0), (q, q), (q, q)))
-        if spec.probe_big:
-            x2 = conv_bn(up(double(v[:, L - spec.c_outer :], f"{head}.outer")), head, 2)
-            x1 = x1 + x2 * sig(x2) * border
-        heads[head] = x1
-    return heads["amp"] * np.exp(1j * heads["phase"])
+# -- variants without goldens: the float64 numpy reference (tests/numpy_reference.py) -----------------
 
 
 def _assert_matches_reference(spec: NetworkSpec, tensors, B: int = 1, seed: int = 0, **build_kw):
     model = build_onnx(spec, tensors, **build_kw)
     _check_graph(model)
     x = np.random.default_rng(seed).uniform(0, 1.5, (B, spec.channels_in, spec.N, spec.N)).astype(np.float32)
-    ref = _reference(spec, tensors, x)
+    ref = reference(spec, tensors, x)
     positions = np.zeros((B, 1, 2, spec.channels_in), np.float32)
     session = make_session(model, threads=2)
     feeds = {INPUT_NAME: x, POSITIONS_NAME: positions} if build_kw.get("reassembly") else {INPUT_NAME: x}
@@ -281,7 +191,7 @@ def test_variant_tf_no_outer_branch_softplus() -> None:
     spec = tf_spec(N=64, gridsize=1, n_filters_scale=1, object_big=True, probe_big=False, pad_object=True,
                    amp_activation="softplus")
     assert not spec.outer_tensors
-    model, outs, _ = _assert_matches_reference(spec, _random_tensors(spec, 1))
+    model, outs, _ = _assert_matches_reference(spec, random_tensors(spec, 1))
     assert "Softplus" in ops_used(model)
     obj = outs[OUTPUT_NAME]
     q = spec.N // 4
@@ -292,14 +202,14 @@ def test_variant_tf_pad_object_false_relu() -> None:
     spec = tf_spec(N=64, gridsize=1, n_filters_scale=1, object_big=True, probe_big=True, pad_object=False,
                    amp_activation="relu")
     assert not spec.narrow_head
-    model, _, _ = _assert_matches_reference(spec, _random_tensors(spec, 2))
+    model, _, _ = _assert_matches_reference(spec, random_tensors(spec, 2))
     assert "Pad" not in ops_used(model) and "Slice" not in ops_used(model)
 
 
 def test_variant_object_big_false_reassembly_is_identity() -> None:
     spec = tf_spec(N=64, gridsize=2, n_filters_scale=1, object_big=False, probe_big=True, pad_object=True,
                    amp_activation="swish", padded_size=78)
-    _, outs, _ = _assert_matches_reference(spec, _random_tensors(spec, 3), B=2, reassembly=True)
+    _, outs, _ = _assert_matches_reference(spec, random_tensors(spec, 3), B=2, reassembly=True)
     np.testing.assert_array_equal(outs[TRIMMED_NAME], np.transpose(outs[OUTPUT_NAME], (0, 2, 3, 1, 4)))
 
 
@@ -316,7 +226,7 @@ def test_variant_cbam_bottleneck_batch_norm() -> None:
     extra = {f"phase.bn{j}.{p}": ((4,) if p != "num_batches_tracked" else ())
              for j in (1, 2) for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
     extra.update({f"phase.decoder.0.bn1.{p}": (64,) for p in ("weight", "bias", "running_mean", "running_var")})
-    tensors = _random_tensors(spec, 4, extra)
+    tensors = random_tensors(spec, 4, extra)
     model, _, x = _assert_matches_reference(spec, tensors, B=2)
     n_bn = sum(n.op_type == "BatchNormalization" for n in model.graph.node)
     assert n_bn == 2 * len(spec.encoder_widths) + 3
@@ -328,10 +238,7 @@ def test_variant_cbam_bottleneck_batch_norm() -> None:
 
 def test_refusals() -> None:
     spec = _torch_like_spec(cbam_bottleneck=False)
-    tensors = _random_tensors(spec, 5)
-    with pytest.raises(ConversionRefused, match="use_polar=False") as info:
-        build_onnx(dataclasses.replace(spec, use_polar=False), tensors)
-    assert isinstance(info.value, OnnxExportError) and info.value.field == "use_polar"
+    tensors = random_tensors(spec, 5)
     with pytest.raises(OnnxExportError, match="amp_activation"):
         build_onnx(dataclasses.replace(spec, amp_activation="gelu"), tensors)
     with pytest.raises(OnnxExportError, match="opset"):
@@ -346,8 +253,8 @@ def test_refusals() -> None:
     with pytest.raises(OnnxExportError, match="padded_size"):
         build_onnx(spec, tensors, reassembly=True)  # torch specs carry no TF canvas size
     with pytest.raises(OnnxExportError, match="encoder.0.bn1"):  # BN tensors under batch_norm=False
-        build_onnx(spec, _random_tensors(spec, 6, {"encoder.0.bn1.weight": (32,)}))
+        build_onnx(spec, random_tensors(spec, 6, {"encoder.0.bn1.weight": (32,)}))
     bn_spec = dataclasses.replace(spec, batch_norm=True)
-    bn = _random_tensors(bn_spec, 6, {"extra.autoencoder.decoder_amp.amp.conv_up_block.bn1.weight": (32,)})
+    bn = random_tensors(bn_spec, 6, {"extra.autoencoder.decoder_amp.amp.conv_up_block.bn1.weight": (32,)})
     with pytest.raises(OnnxExportError, match="conv_up_block.bn1"):
         build_onnx(bn_spec, bn)
