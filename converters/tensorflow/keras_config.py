@@ -162,6 +162,7 @@ class _Factory:
     """
 
     def __init__(self, spec: NetworkSpec, padded_size: int, shared_object_id: int) -> None:
+        self.centring = True  # ReassemblePatchesLayer form: today's (centring) or the earlier one
         self.spec = spec
         self.padded_size = padded_size
         self.sid = shared_object_id
@@ -275,7 +276,7 @@ class _Factory:
     def decoder_head(self, latent: _T, head: str) -> _T:
         """``create_decoder_amp`` / ``create_decoder_phase`` → ``create_decoder_last``."""
         spec = self.spec
-        cout = spec.channels_out
+        cout = spec.head_channels(head)  # the amplitude head is 1 wide before upstream c03673d
         conv1 = self.new_conv(cout, "linear")  # both built before the decoder base, used or not
         conv2 = self.new_conv(cout, "linear")
         if head == "amp":
@@ -312,15 +313,18 @@ class _Factory:
             h = self.max_pool(h)
         amp = self.decoder_head(h, "amp")
         phase = self.decoder_head(h, "phase")
+        # the layer before upstream's 2026-01-26 fix recorded no use_polar and computed amp + i·phase
         obj = self.layer("obj", "CombineComplexLayer", [[amp, phase]], amp.shape, module="ptycho.custom_layers",
-                         registered_name="ptycho>CombineComplexLayer", extra={"use_polar": spec.use_polar},
+                         registered_name="ptycho>CombineComplexLayer",
+                         extra={"use_polar": True} if spec.use_polar else None,
                          build=[self.shape_list(amp), self.shape_list(phase)])
         P = self.padded_size
         complex_policy = {"dtype": "complex64", "shared_policy": False, "out_dtype": "complex64"}
         if spec.object_big:
             padded = self.layer("padded_obj_2", "ReassemblePatchesLayer", [[obj, positions]], (None, P, P, obj.shape[3]),
                                 module="ptycho.custom_layers", registered_name="ptycho>ReassemblePatchesLayer",
-                                extra={"padded_size": P, "N": N, "gridsize": spec.gridsize},
+                                # the earlier layer (no batch-mean centring) recorded none of these
+                                extra={"padded_size": P, "N": N, "gridsize": spec.gridsize} if self.centring else None,
                                 build=[self.shape_list(obj), self.shape_list(positions)], **complex_policy)
         else:
             padded = self.layer("padded_obj_2", "PadReconstructionLayer", [obj], (None, P, P, obj.shape[3]),
@@ -381,11 +385,15 @@ def keras_config(
     model_name: str = SUPPORTED_MODELS[0],
     padded_size: int | None = None,
     shared_object_id: int = DEFAULT_SHARED_OBJECT_ID,
+    reassembly_centring: bool = True,
 ) -> dict[str, Any]:
     """The Keras 3 ``config.json`` upstream's factory writes for ``model_name`` (as a dict, in Keras' key order).
 
     ``padded_size`` overrides/supplies ``spec.padded_size`` (upstream: ``params.get_padded_size()``).
     ``shared_object_id`` stands for the Python ``id()`` Keras records for the shared float32 policy.
+    ``reassembly_centring=False`` writes the earlier ``ReassemblePatchesLayer`` (no ``padded_size``/``N``/``gridsize``
+    in its config, no batch-mean centring), and ``spec.use_polar=False`` the earlier ``CombineComplexLayer`` (no
+    ``use_polar``): the layers upstream wrote before its 2026-01-26 fix (``ptycho_bridge.spec.history``).
     """
     if model_name not in SUPPORTED_MODELS:
         raise ConversionRefused(
@@ -393,6 +401,7 @@ def keras_config(
         )
     check_tf_expressible(spec)
     factory = _Factory(spec, resolve_padded_size(spec, padded_size, what="the Keras config", strict=True), shared_object_id)
+    factory.centring = reassembly_centring
     factory.auto_name("Functional")  # upstream builds the autoencoder Model first: it is "functional"
     model_keras_name = factory.auto_name("Functional")
     inputs, outputs = factory.diffraction_to_obj()

@@ -170,9 +170,11 @@ def model_keras_bytes(
     padded_size: int | None = None,
     saved_at: datetime = FIXED_SAVE_TIME,
     shared_object_id: int = DEFAULT_SHARED_OBJECT_ID,
+    reassembly_centring: bool = True,
 ) -> bytes:
     """``model.keras``: a stored zip of ``metadata.json``, ``config.json``, ``model.weights.h5`` as Keras writes it."""
-    config = keras_config(spec, padded_size=padded_size, shared_object_id=shared_object_id)
+    config = keras_config(spec, padded_size=padded_size, shared_object_id=shared_object_id,
+                          reassembly_centring=reassembly_centring)
     weights = model_weights_h5(spec, tensors, config)
     metadata = json.dumps({"keras_version": KERAS_VERSION, "date_saved": saved_at.strftime(KERAS_DATE_FORMAT)})
     buf = io.BytesIO()
@@ -258,6 +260,7 @@ def tf_legacy_members(
     *,
     models: tuple[str, ...] = SUPPORTED_MODELS,
     saved_at: datetime = FIXED_SAVE_TIME,
+    reassembly_centring: bool = True,
 ) -> dict[str, bytes]:
     """Every member upstream's TF ``ModelManager.load_multiple_models`` reads, as ``{member path: bytes}``.
 
@@ -272,6 +275,10 @@ def tf_legacy_members(
       ``CenterMaskLayer`` when the key is absent and Keras would then be handed a string as a class.
     - ``<model>/model.keras``: :func:`model_keras_bytes`.
     - ``<model>/model.h5``: one root attribute ``intensity_scale`` (float64).
+
+    The network is written as ``spec`` says, earlier upstream variants included (a one-channel amplitude head,
+    ``reassembly_centring=False``, ``use_polar=False``); callers that want what *today's* upstream loader
+    opens pass :func:`ptycho_bridge.spec.history.today_form` of it.
     """
     for name in models:
         if name not in SUPPORTED_MODELS:
@@ -285,7 +292,8 @@ def tf_legacy_members(
         padded = default_padded_size(spec.N, spec.gridsize, params)
     cfg = tf_params(spec, params, intensity_scale, padded_size=padded)
     params_bytes = pickle.dumps(cfg, protocol=PICKLE_PROTOCOL)
-    keras_bytes = model_keras_bytes(spec, tensors, padded_size=padded, saved_at=saved_at)
+    keras_bytes = model_keras_bytes(spec, tensors, padded_size=padded, saved_at=saved_at,
+                                    reassembly_centring=reassembly_centring)
     members: dict[str, bytes] = {MANIFEST_MEMBER: pickle.dumps(manifest_dict(list(models)), protocol=PICKLE_PROTOCOL)}
     for name in models:
         members[model_member(name, CUSTOM_OBJECTS_MEMBER)] = pickle.dumps({}, protocol=PICKLE_PROTOCOL)

@@ -199,7 +199,7 @@ def test_extra_tensor_is_named_but_training_tensors_are_ignored() -> None:
 
 @pytest.mark.parametrize(
     "change, field",
-    [({"use_polar": False}, "use_polar"), ({"batch_norm": True}, "batch_norm"), ({"amp_activation": "tanh"}, "amp_activation")],
+    [({"batch_norm": True}, "batch_norm"), ({"amp_activation": "tanh"}, "amp_activation")],
 )
 def test_unsupported_networks_are_refused(change: dict, field: str) -> None:
     with pytest.raises(ConversionRefused) as info:
