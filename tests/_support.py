@@ -15,6 +15,8 @@ SAVEDMODEL_DIR = SHARED / "fixtures" / "upstream-savedmodel"
 PTYCHODUS_DIR = SHARED / "fixtures" / "ptychodus-torch"
 # upstream TF-path reconstructions of one simulated scan (dataset_N64.npz + one folder per case)
 RECONSTRUCT_DIR = SHARED / "fixtures" / "reconstruct"
+# archives of earlier upstream network variants, written by upstream at that commit, with that commit's goldens
+HISTORY_DIR = SHARED / "fixtures" / "upstream-history"
 
 
 
