@@ -101,7 +101,7 @@ def reference(spec: NetworkSpec, t: dict[str, np.ndarray], x: np.ndarray) -> np.
         x1 = np.pad(act(conv_bn(v[:, : L - spec.c_outer], head, 1)), ((0, 0), (0, 0), (q, q), (q, q)))
         if spec.probe_big:
             x2 = conv_bn(up(double(v[:, L - spec.c_outer :], f"{head}.outer")), head, 2)
-            x1 = x1 + x2 * sig(x2) * border
+            x1 = x1 + x2 * sig(x2) * (border if spec.outer_mask else 1.0)
         heads[head] = x1
     if not spec.use_polar:  # upstream's .keras-era CombineComplexLayer before 2026-01-26: tf.complex(amp, phase)
         return np.broadcast_to(heads["amp"], heads["phase"].shape) + 1j * heads["phase"]

@@ -33,6 +33,7 @@ class KerasGraphInfo:
     padded_size: int | None
     convs: tuple[TfConvRole, ...]
     reassembly_centring: bool = True
+    outer_mask: bool = True  # the outer branch is multiplied by the border mask (False: upstream before a6e1019)
     layer_classes: tuple[str, ...] = field(default=())
     inputs: tuple[str, ...] = field(default=())
     outputs: tuple[str, ...] = field(default=())
@@ -85,6 +86,7 @@ KERAS_OBJECT_MODULES = tuple(
 FUNCTION_MODULES = tuple(
     f"keras.{src}{area}" for src in ("", "src.") for area in ("activations", "losses", "metrics")
 )
+MASK_CLASSES = ("CenterMaskLayer",)  # the layer that builds the border mask 1 − M (SavedModel: re-expressed as one)
 MAX_LAYERS = 4096  # layers in one config; upstream's models have ~60
 
 
@@ -222,8 +224,8 @@ def _analyse(config: dict[str, Any], *, member: str) -> KerasGraphInfo:
     for k, name in enumerate(encoder):
         roles.append(TfConvRole(name, alias[name], f"encoder.{k // 2}.conv{k % 2 + 1}"))
 
-    head_facts: list[tuple[bool, bool]] = []
-    for head, anc in (("amp", amp_anc - phase_anc), ("phase", phase_anc - amp_anc)):
+    head_facts: list[tuple[bool, bool, bool]] = []
+    for head, anc, full in (("amp", amp_anc - phase_anc, amp_anc), ("phase", phase_anc - amp_anc, phase_anc)):
         head_convs = [c for c in convs if c in anc]
         getitems = [n for n in anc if by_name[n].get("class_name") == "GetItem"]
         narrow_src = [g for g in getitems if _slice_of(by_name[g]) == (None, -4)]
@@ -256,7 +258,9 @@ def _analyse(config: dict[str, Any], *, member: str) -> KerasGraphInfo:
             roles.append(TfConvRole(outer[0], alias[outer[0]], f"{head}.outer.conv1"))
             roles.append(TfConvRole(outer[1], alias[outer[1]], f"{head}.outer.conv2"))
             roles.append(TfConvRole(outer[2], alias[outer[2]], f"{head}.conv2"))
-        head_facts.append((pad_object, bool(outer)))
+        # the outer branch is multiplied by the border mask (CenterMaskLayer) since upstream a6e1019 (2024-08-20)
+        masked = any(by_name[n].get("class_name") in MASK_CLASSES for n in full)
+        head_facts.append((pad_object, bool(outer), masked or not (pad_object and outer)))
     if head_facts[0] != head_facts[1]:
         raise fail("amp and phase heads have different structures")
     assigned = {r.layer_name for r in roles}
@@ -319,6 +323,7 @@ def _analyse(config: dict[str, Any], *, member: str) -> KerasGraphInfo:
         object_big=object_big,
         pad_object=head_facts[0][0],
         outer_branch=head_facts[0][1],
+        outer_mask=head_facts[0][2],
         amp_activation=amp_activation,
         phase_scale=phase_scale,
         use_polar=use_polar,

@@ -6,6 +6,7 @@ about a field must agree; a disagreement is an error naming the field and both v
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Mapping
 
 from converters.tensorflow.keras_graph import KerasGraphInfo
@@ -79,6 +80,8 @@ def spec_from_tf(
         padded_size=padded,
         amp_channels=amp_channels,
     )
+    if not graph.outer_mask:  # upstream before a6e1019 (2024-08-20) added the outer branch unmasked
+        spec = replace(spec, outer_mask=False)
     spec.check()
     _check_filters(spec, graph, member=member, cfg=cfg)
     return spec

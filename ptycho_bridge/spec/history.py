@@ -27,6 +27,7 @@ from ptycho_bridge.lazy import numpy as np
 from ptycho_bridge.spec.network import NetworkSpec
 
 AMP_HEAD_CHANGE = ("c03673d", "2026-02-10")  # upstream commit and date that widened the amplitude heads
+OUTER_MASK_CHANGE = ("a6e1019", "2024-08-20")  # upstream masked the outer branch to the border from here on
 # the convs whose output channels are the amplitude head's (canonical names, OIHW: output axis 0)
 AMP_HEAD_CONVS = ("amp.conv1", "amp.conv2")
 
@@ -69,7 +70,8 @@ def variant_notes(spec: NetworkSpec, backend: str | None = None, *, reassembly_c
                            "ReassemblePatchesLayer records no padded_size"))
     if spec.probe_big and spec.pad_object and not spec.outer_mask:
         out.append(Variant("outer_unmasked", "outer (probe.big) branch added over the whole patch, not masked to "
-                           "the border", "upstream torchapi-devel (Ptychodus 1.7)"))
+                           "the border", "upstream torchapi-devel (Ptychodus 1.7)" if backend == "pytorch"
+                           else f"upstream TF before {OUTER_MASK_CHANGE[0]}, {OUTER_MASK_CHANGE[1]}"))
     return out
 
 

@@ -73,6 +73,8 @@ def analysis_config(model: Keras2Model, *, amp_activation: str, padded_size: int
             cfg = {"padded_size": padded_size}
         elif layer.class_name == "Lambda" and layer.name == "trimmed_obj":
             cls = "TrimReconstructionLayer"
+        elif layer.class_name == "TFOpLambda" and layer.config.get("function") == "math.subtract":
+            cls = "CenterMaskLayer"  # 1 − ZeroPad(ones): the border mask (constants checked in check_layers)
         args = [{"class_name": "__keras_tensor__", "config": {"keras_history": [p, 0, 0]}} for p in layer.parents]
         layers.append({"class_name": cls, "name": layer.name, "config": cfg,
                        "inbound_nodes": [{"args": args + extra, "kwargs": {}}] if layer.parents else []})

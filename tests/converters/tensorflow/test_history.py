@@ -248,3 +248,36 @@ def test_polar_variant_migrates_to_what_todays_loader_opens(tmp_path: Path) -> N
     loaded = keras.saving.load_model(model_keras, custom_objects={"CenterMaskLayer": stubs.CenterMask})
     with pytest.raises(ValueError):
         stubs.build(replace(spec, amp_channels=None)).set_weights(loaded.get_weights())
+
+
+def test_unmasked_outer_branch_is_read_from_the_config(tmp_path: Path) -> None:
+    """Upstream before a6e1019 (2024-08-20) added the outer branch without the border mask: a config whose heads
+    have no CenterMaskLayer/Multiply reads as ``outer_mask=False`` and runs as the reference says."""
+    spec = _variant(64, 2, True)
+    tensors = random_tensors(spec, seed=13)
+    members = tf_legacy_members(spec, tensors, {"offset": 4, "max_position_jitter": 10}, 988.2)
+    member = f"{D2O}/model.keras"
+    with zipfile.ZipFile(io.BytesIO(members[member])) as inner:
+        files = {n: inner.read(n) for n in inner.namelist()}
+    config = json.loads(files["config.json"])
+    layers = config["config"]["layers"]
+    dropped = {layer["name"] for layer in layers if layer["class_name"] in ("CenterMaskLayer", "Multiply")}
+    assert len(dropped) == 4  # a mask and a multiply per head
+    text = json.dumps([layer for layer in layers if layer["name"] not in dropped])
+    for head, silu in (("", "silu"), ("_1", "silu_1")):  # add(x1, multiply(silu, mask)) -> add(x1, silu)
+        text = text.replace(f'"keras_history": ["multiply{head}", 0, 0]', f'"keras_history": ["{silu}", 0, 0]')
+    config["config"]["layers"] = json.loads(text)
+    files["config.json"] = json.dumps(config).encode()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as inner:
+        for name, data in files.items():
+            inner.writestr(name, data)
+    members[member] = buf.getvalue()
+    entry = read_archive(_plain_zip(members, tmp_path / "wts.h5.zip")).primary
+    assert entry.spec == replace(spec, outer_mask=False)
+    keys = [v["key"] for v in inspect_report(read_archive(tmp_path / "wts.h5.zip"))["network"]["variants"]]
+    assert "outer_unmasked" in keys
+    x = np.random.default_rng(9).uniform(0, 1.5, (1, 4, 64, 64)).astype(np.float32)
+    ref = reference(entry.spec, tensors, x)
+    assert float(np.abs(ref - reference(spec, tensors, x)).max()) > 1e-3  # the mask matters for these weights
+    _assert_close(_engine_out("onnx", entry.spec, dict(entry.tensors), x), ref, "onnx unmasked")
