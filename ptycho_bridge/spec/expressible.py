@@ -82,7 +82,8 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Rule("N", lambda s: s.N not in SUPPORTED_N,
              "N={N}: TF allows only {SUPPORTED}; torch would silently build a degenerate encoder"),
         Rule("use_polar", lambda s: not s.use_polar,
-             "use_polar=False: the legacy TF combine A + iφ has no torch equivalent (torch computes amp·exp(iφ))"),
+             "use_polar=False: the legacy TF combine amp + i·phase (upstream's .keras CombineComplexLayer before "
+             "2026-01-26) has no torch equivalent (torch computes amp·exp(i·phase))"),
         Rule("pad_object", lambda s: not s.pad_object,
              "pad_object=False: TF builds a different head (no slicing, padding or mask) and torch ignores "
              "pad_object, always building the padded head; the networks are not equivalent"),
@@ -152,7 +153,9 @@ RULES: dict[str, tuple[Rule, ...]] = {
         Rule("N", lambda s: s.N not in SUPPORTED_N, "N={N}: torchapi-devel builds only {SUPPORTED}"),
         Rule("pad_object", lambda s: not s.pad_object,
              "pad_object={pad_object!r}: torchapi-devel always builds the padded head (narrow conv, outer branch)"),
-        Rule("use_polar", lambda s: not s.use_polar, "use_polar=False: torchapi-devel combines amp·exp(iφ)"),
+        Rule("use_polar", lambda s: not s.use_polar,
+             "use_polar=False: this network combines amp + i·phase (upstream's .keras CombineComplexLayer before "
+             "2026-01-26); torchapi-devel combines amp·exp(i·phase)"),
         Rule("outer_mask", lambda s: s.probe_big and s.outer_mask,
              "outer_mask=True with probe_big=True: this network multiplies its outer (probe_big) branch by the border "
              "mask 1 − M (TF / upstream-main torch); torchapi-devel adds it unmasked over the whole patch, and no "

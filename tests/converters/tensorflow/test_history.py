@@ -281,3 +281,34 @@ def test_unmasked_outer_branch_is_read_from_the_config(tmp_path: Path) -> None:
     ref = reference(entry.spec, tensors, x)
     assert float(np.abs(ref - reference(spec, tensors, x)).max()) > 1e-3  # the mask matters for these weights
     _assert_close(_engine_out("onnx", entry.spec, dict(entry.tensors), x), ref, "onnx unmasked")
+
+
+def test_polar_variant_converts_to_torch_with_the_widened_head(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from ptycho_bridge.ops.convert import convert_archive
+
+    spec = _variant(64, 2, True)
+    tensors = random_tensors(spec, seed=17)
+    src = _plain_zip(tf_legacy_members(spec, tensors, {"offset": 4, "max_position_jitter": 10}, 988.2),
+                     tmp_path / "src.zip")
+    out = convert_archive(src, "pytorch", tmp_path / "torch.zip")
+    converted = read_archive(out)
+    assert converted.backend == "pytorch" and converted.primary.spec.amp_channels == 1
+    assert any("widened" in c for c in converted.manifest["conversion"]["choices"])
+    with zipfile.ZipFile(out) as zf:  # what upstream's torch loader reads: the legacy members alone
+        legacy = {n: zf.read(n) for n in zf.namelist()
+                  if n not in ("manifest.json", "params.json") and not n.endswith("/weights.h5")}
+    bundle = read_archive(_plain_zip(legacy, tmp_path / "bundle.zip"))
+    assert bundle.era == "torch-bundle-2" and bundle.primary.spec.amp_channels is None
+    x = np.random.default_rng(21).uniform(0, 1.5, (2, 4, 64, 64)).astype(np.float32)
+    _assert_close(_engine_out("torch", bundle.primary.spec, dict(bundle.primary.tensors), x),
+                  reference(spec, tensors, x), "torch bundle vs reference")
+
+
+def test_cartesian_combine_is_refused_by_torch_targets_naming_use_polar(cb46: Path, tmp_path: Path) -> None:
+    from ptycho_bridge.errors import ConversionRefused
+    from ptycho_bridge.ops.convert import convert_archive
+
+    with pytest.raises(ConversionRefused, match="amp \\+ i·phase") as info:
+        convert_archive(cb46 / "wts.h5.zip", "pytorch", tmp_path / "out.zip")
+    assert info.value.field == "use_polar" and not (tmp_path / "out.zip").exists()
