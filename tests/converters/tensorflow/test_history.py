@@ -250,29 +250,61 @@ def test_polar_variant_migrates_to_what_todays_loader_opens(tmp_path: Path) -> N
         stubs.build(replace(spec, amp_channels=None)).set_weights(loaded.get_weights())
 
 
+def _with_config(members: dict[str, bytes], edit: Any) -> dict[str, bytes]:
+    """``members`` with ``diffraction_to_obj/model.keras``'s config.json passed through ``edit(config)``."""
+    member = f"{D2O}/model.keras"
+    with zipfile.ZipFile(io.BytesIO(members[member])) as inner:
+        files = {n: inner.read(n) for n in inner.namelist()}
+    config = json.loads(files["config.json"])
+    edit(config)
+    files["config.json"] = json.dumps(config).encode()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as inner:
+        for name, data in files.items():
+            inner.writestr(name, data)
+    return {**members, member: buf.getvalue()}
+
+
+@pytest.mark.parametrize("head, filters, message", [
+    ("phase", 1, r"params\.dill \(gridsize² with object\.big, else 1\) says 4 but .*config\.json \(phase head Conv2D "
+                 r"filters\) says 1"),
+    ("amp", 2, r"amp head's Conv2D filters are 2; upstream built 1 \(before c03673d"),
+])
+def test_head_widths_contradicting_params_are_refused(head: str, filters: int, message: str, tmp_path: Path) -> None:
+    from ptycho_bridge.errors import SpecError
+
+    spec = _variant(64, 2, True)
+    members = tf_legacy_members(spec, random_tensors(spec, seed=1), {"offset": 4, "max_position_jitter": 10}, 988.2)
+    from converters.tensorflow.keras_graph import analyse_config
+
+    roles = {r.canonical: r.layer_name for r in analyse_config(kc.keras_config(spec), member="c").convs}
+
+    def edit(config: dict[str, Any]) -> None:
+        for layer in config["config"]["layers"]:
+            if layer["name"] in (roles[f"{head}.conv1"], roles[f"{head}.conv2"]):
+                layer["config"]["filters"] = filters
+
+    with pytest.raises(SpecError, match=message):
+        read_archive(_plain_zip(_with_config(members, edit), tmp_path / "wts.h5.zip"))
+
+
 def test_unmasked_outer_branch_is_read_from_the_config(tmp_path: Path) -> None:
     """Upstream before a6e1019 (2024-08-20) added the outer branch without the border mask: a config whose heads
     have no CenterMaskLayer/Multiply reads as ``outer_mask=False`` and runs as the reference says."""
     spec = _variant(64, 2, True)
     tensors = random_tensors(spec, seed=13)
     members = tf_legacy_members(spec, tensors, {"offset": 4, "max_position_jitter": 10}, 988.2)
-    member = f"{D2O}/model.keras"
-    with zipfile.ZipFile(io.BytesIO(members[member])) as inner:
-        files = {n: inner.read(n) for n in inner.namelist()}
-    config = json.loads(files["config.json"])
-    layers = config["config"]["layers"]
-    dropped = {layer["name"] for layer in layers if layer["class_name"] in ("CenterMaskLayer", "Multiply")}
-    assert len(dropped) == 4  # a mask and a multiply per head
-    text = json.dumps([layer for layer in layers if layer["name"] not in dropped])
-    for head, silu in (("", "silu"), ("_1", "silu_1")):  # add(x1, multiply(silu, mask)) -> add(x1, silu)
-        text = text.replace(f'"keras_history": ["multiply{head}", 0, 0]', f'"keras_history": ["{silu}", 0, 0]')
-    config["config"]["layers"] = json.loads(text)
-    files["config.json"] = json.dumps(config).encode()
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as inner:
-        for name, data in files.items():
-            inner.writestr(name, data)
-    members[member] = buf.getvalue()
+
+    def unmask(config: dict[str, Any]) -> None:
+        layers = config["config"]["layers"]
+        dropped = {layer["name"] for layer in layers if layer["class_name"] in ("CenterMaskLayer", "Multiply")}
+        assert len(dropped) == 4  # a mask and a multiply per head
+        text = json.dumps([layer for layer in layers if layer["name"] not in dropped])
+        for head, silu in (("", "silu"), ("_1", "silu_1")):  # add(x1, multiply(silu, mask)) -> add(x1, silu)
+            text = text.replace(f'"keras_history": ["multiply{head}", 0, 0]', f'"keras_history": ["{silu}", 0, 0]')
+        config["config"]["layers"] = json.loads(text)
+
+    members = _with_config(members, unmask)
     entry = read_archive(_plain_zip(members, tmp_path / "wts.h5.zip")).primary
     assert entry.spec == replace(spec, outer_mask=False)
     keys = [v["key"] for v in inspect_report(read_archive(tmp_path / "wts.h5.zip"))["network"]["variants"]]
