@@ -55,6 +55,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple[NetworkSp
     return out
 
 
+def _spec_of(arch: Any) -> NetworkSpec:
+    spec = arch.primary.spec
+    assert spec is not None
+    return spec
+
+
 def _x(spec: NetworkSpec, seed: int = 5) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0.0, 1.0, (2, spec.channels_in, spec.N, spec.N)).astype(np.float32)
 
@@ -66,7 +72,8 @@ def _scaled_err(got: np.ndarray, ref: np.ndarray) -> float:
 def test_builder_reproduces_the_fixture_from_its_own_tensors() -> None:
     """Gridsize 1 with the fixture's tensors and scale gives back upstream's bytes, member for member."""
     src = read_archive(FIXTURE_ZIP)
-    data = savedmodel_archive(src.primary.spec, dict(src.primary.tensors), intensity_scale=src.intensity_scale)
+    assert src.intensity_scale is not None
+    data = savedmodel_archive(_spec_of(src), dict(src.primary.tensors), intensity_scale=src.intensity_scale)
     with zipfile.ZipFile(io.BytesIO(data)) as z:
         got = {n: z.read(n) for n in z.namelist()}
     want = members()
@@ -79,10 +86,10 @@ def test_reads_back_with_the_one_channel_amp_head(built: dict, gridsize: int) ->
     spec, tensors, path = built[gridsize]
     arch = read_archive(path)
     assert (arch.era, arch.warnings) == ("tf-savedmodel-1", [])
-    entry = arch.primary
-    assert entry.spec == spec and entry.warnings == []
-    assert entry.spec.amp_channels == (1 if gridsize == 2 else None)
-    assert (entry.spec.channels_in, entry.spec.channels_out, entry.spec.padded_size) == (
+    entry, got_spec = arch.primary, _spec_of(arch)
+    assert got_spec == spec and entry.warnings == []
+    assert got_spec.amp_channels == (1 if gridsize == 2 else None)
+    assert (got_spec.channels_in, got_spec.channels_out, got_spec.padded_size) == (
         gridsize**2, gridsize**2, 64 + (gridsize - 1) * 4 + 10)
     assert entry.reassembly_centring is False
     assert arch.intensity_scale == SCALE and np.float32(entry.payload["input_divisor"]) == tf_scale_divisor(SCALE)
@@ -112,7 +119,7 @@ def test_engines_match_the_numpy_reference(built: dict, gs2_reference: tuple, en
         pytest.skip(reason)
     arch = read_archive(built[gridsize][2])
     x, ref = gs2_reference
-    got = load_engine(engine, arch.primary.spec, arch.primary.tensors).run(x)
+    got = load_engine(engine, _spec_of(arch), arch.primary.tensors).run(x)
     assert got.shape == ref.shape == (2, gridsize**2, 64, 64)
     assert _scaled_err(got, ref) <= TOL
     # the broadcast: every patch has the same amplitude, different phases
@@ -141,15 +148,17 @@ def test_migrate_keeps_the_variant_and_widens_the_legacy_head(migrated: tuple[Pa
     src_path, out = migrated
     assert validate_path(out)["valid"] is True
     src, mig = read_archive(src_path), read_archive(out)
-    assert mig.primary.spec == src.primary.spec and mig.primary.spec.amp_channels == 1
+    src_spec = _spec_of(src)
+    assert _spec_of(mig) == src_spec and src_spec.amp_channels == 1
     assert mig.primary.reassembly_centring is False
     report = diff_archives(src, mig)
     assert report["equivalent"], report
 
     legacy = read_archive(_legacy_only(out, tmp_path / "legacy.zip"))
     assert legacy.era == "tf-modelmanager-1"
-    assert legacy.primary.spec.amp_channels is None
-    assert legacy.primary.spec == dataclasses.replace(src.primary.spec, amp_channels=None)
+    legacy_spec = _spec_of(legacy)
+    assert legacy_spec.amp_channels is None
+    assert legacy_spec == dataclasses.replace(src_spec, amp_channels=None)
     old, new = dict(src.primary.tensors), dict(legacy.primary.tensors)
     assert sorted(old) == sorted(new)
     for name, value in old.items():
@@ -159,9 +168,9 @@ def test_migrate_keeps_the_variant_and_widens_the_legacy_head(migrated: tuple[Pa
         else:
             assert np.array_equal(new[name], value), name
     if availability("onnx") is None:
-        x = _x(src.primary.spec, seed=9)
-        a = load_engine("onnx", src.primary.spec, old).run(x)
-        b = load_engine("onnx", legacy.primary.spec, new).run(x)
+        x = _x(src_spec, seed=9)
+        a = load_engine("onnx", src_spec, old).run(x)
+        b = load_engine("onnx", legacy_spec, new).run(x)
         assert _scaled_err(b, a) <= TOL
 
 

@@ -37,7 +37,7 @@ import io
 import json
 import pickletools
 import struct
-from typing import Any
+from typing import Any, cast
 
 import h5py
 import numpy as np
@@ -171,7 +171,8 @@ def _fix_layer(layer: dict[str, Any], ch: dict[str, int | None], C: int, divisor
             _set_last(shape, ch.get(p))
     elif parents:
         _set_last(build, ch.get(parents[0]))
-    axes = layer.get("input_spec", {}).get("config", {}).get("axes") if isinstance(layer.get("input_spec"), dict) else None
+    spec = layer.get("input_spec")
+    axes = spec.get("config", {}).get("axes") if isinstance(spec, dict) else None
     if isinstance(axes, dict) and "-1" in axes and parents and ch.get(parents[0]) is not None:
         axes["-1"] = ch[parents[0]]
 
@@ -205,31 +206,33 @@ def _bundle(index: bytes, data: bytes, hwio: dict[str, np.ndarray]) -> tuple[byt
     """Re-lay the data shard in the fixture's order with the new tensors; re-encode every moved entry."""
     entry_cls = protowire.message_class("BundleEntryProto")
     table_rows = rows(index)
-    entries = {}
-    for key, value in table_rows[1:]:
-        e = entry_cls()
-        e.ParseFromString(value)
-        entries[key.decode()] = e
+    entries: dict[str, Any] = {}
+    for raw_key, value in table_rows[1:]:
+        entry = entry_cls()
+        entry.ParseFromString(value)
+        entries[raw_key.decode()] = entry
     og = entries[tb.OBJECT_GRAPH_KEY]
     variables = tb.object_graph(data[og.offset + _varint_len(data, og.offset) + 4 : og.offset + og.size],
                                 member="fixture")
     new_bytes: dict[str, tuple[bytes, tuple[int, ...]]] = {}
     for k, canon in enumerate(K_TO_CANONICAL):
-        for var, part in (("kernel", "weight"), ("bias", "bias")):
+        for var_name, part in (("kernel", "weight"), ("bias", "bias")):
             arr = hwio[f"{canon}.{part}"]
-            new_bytes[f"layer_with_weights-{k}/{var}/.ATTRIBUTES/VARIABLE_VALUE"] = (arr.astype("<f4").tobytes(), arr.shape)
+            new_bytes[f"layer_with_weights-{k}/{var_name}/.ATTRIBUTES/VARIABLE_VALUE"] = (
+                arr.astype("<f4").tobytes(), tuple(arr.shape))
     shape_by_full = {variables[key].full_name: shape for key, (_, shape) in new_bytes.items()}
-    for key, var in variables.items():
-        slot = var.full_name.split("/", 2)
+    for key, variable in variables.items():
+        slot = variable.full_name.split("/", 2)
         if key.startswith("optimizer/_variables/") and len(slot) == 3 and slot[0] == "Adam":
             shape = shape_by_full[slot[2]]
-            if tuple(shape) != tuple(d.size for d in entries[key].shape.dim):
+            if shape != tuple(d.size for d in entries[key].shape.dim):
                 new_bytes[key] = (np.zeros(shape, "<f4").tobytes(), shape)
     out = bytearray()
-    for key in sorted(entries, key=lambda k: entries[k].offset):
+    for key in sorted(entries, key=lambda name: entries[name].offset):
         e = entries[key]
-        blob, shape = new_bytes.get(key) or (data[e.offset : e.offset + e.size], None)
-        if shape is not None:
+        blob = data[e.offset : e.offset + e.size]
+        if key in new_bytes:
+            blob, shape = new_bytes[key]
             del e.shape.dim[:]
             for d in shape:
                 e.shape.dim.add().size = int(d)
@@ -254,7 +257,8 @@ def _params(data: bytes, *, gridsize: int, offset: int, jitter: int, intensity_s
     """Same-length in-place edits of the fixture's pickle (protocol 4, one frame): nothing is unpickled."""
     buf = bytearray(data)
     ints = {"gridsize": gridsize, "offset": offset, "max_position_jitter": jitter}
-    ops = list(pickletools.genops(data))
+    # (opcode, argument, byte position); positions are never None for a bytes source
+    ops: list[tuple[Any, Any, int]] = [(o, a, cast(int, p)) for o, a, p in pickletools.genops(data)]
     done = set()
     for i, (op, arg, _pos) in enumerate(ops):
         if op.name != "SHORT_BINUNICODE" or arg not in ints and arg not in ("intensity_scale", "output_prefix"):
