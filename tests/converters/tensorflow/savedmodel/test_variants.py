@@ -183,3 +183,19 @@ def test_inspect_names_the_shared_amp_head(built: dict) -> None:
     doc: dict[str, Any] = json.loads(result.stdout)
     (shared,) = [v for v in doc["network"]["variants"] if v["key"] == "amp_head_shared"]
     assert "c03673d" in shared["upstream"]
+
+
+def test_an_amp_head_upstream_never_built_is_refused(tmp_path: Path) -> None:
+    """Two amplitude channels at gridsize 2 (neither the era's 1 nor today's 4): one error line, exit 1."""
+    spec = _spec(2)
+    tensors = random_tensors(spec, seed=7)
+    for conv in ("amp.conv1", "amp.conv2"):
+        for part in ("weight", "bias"):
+            tensors[f"{conv}.{part}"] = np.concatenate([tensors[f"{conv}.{part}"]] * 2)
+    path = tmp_path / "wts.h5.zip"
+    path.write_bytes(savedmodel_archive(spec, tensors, intensity_scale=SCALE))
+    result = CliRunner().invoke(main, ["inspect", str(path)])
+    assert result.exit_code == 1 and (result.exception is None or isinstance(result.exception, SystemExit))
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output
+    assert "keras_metadata.pb" in lines[0] and "filters are 2" in lines[0]

@@ -11,9 +11,10 @@ What is rewritten, per model (``diffraction_to_obj`` and ``autoencoder``), from 
 
 * ``keras_metadata.pb``: the Keras 2 Functional config (root ``config`` and ``model_config``) and every
   layer node: the inputs' channel count (``batch_input_shape``, ``input_spec``, ``build_input_shape``,
-  ``save_spec``, ``full_save_spec``), the phase heads' ``filters`` (``gridsize²``; the amplitude heads stay
-  ``Conv2D(1)``), every ``build_input_shape``/``input_spec`` channel count downstream (propagated through
-  the graph below), and the input divisor / inverse-scale constants from ``intensity_scale``;
+  ``save_spec``, ``full_save_spec``), the heads' ``filters`` from the tensors (phase ``gridsize²``, amplitude
+  ``Conv2D(1)`` as the era built them), every ``build_input_shape``/``input_spec`` channel count downstream
+  (propagated through the graph, :func:`_channels`), and the input divisor / inverse-scale constants from
+  ``intensity_scale``;
 * ``variables/variables.{index,data-00000-of-00001}``: each conv's kernel (HWIO) and bias from ``tensors``
   (canonical OIHW), laid out in the fixture's order with new offsets, shapes, sizes and masked crc32cs; the
   object graph is kept (it names variables, never shapes); Adam slots whose variable changed shape become
@@ -60,8 +61,8 @@ K_TO_CANONICAL = (
     "amp.outer.conv1", "phase.outer.conv1", "amp.outer.conv2", "phase.outer.conv2",
     "amp.conv2", "phase.conv2", "amp.conv1", "phase.conv1",
 )
-# Keras layer names of the phase heads in the fixture (FORMAT.md §3: K=19 conv2, K=21 conv1)
-PHASE_HEAD_LAYERS = ("conv2d_15", "conv2d_14")
+# Keras layer names of the heads' last convs in the fixture (FORMAT.md §3: K=18..21); their filters follow the tensors
+HEAD_LAYERS = {"conv2d_7": "amp.conv2", "conv2d_15": "phase.conv2", "conv2d_6": "amp.conv1", "conv2d_14": "phase.conv1"}
 # layers whose output keeps the channel count of their first input (channels-last, per patch)
 SAME_CHANNELS = {"MaxPooling2D", "UpSampling2D", "ZeroPadding2D"}
 # Lambdas / ops that produce one channel per patch (C) in the autoencoder's forward-model tail
@@ -71,18 +72,21 @@ PER_PATCH_TAIL = {"padded_objs_with_offsets", "probe_illumination", "pred_amplit
 
 def savedmodel_archive(spec: NetworkSpec, tensors: dict[str, np.ndarray], *, intensity_scale: float, offset: int = 4,
                        max_position_jitter: int = 10) -> bytes:
-    """A complete ``tf-savedmodel-1`` ``wts.h5.zip`` holding ``tensors`` (canonical OIHW) for ``spec``."""
+    """A complete ``tf-savedmodel-1`` ``wts.h5.zip`` holding ``tensors`` (canonical OIHW) for ``spec``.
+
+    The heads' output widths are the tensors' (the era's: amp 1, phase gridsize²); other amplitude widths
+    build archives upstream never wrote, for hostile tests.
+    """
     if spec.N != FIXTURE_N or not spec.object_big or not spec.probe_big or not spec.pad_object:
         raise ValueError("only N=64 object.big/probe.big/pad_object networks (the fixture's layer list) are built")
-    if spec.amp_channels not in (None, 1) or (spec.amp_channels is None and spec.channels_out != 1):
-        raise ValueError("the SavedModel era built one-channel amplitude heads (tf_spec(..., amp_channels=1))")
     C = spec.gridsize**2
+    filters = {layer: int(np.shape(tensors[f"{canon}.bias"])[0]) for layer, canon in HEAD_LAYERS.items()}
     files = members(FIXTURE_ZIP)
     divisor = float(tf_scale_divisor(intensity_scale))
     hwio = {f"{c}.{p}": canonical_to_tf_array(f"{c}.{p}", np.asarray(tensors[f"{c}.{p}"], np.float32))
             for c in K_TO_CANONICAL for p in ("weight", "bias")}
     for name in MODELS:
-        files[f"{name}/keras_metadata.pb"] = _metadata(files[f"{name}/keras_metadata.pb"], C, divisor)
+        files[f"{name}/keras_metadata.pb"] = _metadata(files[f"{name}/keras_metadata.pb"], C, filters, divisor)
         index, data = _bundle(files[f"{name}/variables/variables.index"],
                               files[f"{name}/variables/variables.data-00000-of-00001"], hwio)
         files[f"{name}/variables/variables.index"] = index
@@ -96,7 +100,7 @@ def savedmodel_archive(spec: NetworkSpec, tensors: dict[str, np.ndarray], *, int
 # ------------------------------------------------------------------ keras_metadata.pb
 
 
-def _channels(layers: list[dict[str, Any]], C: int) -> dict[str, int | None]:
+def _channels(layers: list[dict[str, Any]], C: int, filters: dict[str, int]) -> dict[str, int | None]:
     """Output channel count of every layer (None: not an image tensor), by walking the config in order."""
     out: dict[str, int | None] = {}
     for layer in layers:
@@ -107,7 +111,7 @@ def _channels(layers: list[dict[str, Any]], C: int) -> dict[str, int | None]:
         if cls == "InputLayer":
             out[name] = C
         elif cls == "Conv2D":
-            out[name] = C if name in PHASE_HEAD_LAYERS else cfg["filters"]
+            out[name] = filters.get(name, cfg["filters"])
         elif cls in SAME_CHANNELS or name in ("amp", "phi"):
             out[name] = first
         elif cls == "SlicingOpLambda":
@@ -152,14 +156,15 @@ def _set_last(shape: Any, ch: int | None) -> None:
         items[3] = ch
 
 
-def _fix_layer(layer: dict[str, Any], ch: dict[str, int | None], C: int, divisor: float) -> None:
+def _fix_layer(layer: dict[str, Any], ch: dict[str, int | None], C: int, filters: dict[str, int],
+               divisor: float) -> None:
     """One layer's config (inside the root config, or a layer node's own JSON)."""
     name, cfg = layer["name"], layer["config"]
     if layer["class_name"] == "InputLayer":
         for holder in (cfg, layer):
             _set_last(holder.get("batch_input_shape"), C)
-    if layer["class_name"] == "Conv2D" and name in PHASE_HEAD_LAYERS:
-        cfg["filters"] = C
+    if layer["class_name"] == "Conv2D" and name in filters:
+        cfg["filters"] = filters[name]
     if cfg.get("function") == "math.truediv":
         layer["inbound_nodes"][0][3]["y"] = divisor
     if cfg.get("function") == "math.multiply" and layer["inbound_nodes"][0][0] == "_CONSTANT_VALUE":
@@ -177,13 +182,13 @@ def _fix_layer(layer: dict[str, Any], ch: dict[str, int | None], C: int, divisor
         axes["-1"] = ch[parents[0]]
 
 
-def _metadata(data: bytes, C: int, divisor: float) -> bytes:
+def _metadata(data: bytes, C: int, filters: dict[str, int], divisor: float) -> bytes:
     msg = metadata_msg(data)
     root = json.loads(msg.nodes[0].metadata)
-    ch = _channels(root["config"]["layers"], C)
+    ch = _channels(root["config"]["layers"], C, filters)
     for cfg in (root["config"], root["model_config"]["config"]):
         for layer in cfg["layers"]:
-            _fix_layer(layer, ch, C, divisor)
+            _fix_layer(layer, ch, C, filters, divisor)
     for spec in root["input_spec"]:
         _set_last(spec["config"]["shape"], C)
     for shape in root["build_input_shape"]:
@@ -194,7 +199,7 @@ def _metadata(data: bytes, C: int, divisor: float) -> bytes:
     for node in msg.nodes[1:]:
         info = json.loads(node.metadata)
         if isinstance(info, dict) and info.get("name") in ch and isinstance(info.get("config"), dict):
-            _fix_layer(info, ch, C, divisor)
+            _fix_layer(info, ch, C, filters, divisor)
             node.metadata = json.dumps(info)
     return msg.SerializeToString()
 
