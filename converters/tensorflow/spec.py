@@ -90,8 +90,8 @@ def spec_from_tf(
 def _head_width(graph: KerasGraphInfo, head: str, *, member: str, cfg: str) -> int:
     widths = graph.head_widths(head)
     if len(widths) != 1:
-        raise SpecError(f"{cfg}: the {head} head's final convs have different widths {sorted(widths)}",
-                        member=member, field=f"{head}.filters")
+        raise SpecError(f"the {head} head's final convs have different widths {sorted(widths)}",
+                        member=cfg, field=f"{head}.filters")
     return widths.pop()
 
 
@@ -108,8 +108,8 @@ def _amp_channels(graph: KerasGraphInfo, *, object_big: bool, gridsize: int, mem
                   f"{cfg} (phase head Conv2D filters)", phase, member)
     amp = _head_width(graph, "amp", member=member, cfg=cfg)
     if amp not in (1, cout):
-        raise SpecError(f"{cfg}: the amp head's Conv2D filters are {amp}; upstream built 1 (before c03673d, "
-                        f"2026-02-10) or the phase head's {cout}", member=member, field="amp.filters")
+        raise SpecError(f"the amp head's Conv2D filters are {amp}; upstream built 1 (before c03673d, "
+                        f"2026-02-10) or the phase head's {cout}", member=cfg, field="amp.filters")
     return amp
 
 
@@ -119,9 +119,9 @@ def _check_filters(spec: NetworkSpec, graph: KerasGraphInfo, *, member: str, cfg
     for prefix, filters in graph.conv_filters:
         shape = want.get(f"{prefix}.weight")
         if shape is None:
-            raise SpecError(f"{cfg}: conv {prefix!r} is not part of the network the spec describes",
-                            member=member, field=f"{prefix}.filters")
+            raise SpecError(f"conv {prefix!r} is not part of the network the spec describes",
+                            member=cfg, field=f"{prefix}.filters")
         if shape[0] != filters:
-            raise SpecError(f"{cfg}: conv {prefix!r} has {filters} filters but the spec (N={spec.N}, "
+            raise SpecError(f"conv {prefix!r} has {filters} filters but the spec (N={spec.N}, "
                             f"n_filters_scale={spec.n_filters_scale}) gives it {shape[0]}",
-                            member=member, field=f"{prefix}.filters")
+                            member=cfg, field=f"{prefix}.filters")
