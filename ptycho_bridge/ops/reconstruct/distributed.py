@@ -32,8 +32,9 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from ptycho_bridge.lazy import numpy as np
 
@@ -359,3 +360,40 @@ class Driver:
 
 def _area(b: tuple[int, int, int, int]) -> int:
     return (b[1] - b[0]) * (b[3] - b[2])
+
+
+@contextmanager
+def cluster_client(scheduler: str | None = None, workers: int | None = None, *, connect_timeout: float = 30.0,
+                   wait_for_workers: float = 60.0) -> Iterator[Any]:
+    """A ``distributed.Client`` on ``scheduler`` (a running cluster, e.g. dask-jobqueue's) or on a ``LocalCluster``
+    of ``workers`` single-threaded processes started here and stopped on exit (whatever happens)."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    cluster = None
+    if workers is not None:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               silence_logs=logging.CRITICAL)  # failures come back as one error: line
+        client = Client(cluster)
+    else:
+        try:
+            client = Client(scheduler, timeout=connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            raise RemoteError(f"cannot connect to the scheduler {scheduler}: {exc}") from None
+    try:
+        if workers is None:
+            try:
+                client.wait_for_workers(1, timeout=wait_for_workers)
+            except TimeoutError:
+                raise RemoteError(f"the scheduler {scheduler} has no workers after {wait_for_workers:.0f} s") from None
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def local_threads(workers: int) -> int:
+    """Engine threads per worker of a local cluster: the machine's cores shared out (at least one)."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
