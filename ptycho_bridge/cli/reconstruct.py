@@ -28,6 +28,7 @@ from ptycho_bridge.ops.engines import ENGINE_NAMES
 from ptycho_bridge.ops.extras import require
 from ptycho_bridge.ops.reconstruct.compare import compare_objects
 from ptycho_bridge.ops.reconstruct.dataset import CANONICAL
+from ptycho_bridge.ops.reconstruct.distributed import cluster_client, local_threads
 from ptycho_bridge.ops.reconstruct.outputs import (
     build_report,
     parse_formats,
@@ -151,8 +152,6 @@ def command(archive: Path, dataset: Path, outdir: Path, engine: str, n_groups: i
         with _Bar() as progress:
             result = reconstruct(archive, dataset, engine, progress=progress, **args)
     else:
-        from ptycho_bridge.ops.reconstruct.distributed import cluster_client, local_threads
-
         with cluster_client(scheduler, workers) as client:
             click.echo(f"dask dashboard: {client.dashboard_link}", err=True)
             threads = local_threads(workers) if workers is not None else None

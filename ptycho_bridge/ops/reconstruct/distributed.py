@@ -15,7 +15,7 @@ Design (``docs/architecture.md``):
   refuses an archive whose sha256 differs and a dataset whose coordinates differ from the client's;
 - pass 1 is a map over chunks of the distinct grouped patterns (per-pattern float64 energies, 8 bytes a
   pattern back to the client), reduced on the client as in one process, so ``s`` is the same float32;
-- pass 2 is one task per block (:func:`pipeline.block_task`) returning only its canvas window; windows are
+- pass 2 is one task per block (:func:`blocks.block_task`) returning only its canvas window; windows are
   summed by tasks along :func:`stitch.tree_split`'s tree over the block index (the tree
   :class:`stitch.TreeReducer` walks in one process) and the root window is finalised once on the client.
 
@@ -38,7 +38,8 @@ from typing import Any, Callable, Iterator, Mapping
 
 from ptycho_bridge.lazy import numpy as np
 
-from ptycho_bridge.errors import BridgeError, ChecksumError, FormatError
+from ptycho_bridge.errors import ArchiveError, BridgeError, ChecksumError, FormatError
+from ptycho_bridge.ops.reconstruct.blocks import block_task
 from ptycho_bridge.ops.reconstruct.dataset import ScanDataset, named, open_dataset
 from ptycho_bridge.ops.reconstruct.modelinfo import ModelInfo, open_model
 from ptycho_bridge.ops.reconstruct.normalise import pattern_energies
@@ -72,6 +73,7 @@ class WorkerJob:
     spool_dir: str | None
     fingerprint: str  # scan_fingerprint of the dataset the client grouped
     read_chunk: int
+    builder: Callable[..., Any]  # pipeline.build_runner (pickled by reference): the one way to get an engine
 
 
 def scan_fingerprint(ds: ScanDataset) -> str:
@@ -99,8 +101,6 @@ def _worker_name() -> str:
 
 def _engine(job: WorkerJob) -> tuple[Callable[..., Any], float]:
     """This process's engine for the job's archive: built once, after the archive's sha256 is checked."""
-    from ptycho_bridge.ops.reconstruct.pipeline import build_runner
-
     key = (job.archive_sha256, job.engine, job.threads)
     if key in _ENGINES:
         _ENGINES.move_to_end(key)
@@ -110,7 +110,7 @@ def _engine(job: WorkerJob) -> tuple[Callable[..., Any], float]:
     if info.sha256 != job.archive_sha256:
         raise ChecksumError(f"sha256 {info.sha256} differs from the {job.archive_sha256} the client verified; "
                             "refusing to run it", member=job.archive)
-    run = build_runner(job.engine, info, job.threads)
+    run = job.builder(job.engine, info, job.threads)
     _ENGINES[key] = (info, run, time.perf_counter() - t0)
     while len(_ENGINES) > CACHE_SIZE:
         _ENGINES.popitem(last=False)
@@ -164,17 +164,13 @@ def energies_task(job: WorkerJob, indices: np.ndarray) -> np.ndarray:
         try:
             return pattern_energies(ds.patterns, indices, chunk=job.read_chunk, key=ds.keys_used["diffraction"])
         except BridgeError as exc:
-            from ptycho_bridge.errors import ArchiveError
-
             raise (named(exc, job.dataset) if isinstance(exc, ArchiveError) else exc) from None
     return _guard(job, work)
 
 
 def block_remote(job: WorkerJob, ctx: Any, start: int, groups: np.ndarray, rel: np.ndarray,
                  off: np.ndarray) -> tuple[CanvasWindow, dict[str, Any]]:
-    """Pass 2 on a worker: :func:`pipeline.block_task` with this worker's engine and dataset."""
-    from ptycho_bridge.ops.reconstruct.pipeline import block_task
-
+    """Pass 2 on a worker: :func:`blocks.block_task` with this worker's engine and dataset."""
     def work() -> tuple[CanvasWindow, dict[str, Any]]:
         ds = _dataset(job)
         run, built = _engine(job)
@@ -210,6 +206,7 @@ class Driver:
     info: ModelInfo
     ds: ScanDataset
     engine: str
+    builder: Callable[..., Any]
     threads: int | None = None
     keys: Mapping[str, str] | None = None
     require_probe: bool = True
@@ -229,7 +226,8 @@ class Driver:
             archive=os.path.abspath(self.info.path), archive_sha256=self.info.sha256, engine=self.engine,
             threads=self.threads, dataset=os.path.abspath(self.ds.path), N=self.info.N,
             keys=dict(self.keys) if self.keys else None, require_probe=self.require_probe,
-            spool_dir=self.spool_dir, fingerprint=scan_fingerprint(self.ds), read_chunk=self.read_chunk)
+            spool_dir=self.spool_dir, fingerprint=scan_fingerprint(self.ds), read_chunk=self.read_chunk,
+            builder=self.builder)
         self.token = uuid.uuid4().hex[:12]
 
     def _result(self, future: Any) -> Any:

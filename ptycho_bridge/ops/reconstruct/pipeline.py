@@ -36,26 +36,16 @@ from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ArchiveError, OptionError
 from ptycho_bridge.ops.engines import ENGINE_NAMES, load_engine
+from ptycho_bridge.ops.reconstruct.blocks import BlockContext, Timer, block_partition, block_task
 from ptycho_bridge.ops.reconstruct.dataset import named, open_dataset
+from ptycho_bridge.ops.reconstruct.distributed import Driver
 from ptycho_bridge.ops.reconstruct.grouping import make_groups
-from ptycho_bridge.ops.reconstruct.merge import group_merge
 from ptycho_bridge.ops.reconstruct.modelinfo import ModelInfo, open_model
-from ptycho_bridge.ops.reconstruct.normalise import grouped_energies, model_input, norm_scale, pattern_energies, x_full
-from ptycho_bridge.ops.reconstruct.patterns import PatternSource
-from ptycho_bridge.ops.reconstruct.stitch import (
-    DEFAULT_MAX_CANVAS,
-    CanvasPlan,
-    CanvasWindow,
-    Stitcher,
-    TreeReducer,
-    finalise,
-    plan_canvas,
-    window_bounds,
-)
+from ptycho_bridge.ops.reconstruct.normalise import grouped_energies, norm_scale, pattern_energies
+from ptycho_bridge.ops.reconstruct.stitch import DEFAULT_MAX_CANVAS, TreeReducer, finalise, plan_canvas
 
 UPSTREAM_PREDICT_BATCH = 32
 DEFAULT_BLOCK_GROUPS = 256  # groups per block task: the unit of work on a cluster and of the reduction tree
-MAX_BLOCKS = 10_000_000
 Progress = Callable[[str, int, int], None]
 EngineArg = Union[str, Callable[[np.ndarray], np.ndarray]]
 
@@ -79,16 +69,6 @@ class ReconstructionResult:
     object_guess: np.ndarray | None = None  # the dataset's objectGuess (complex64), when present
 
 
-class _Timer:
-    def __init__(self) -> None:
-        self.t: dict[str, float] = {}
-
-    def add(self, name: str, since: float) -> float:
-        now = time.perf_counter()
-        self.t[name] = self.t.get(name, 0.0) + now - since
-        return now
-
-
 def build_runner(engine: EngineArg, info: ModelInfo, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
     """An engine name from the registry (built once) or a caller's callable, as ``x_norm -> [B,Cout,N,N]``."""
     if callable(engine):
@@ -97,69 +77,6 @@ def build_runner(engine: EngineArg, info: ModelInfo, threads: int | None) -> Cal
         raise OptionError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}", option="--engine")
     loaded = load_engine(engine, info.spec, info.tensors, threads=threads)
     return loaded.run
-
-
-@dataclass(frozen=True)
-class BlockContext:
-    """Everything a block task needs besides its groups, the patterns and the engine: small and picklable."""
-
-    N: int
-    backend: str
-    intensity_scale: float
-    padded_size: int
-    object_big: bool
-    centre: bool
-    s: float  # the pass-1 scale, float32 value
-    batch_size: int
-    centring_batch: int
-    plan: CanvasPlan
-    key: str = "diffraction"
-
-
-def block_partition(n_groups: int, block_groups: int, centring_batch: int) -> list[tuple[int, int]]:
-    """Fixed ``[(b0, b1), ...]`` over the groups: ``block_groups`` rounded up to a multiple of ``centring_batch``.
-
-    Why fixed: the reduction tree is built over these blocks, so they must not depend on the engine batch or
-    on how many workers run them; the multiple of ``centring_batch`` keeps the merge chunks where upstream's
-    predict batches put them.
-    """
-    block = int(math.ceil(max(block_groups, 1) / centring_batch) * centring_batch)
-    if math.ceil(n_groups / block) > MAX_BLOCKS:
-        raise OptionError(f"{n_groups} groups in blocks of {block} exceed {MAX_BLOCKS} blocks", option="block_groups")
-    return [(b0, min(n_groups, b0 + block)) for b0 in range(0, n_groups, block)]
-
-
-def block_task(ctx: BlockContext, patterns: PatternSource, run: Callable[[np.ndarray], np.ndarray],
-               groups: np.ndarray, coords_relative: np.ndarray, coords_offsets: np.ndarray, *, start: int = 0,
-               inspect: Callable[[dict[str, Any]], None] | None = None) -> tuple[CanvasWindow, dict[str, float]]:
-    """One block of groups -> its canvas window and the seconds spent per step (read, model, merge, stitch).
-
-    Pure in what it returns: the same groups, scale and engine give the same window wherever it runs.
-    ``start`` is the block's first group index (merge chunks are aligned on it; ``inspect`` reports it).
-    """
-    tm = _Timer()
-    t = time.perf_counter()
-    N, cb, bs = ctx.N, ctx.centring_batch, ctx.batch_size
-    pats = patterns.take(groups.ravel()).reshape(groups.shape + (N, N))
-    t = tm.add("read", t)
-    xf = x_full(pats, np.float32(ctx.s))
-    xn = model_input(xf, ctx.backend, ctx.intensity_scale)
-    raw = np.concatenate([np.asarray(run(xn[i:i + bs])).astype(np.complex64, copy=False)
-                          for i in range(0, xn.shape[0], bs)])
-    t = tm.add("model", t)
-    stitcher = Stitcher(ctx.plan, N, bounds=window_bounds(ctx.plan, coords_offsets))
-    t = tm.add("stitch", t)
-    for c0 in range(0, groups.shape[0], cb):
-        c1 = min(groups.shape[0], c0 + cb)
-        merged = group_merge(raw[c0:c1], coords_relative[c0:c1], N=N, padded_size=ctx.padded_size,
-                             object_big=ctx.object_big, centre=ctx.centre)
-        t = tm.add("merge", t)
-        stitcher.add(merged, coords_offsets[c0:c1])
-        t = tm.add("stitch", t)
-        if inspect is not None:
-            inspect({"start": start + c0, "stop": start + c1, "x_full": xf[c0:c1], "x_norm": xn[c0:c1],
-                     "raw": raw[c0:c1], "merged": merged})
-    return stitcher.window(), tm.t
 
 
 def reconstruct(
@@ -210,7 +127,7 @@ def reconstruct(
         raise OptionError("inspect runs in-process only", option="inspect")
     if isinstance(engine, str) and engine not in ENGINE_NAMES:
         raise OptionError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}", option="--engine")
-    tm = _Timer()
+    tm = Timer()
     t = time.perf_counter()
     info = archive if isinstance(archive, ModelInfo) else open_model(archive)
     ds = open_dataset(str(dataset), info.N, keys=keys, require_probe=require_probe, spool_dir=spool_dir)
@@ -229,9 +146,7 @@ def reconstruct(
 
         driver = None
         if client is not None:
-            from ptycho_bridge.ops.reconstruct.distributed import Driver
-
-            driver = Driver(client, info, ds, engine=str(engine), threads=threads, keys=keys,
+            driver = Driver(client, info, ds, engine=str(engine), builder=build_runner, threads=threads, keys=keys,
                             require_probe=require_probe, spool_dir=spool_dir, read_chunk=read_chunk)
             driver.check_workers()
             t = tm.add("workers", t)
@@ -263,8 +178,8 @@ def reconstruct(
             for b0, b1 in blocks:
                 win, secs = block_task(ctx, ds.patterns, run, g.groups[b0:b1], g.coords_relative[b0:b1],
                                        g.coords_offsets[b0:b1], start=b0, inspect=inspect)
-                for name, value in secs.items():
-                    tm.t[name] = tm.t.get(name, 0.0) + value
+                for step, seconds in secs.items():
+                    tm.t[step] = tm.t.get(step, 0.0) + seconds
                 t = time.perf_counter()
                 reducer.push(win)
                 t = tm.add("reduce", t)

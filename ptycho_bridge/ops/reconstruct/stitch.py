@@ -158,9 +158,9 @@ class Stitcher:
         if not (0 <= r0 < r1 <= P and 0 <= c0 < c1 <= P):
             raise ValueError(f"window {bounds} is not inside the {P}x{P} canvas")
         self.r0, self.c0 = r0, c0
-        self.num_re = np.zeros((r1 - r0, c1 - c0), accumulate)
-        self.num_im = np.zeros((r1 - r0, c1 - c0), accumulate)
-        self.count = np.zeros((r1 - r0, c1 - c0), accumulate)
+        self.num_re: np.ndarray = np.zeros((r1 - r0, c1 - c0), accumulate)
+        self.num_im: np.ndarray = np.zeros((r1 - r0, c1 - c0), accumulate)
+        self.count: np.ndarray = np.zeros((r1 - r0, c1 - c0), accumulate)
         self.added = 0
 
     def add(self, patches: np.ndarray, offsets: np.ndarray) -> None:
@@ -235,12 +235,15 @@ def add_windows(a: CanvasWindow, b: CanvasWindow) -> CanvasWindow:
     r0, c0 = min(a.r0, b.r0), min(a.c0, b.c0)
     r1 = max(a.r0 + a.shape[0], b.r0 + b.shape[0])
     c1 = max(a.c0 + a.shape[1], b.c0 + b.shape[1])
-    out = CanvasWindow(r0, c0, *(np.zeros((r1 - r0, c1 - c0), np.float32) for _ in range(3)), a.groups + b.groups)
-    for w in (a, b):
-        rs, cs = slice(w.r0 - r0, w.r0 - r0 + w.shape[0]), slice(w.c0 - c0, w.c0 - c0 + w.shape[1])
-        out.num_re[rs, cs] += w.num_re
-        out.num_im[rs, cs] += w.num_im
-        out.count[rs, cs] += w.count
+    h, w = r1 - r0, c1 - c0
+    out = CanvasWindow(r0, c0, np.zeros((h, w), np.float32), np.zeros((h, w), np.float32),
+                       np.zeros((h, w), np.float32), a.groups + b.groups)
+    for part in (a, b):
+        rs = slice(part.r0 - r0, part.r0 - r0 + part.shape[0])
+        cs = slice(part.c0 - c0, part.c0 - c0 + part.shape[1])
+        out.num_re[rs, cs] += part.num_re
+        out.num_im[rs, cs] += part.num_im
+        out.count[rs, cs] += part.count
     return out
 
 
