@@ -192,3 +192,20 @@ def test_killed_worker_loses_nothing(client: Any) -> None:
                       block_groups=4, centring_batch=4)
     assert killed and np.array_equal(got.object, ref.object)
     assert got.info["distributed"]["blocks"] == 25
+
+
+def test_cluster_options_need_the_extra_and_exclude_each_other(monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:
+    need_fixtures()
+    import importlib.util
+
+    args = ["reconstruct", archive("tf_N64_gs1"), str(DATASET), "-o", str(tmp_path / "rec")]
+    both = CliRunner().invoke(main, [*args, "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"])
+    assert both.exit_code == 2 and "--scheduler or --workers" in both.output
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "distributed" else real(name, *a))
+    res = CliRunner().invoke(main, [*args, "--workers", "2"])
+    assert res.exit_code == 1
+    assert res.stderr.strip() == ('error: reconstruct --scheduler/--workers needs distributed, which is not installed: '
+                                  'pip install "ptycho-bridge[distributed]"')
+    assert list(tmp_path.iterdir()) == []
