@@ -250,7 +250,11 @@ class Driver:
     def check_workers(self) -> None:
         """One check task per worker: dataset readable and identical, archive sha256, engine built."""
         t0 = time.perf_counter()
-        workers = sorted(self.client.scheduler_info(n_workers=-1)["workers"])
+        try:
+            known = self.client.scheduler_info(n_workers=-1)  # newer distributed lists only 5 workers by default
+        except TypeError:
+            known = self.client.scheduler_info()
+        workers = sorted(known["workers"])
         if not workers:
             raise RemoteError(f"the scheduler {self.client.scheduler.address} has no workers")
         futs = [self.client.submit(check_task, self.job, key=f"pb-check-{self.token}-{i}", workers=[w],
