@@ -180,17 +180,19 @@ def test_killed_worker_loses_nothing(client: Any) -> None:
     """Kill the worker that ran the first block once it is done: Dask reruns what it held; same bits."""
     ref = one_process("tf_N64_gs1", {"block_groups": 4, "centring_batch": 4})
     pids = client.run(os.getpid)
-    killed: list[int] = []
+    killed: list[tuple[int, int, int]] = []
 
     def kill_first(stage: str, done: int, total: int) -> None:
         if stage == "reconstruct" and not killed:
             victim = sorted(pids)[0]
             os.kill(pids[victim], signal.SIGKILL)
-            killed.append(pids[victim])
+            killed.append((pids[victim], done, total))
 
     got = reconstruct(archive("tf_N64_gs1"), DATASET, "onnx", client=client, threads=1, progress=kill_first,
                       block_groups=4, centring_batch=4)
-    assert killed and np.array_equal(got.object, ref.object)
+    assert killed and killed[0][1] < killed[0][2]  # killed after the first block, with blocks still to run
+    assert np.array_equal(got.object, ref.object)
+    assert killed[0][0] not in client.run(os.getpid).values()  # the worker process really was replaced
     assert got.info["distributed"]["blocks"] == 25
 
 
