@@ -126,7 +126,7 @@ def _dataset(job: WorkerJob) -> ScanDataset:
     ds = open_dataset(job.dataset, job.N, keys=job.keys, require_probe=job.require_probe, spool_dir=job.spool_dir)
     if scan_fingerprint(ds) != job.fingerprint:
         ds.close()
-        raise FormatError("this worker reads other patterns or coordinates than the client grouped "
+        raise FormatError("this worker reads another pattern count or other coordinates than the client grouped "
                           "(a different file at the same path?)", member=job.dataset)
     _DATASETS[key] = ds
     while len(_DATASETS) > CACHE_SIZE:

@@ -106,10 +106,13 @@ def test_one_worker_equals_one_process_bit_for_bit() -> None:
     try:
         with distributed.Client(cluster) as c:
             got = reconstruct(archive("tf_N64_gs1"), DATASET, "onnx", client=c, **SPLIT)
+            gs2 = reconstruct(archive("tf_N64_gs2_n15"), DATASET, "onnx", client=c, **CASES["tf_N64_gs2_n15"][1])
     finally:
         cluster.close()
     assert np.array_equal(got.object, ref.object)
     assert got.info["distributed"]["workers"] == 1 and got.info["blocks"] == 13
+    assert np.array_equal(gs2.object, one_process("tf_N64_gs2_n15", {}).object)
+    assert rel(gs2.object, golden("tf_N64_gs2_n15", "stitched")["object"][..., 0]) <= TOL
 
 
 def test_worker_refuses_an_archive_changed_after_the_client_verified_it(client: Any, tmp_path: Path) -> None:
