@@ -41,7 +41,7 @@ from ptycho_bridge.lazy import numpy as np
 from ptycho_bridge.errors import ArchiveError, BridgeError, ChecksumError, FormatError
 from ptycho_bridge.ops.reconstruct.blocks import block_task
 from ptycho_bridge.ops.reconstruct.dataset import ScanDataset, named, open_dataset
-from ptycho_bridge.ops.reconstruct.modelinfo import ModelInfo, open_model
+from ptycho_bridge.ops.reconstruct.modelinfo import ModelInfo, file_sha256, open_model
 from ptycho_bridge.ops.reconstruct.normalise import pattern_energies
 from ptycho_bridge.ops.reconstruct.stitch import CanvasWindow, add_windows, tree_split, window_bounds
 
@@ -106,15 +106,20 @@ def _engine(job: WorkerJob) -> tuple[Callable[..., Any], float]:
         _ENGINES.move_to_end(key)
         return _ENGINES[key][1], 0.0
     t0 = time.perf_counter()
+    _check_sha(job, file_sha256(job.archive))  # before the read: nothing unverified is parsed
     info = open_model(job.archive)
-    if info.sha256 != job.archive_sha256:
-        raise ChecksumError(f"sha256 {info.sha256} differs from the {job.archive_sha256} the client verified; "
-                            "refusing to run it", member=job.archive)
+    _check_sha(job, info.sha256)  # after it (open_model hashes the file again): not swapped meanwhile
     run = job.builder(job.engine, info, job.threads)
     _ENGINES[key] = (info, run, time.perf_counter() - t0)
     while len(_ENGINES) > CACHE_SIZE:
         _ENGINES.popitem(last=False)
     return run, time.perf_counter() - t0
+
+
+def _check_sha(job: WorkerJob, got: str) -> None:
+    if got != job.archive_sha256:
+        raise ChecksumError(f"sha256 {got} differs from the {job.archive_sha256} the client verified; "
+                            "refusing to run it", member=job.archive)
 
 
 def _dataset(job: WorkerJob) -> ScanDataset:
