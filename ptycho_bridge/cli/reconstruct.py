@@ -5,7 +5,9 @@ The command is a thin shell over :func:`ptycho_bridge.ops.reconstruct.pipeline.r
 rule: the extra's packages are checked first (one ``error:`` line naming the pip command), then
 ``OUTDIR`` (must not exist without ``--force``), then the archive and dataset are validated by the
 pipeline before any work; the output folder is built aside and renamed at the end. ``--compare``
-writes the outputs, then exits 1 when the objects differ beyond parity's tolerance.
+writes the outputs, then exits 1 when the objects differ beyond parity's tolerance. ``--scheduler`` /
+``--workers`` (the ``distributed`` extra) run the same pipeline on a Dask cluster
+(:mod:`ptycho_bridge.ops.reconstruct.distributed`); the dashboard link goes to stderr.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from ptycho_bridge.cli.util import emit_json, guarded
 from ptycho_bridge.errors import BridgeError
 from ptycho_bridge.io.atomic import atomic_write, refuse_existing
 from ptycho_bridge.ops.engines import ENGINE_NAMES
+from ptycho_bridge.ops.extras import require
 from ptycho_bridge.ops.reconstruct.compare import compare_objects
 from ptycho_bridge.ops.reconstruct.dataset import CANONICAL
+from ptycho_bridge.ops.reconstruct.distributed import cluster_client, local_threads
 from ptycho_bridge.ops.reconstruct.outputs import (
     build_report,
     parse_formats,
@@ -114,11 +118,16 @@ class _Bar:
               help="With --compare: write amplitude/phase difference maps to this PNG.")
 @click.option("--force", is_flag=True, help="Replace an existing OUTDIR (and --plot file).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report (reconstruct.json) on stdout.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Run on a Dask cluster: the address of its running scheduler (e.g. tcp://host:8786); "
+                   "workers read the archive and DATASET by the same paths.")
+@click.option("--workers", type=click.IntRange(min=1, max=1024), default=None,
+              help="Run on a local Dask cluster of N worker processes started and stopped by this command.")
 @guarded
 def command(archive: Path, dataset: Path, outdir: Path, engine: str, n_groups: int | None, subsample: int | None,
             subsample_seed: int | None, batch_size: int, crop: int, max_canvas: int, formats: str,
             key_pairs: tuple[str, ...], compare_path: Path | None, plot_path: Path | None, force: bool,
-            as_json: bool) -> None:
+            as_json: bool, scheduler: str | None, workers: int | None) -> None:
     """Reconstruct a scan DATASET with ARCHIVE's model and stitch the object image into OUTDIR."""
     check_extra()
     try:
@@ -128,14 +137,28 @@ def command(archive: Path, dataset: Path, outdir: Path, engine: str, n_groups: i
     keys = parse_keys(key_pairs)
     if plot_path is not None and compare_path is None:
         raise click.BadParameter("needs --compare", param_hint="--plot")
+    if scheduler is not None and workers is not None:
+        raise click.BadParameter("give --scheduler or --workers, not both", param_hint="--workers")
+    if scheduler is not None or workers is not None:
+        require("distributed", "reconstruct --scheduler/--workers")
     refuse_existing_dir(outdir, force=force)
     if plot_path is not None:
         refuse_existing(plot_path, force=force)
     t0 = time.perf_counter()
-    with _Bar() as progress:
-        result = reconstruct(archive, dataset, engine, n_groups=n_groups, subsample=subsample,
-                             subsample_seed=subsample_seed, batch_size=batch_size, crop=crop, keys=keys or None,
-                             max_canvas=max_canvas, with_object_guess=True, progress=progress)
+    args: dict[str, Any] = dict(n_groups=n_groups, subsample=subsample, subsample_seed=subsample_seed,
+                                batch_size=batch_size, crop=crop, keys=keys or None, max_canvas=max_canvas,
+                                with_object_guess=True)
+    if scheduler is None and workers is None:
+        with _Bar() as progress:
+            result = reconstruct(archive, dataset, engine, progress=progress, **args)
+    else:
+        with cluster_client(scheduler, workers) as client:
+            click.echo(f"dask dashboard: {client.dashboard_link}", err=True)
+            threads = local_threads(workers) if workers is not None else None
+            with _Bar() as progress:
+                result = reconstruct(archive, dataset, engine, progress=progress, client=client, threads=threads,
+                                     **args)
+        result.info["distributed"]["local_cluster"] = workers is not None
     comparison, plot_png = None, None
     if compare_path is not None:
         comparison, other = compare_objects(result.object, compare_path)
@@ -146,7 +169,7 @@ def command(archive: Path, dataset: Path, outdir: Path, engine: str, n_groups: i
             plot_png = buf.getvalue()
             comparison["plot"] = str(plot_path)
     argv = {"n_groups_requested": n_groups, "subsample": subsample, "batch_size": batch_size, "crop": crop,
-            "max_canvas": max_canvas, "keys": keys}
+            "max_canvas": max_canvas, "keys": keys, "block_groups": result.info["block_groups"]}
     report = build_report(result, formats=fmt, comparison=comparison, argv=argv)
     write_outputs(outdir, result, report, formats=fmt, force=force)
     if plot_png is not None and plot_path is not None:

@@ -19,6 +19,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "torch": ("torch",),
     "tf": ("tensorflow",),
     "reconstruct": ("scipy", "matplotlib", "tifffile"),
+    "distributed": ("dask", "distributed"),
 }
 
 

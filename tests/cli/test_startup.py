@@ -20,7 +20,7 @@ import pytest
 from ptycho_bridge.io.safezip import SafeZip
 from tests._support import FIXTURES_DIR, PTYCHODUS_DIR, REPO
 
-FRAMEWORKS = ("torch", "tensorflow", "keras", "onnx", "onnxruntime", "scipy", "matplotlib", "dill")
+FRAMEWORKS = ("torch", "tensorflow", "keras", "onnx", "onnxruntime", "scipy", "matplotlib", "dill", "dask", "distributed")
 HEAVY = ("numpy", "h5py", "jsonschema", "google.protobuf", "rich")
 
 

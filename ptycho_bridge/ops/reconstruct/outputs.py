@@ -154,7 +154,7 @@ def build_report(result: ReconstructionResult, *, formats: Iterable[str], compar
                  argv: dict[str, Any]) -> dict[str, Any]:
     """The ``reconstruct.json`` document (schema ``reconstruct-report``); ``files`` is filled in on write."""
     info = result.info
-    return {
+    report = {
         "tool": "ptycho-bridge", "version": __version__, "command": "reconstruct",
         "archive": {"path": info["archive"], "sha256": info["archive_sha256"], "backend": info["backend"],
                     "N": info["N"], "gridsize": info["gridsize"], "padded_size": info["padded_size"],
@@ -176,3 +176,6 @@ def build_report(result: ReconstructionResult, *, formats: Iterable[str], compar
         "notes": list(result.notes),
         "files": [],
     }
+    if info.get("distributed") is not None:  # a cluster run (issue 21): scheduler, workers, per-stage times, bytes
+        report["distributed"] = info["distributed"]
+    return report

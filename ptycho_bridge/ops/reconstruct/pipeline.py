@@ -5,17 +5,23 @@ Stages (each timed):
 1. ``open``      read the archive (:mod:`.modelinfo`) and validate the dataset headers and small arrays;
 2. ``group``     upstream's subsample / grouping / offsets (:mod:`grouping`);
 3. ``normalise`` pass 1 over the distinct grouped patterns: energies, finiteness, ``s`` (:mod:`normalise`);
-4. per block of groups (pass 2): ``read`` patterns -> ``model`` (X_full, canonical x_norm, engine in
-   batches of ``batch_size``) -> ``merge`` (upstream's per-group reassembly + trim, :mod:`.merge`, in chunks of
-   ``centring_batch`` = 32 groups aligned on multiples of 32 in group order, because upstream's Keras
-   ``predict`` batch of 32 centres local offsets over the batch) -> ``stitch`` (streaming canvas).
+4. per block of groups (pass 2, :func:`block_task`): ``read`` patterns -> ``model`` (X_full, canonical x_norm,
+   engine in batches of ``batch_size``) -> ``merge`` (upstream's per-group reassembly + trim, :mod:`.merge`, in
+   chunks of ``centring_batch`` = 32 groups aligned on multiples of 32 in group order, because upstream's Keras
+   ``predict`` batch of 32 centres local offsets over the batch) -> ``stitch`` into the block's canvas window;
+5. ``reduce``   windows summed along the fixed tree over the block index, then divided once (:mod:`.stitch`).
+
+The block partition (:func:`block_partition`: ``block_groups`` rounded up to a multiple of ``centring_batch``)
+depends on neither ``batch_size`` nor the worker count, and the in-process loop runs the same block task and
+the same tree reduction as the Dask driver (:mod:`.distributed`, ``client=``): every way of running gives the
+same bits.
 
 Differences from upstream, on purpose: every group keeps its own output (upstream's batch collapse for
 B·C >= 64 per predict batch is not reproduced); the engine batch size is free (only ``centring_batch``
 decides the merge chunks; ``centring_batch=1`` centres each group on itself); float32 coordinates are
 accepted (upstream asserts float64); unseeded subsampling draws and reports a seed.
-Memory: a block holds ``max(batch_size, centring_batch)`` groups (rounded up to a multiple of
-``centring_batch``); nothing holds all patterns or all patches.
+Memory: a block holds ``block_groups`` groups (rounded up to a multiple of ``centring_batch``); nothing holds
+all patterns or all patches.
 """
 
 from __future__ import annotations
@@ -30,14 +36,16 @@ from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ArchiveError, OptionError
 from ptycho_bridge.ops.engines import ENGINE_NAMES, load_engine
+from ptycho_bridge.ops.reconstruct.blocks import BlockContext, Timer, block_partition, block_task
 from ptycho_bridge.ops.reconstruct.dataset import named, open_dataset
+from ptycho_bridge.ops.reconstruct.distributed import Driver
 from ptycho_bridge.ops.reconstruct.grouping import make_groups
-from ptycho_bridge.ops.reconstruct.merge import group_merge
 from ptycho_bridge.ops.reconstruct.modelinfo import ModelInfo, open_model
-from ptycho_bridge.ops.reconstruct.normalise import grouped_energies, model_input, norm_scale, pattern_energies, x_full
-from ptycho_bridge.ops.reconstruct.stitch import DEFAULT_MAX_CANVAS, Stitcher, plan_canvas
+from ptycho_bridge.ops.reconstruct.normalise import grouped_energies, norm_scale, pattern_energies
+from ptycho_bridge.ops.reconstruct.stitch import DEFAULT_MAX_CANVAS, TreeReducer, finalise, plan_canvas
 
 UPSTREAM_PREDICT_BATCH = 32
+DEFAULT_BLOCK_GROUPS = 256  # groups per block task: the unit of work on a cluster and of the reduction tree
 Progress = Callable[[str, int, int], None]
 EngineArg = Union[str, Callable[[np.ndarray], np.ndarray]]
 
@@ -59,16 +67,6 @@ class ReconstructionResult:
     info: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     object_guess: np.ndarray | None = None  # the dataset's objectGuess (complex64), when present
-
-
-class _Timer:
-    def __init__(self) -> None:
-        self.t: dict[str, float] = {}
-
-    def add(self, name: str, since: float) -> float:
-        now = time.perf_counter()
-        self.t[name] = self.t.get(name, 0.0) + now - since
-        return now
 
 
 def build_runner(engine: EngineArg, info: ModelInfo, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
@@ -96,11 +94,13 @@ def reconstruct(
     max_canvas: int = DEFAULT_MAX_CANVAS,
     threads: int | None = None,
     read_chunk: int = 1024,
+    block_groups: int = DEFAULT_BLOCK_GROUPS,
     require_probe: bool = True,
     spool_dir: str | None = None,
     with_object_guess: bool = False,
     progress: Progress | None = None,
     inspect: Callable[[dict[str, Any]], None] | None = None,
+    client: Any = None,
 ) -> ReconstructionResult:
     """Reconstruct the object of ``dataset`` with the inference model of ``archive``.
 
@@ -109,14 +109,25 @@ def reconstruct(
     ``subsample``/``subsample_seed`` = upstream's ``--n_subsample``/``--subsample_seed``.
     ``progress(stage, done, total)`` is called per chunk ("normalise": patterns, "reconstruct": groups).
     ``inspect`` (tests): called per merge chunk with its group range, X_full, x_norm, raw and merged patches.
+    ``block_groups``: groups per block task (rounded up to a multiple of ``centring_batch``); it fixes the
+    reduction tree, so it is a choice that changes the last bits, unlike ``batch_size``.
+    ``client``: a ``distributed.Client``: pass 1 and the block tasks run on its workers (:mod:`.distributed`),
+    which open the archive and the dataset by path; the result is the one-process result, bit for bit.
     Raises the project's errors (``FormatError`` naming the dataset key, ``OptionError``, ``EngineUnavailable``).
     """
-    for name, value in (("--batch-size", batch_size), ("centring_batch", centring_batch), ("read_chunk", read_chunk)):
+    for name, value in (("--batch-size", batch_size), ("centring_batch", centring_batch), ("read_chunk", read_chunk),
+                        ("block_groups", block_groups)):
         if value < 1:
             raise OptionError(f"must be >= 1, got {value}", option=name)
     if max_canvas < crop:
         raise OptionError(f"must be at least the crop ({crop}), got {max_canvas}", option="--max-canvas")
-    tm = _Timer()
+    if client is not None and not isinstance(engine, str):
+        raise OptionError("a cluster run needs an engine name (workers build their own engine)", option="--engine")
+    if client is not None and inspect is not None:
+        raise OptionError("inspect runs in-process only", option="inspect")
+    if isinstance(engine, str) and engine not in ENGINE_NAMES:
+        raise OptionError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}", option="--engine")
+    tm = Timer()
     t = time.perf_counter()
     info = archive if isinstance(archive, ModelInfo) else open_model(archive)
     ds = open_dataset(str(dataset), info.N, keys=keys, require_probe=require_probe, spool_dir=spool_dir)
@@ -133,46 +144,52 @@ def reconstruct(
             raise named(exc, str(dataset)) from None
         t = tm.add("group", t)
 
+        driver = None
+        if client is not None:
+            driver = Driver(client, info, ds, engine=str(engine), builder=build_runner, threads=threads, keys=keys,
+                            require_probe=require_probe, spool_dir=spool_dir, read_chunk=read_chunk)
+            driver.check_workers()
+            t = tm.add("workers", t)
         try:
-            energies = pattern_energies(ds.patterns, g.groups.ravel(), chunk=read_chunk, key=key,
-                                        progress=(lambda d, n: progress("normalise", d, n)) if progress else None)
+            norm_progress = (lambda d, n: progress("normalise", d, n)) if progress else None
+            if driver is not None:
+                energies = driver.pattern_energies(g.groups.ravel(), progress=norm_progress)
+            else:
+                energies = pattern_energies(ds.patterns, g.groups.ravel(), chunk=read_chunk, key=key,
+                                            progress=norm_progress)
             s = norm_scale(grouped_energies(energies, g.groups), info.N)
         except ArchiveError as exc:
             raise named(exc, str(dataset)) from None
         t = tm.add("normalise", t)
 
-        run = build_runner(engine, info, threads)
-        t = tm.add("engine_build", t)
-
-        stitcher = Stitcher(plan, info.N)
-        B, N = g.groups.shape[0], info.N
-        block = int(math.ceil(max(batch_size, centring_batch) / centring_batch) * centring_batch)
-        for b0 in range(0, B, block):
-            b1 = min(B, b0 + block)
-            grp = g.groups[b0:b1]
-            pats = ds.patterns.take(grp.ravel()).reshape(grp.shape + (N, N))
-            t = tm.add("read", t)
-            xf = x_full(pats, s)
-            xn = model_input(xf, info.backend, info.intensity_scale)
-            raw = np.concatenate([np.asarray(run(xn[i:i + batch_size])).astype(np.complex64, copy=False)
-                                  for i in range(0, xn.shape[0], batch_size)])
-            t = tm.add("model", t)
-            for c0 in range(0, b1 - b0, centring_batch):
-                c1 = min(b1 - b0, c0 + centring_batch)
-                merged = group_merge(raw[c0:c1], g.coords_relative[b0 + c0:b0 + c1], N=N,
-                                     padded_size=info.padded_size, object_big=bool(info.spec.object_big),
-                                     centre=info.reassembly_centring)
-                t = tm.add("merge", t)
-                stitcher.add(merged, g.coords_offsets[b0 + c0:b0 + c1])
-                t = tm.add("stitch", t)
-                if inspect is not None:
-                    inspect({"start": b0 + c0, "stop": b0 + c1, "x_full": xf[c0:c1], "x_norm": xn[c0:c1],
-                             "raw": raw[c0:c1], "merged": merged})
-            if progress:
-                progress("reconstruct", b1, B)
-        obj = stitcher.result()
+        B = g.groups.shape[0]
+        ctx = BlockContext(N=info.N, backend=info.backend, intensity_scale=info.intensity_scale,
+                           padded_size=info.padded_size, object_big=bool(info.spec.object_big),
+                           centre=info.reassembly_centring, s=float(s), batch_size=batch_size,
+                           centring_batch=centring_batch, plan=plan, key=key)
+        blocks = block_partition(B, block_groups, centring_batch)
+        if driver is not None:
+            window = driver.run_blocks(ctx, blocks, g, progress=progress)  # worker seconds: driver.report()
+            t = tm.add("blocks", t)
+        else:
+            run = build_runner(engine, info, threads)
+            t = tm.add("engine_build", t)
+            reducer = TreeReducer()
+            for b0, b1 in blocks:
+                win, secs = block_task(ctx, ds.patterns, run, g.groups[b0:b1], g.coords_relative[b0:b1],
+                                       g.coords_offsets[b0:b1], start=b0, inspect=inspect)
+                for step, seconds in secs.items():
+                    tm.t[step] = tm.t.get(step, 0.0) + seconds
+                t = time.perf_counter()
+                reducer.push(win)
+                t = tm.add("reduce", t)
+                if progress:
+                    progress("reconstruct", b1, B)
+            window = reducer.result()
+            t = tm.add("reduce", t)
+        obj = finalise(plan, window)
         amp, phase = np.abs(obj).astype(np.float32), np.angle(obj).astype(np.float32)
-        t = tm.add("stitch", t)
+        t = tm.add("reduce", t)
         guess = ds.object_guess() if with_object_guess else None
     finally:
         ds.close()
@@ -181,8 +198,9 @@ def reconstruct(
     # the four coarse stages: read (open + pass 1 + pass-2 reads), group, model (build + run + merge), stitch
     timings["stage_read"] = timings.get("open", 0.0) + timings.get("normalise", 0.0) + timings.get("read", 0.0)
     timings["stage_group"] = timings.get("group", 0.0)
-    timings["stage_model"] = timings.get("engine_build", 0.0) + timings.get("model", 0.0) + timings.get("merge", 0.0)
-    timings["stage_stitch"] = timings.get("stitch", 0.0)
+    timings["stage_model"] = (timings.get("engine_build", 0.0) + timings.get("model", 0.0) + timings.get("merge", 0.0)
+                              + timings.get("blocks", 0.0))  # blocks: a cluster run's pass 2 (wall)
+    timings["stage_stitch"] = timings.get("stitch", 0.0) + timings.get("reduce", 0.0)
     centring = (f"per {centring_batch}-group predict batch (upstream's Keras predict)" if info.reassembly_centring
                 else "none (the archive's era did not centre)")
     return ReconstructionResult(
@@ -197,6 +215,9 @@ def reconstruct(
               "dataset": str(dataset), "dataset_format": ds.format, "keys_used": dict(ds.keys_used),
               "n_patterns_file": ds.count, "n_groups": int(B), "n_groups_requested": n_groups,
               "subsample": subsample, "subsample_seed": g.subsample_seed,
-              "centring_batch": centring_batch, "batch_size": batch_size, "patterns": ds.patterns.description},
+              "centring_batch": centring_batch, "batch_size": batch_size, "patterns": ds.patterns.description,
+              "block_groups": int(math.ceil(block_groups / centring_batch) * centring_batch),
+              "blocks": len(blocks),
+              "distributed": driver.report() if driver is not None else None},
         notes=notes, object_guess=guess,
     )

@@ -22,6 +22,13 @@ Streaming: each translated crop is non-zero only on an ``(M+3)``-wide window aro
 numerator (real, imag) and count canvases. Memory: 3 float32 canvases (12 bytes/px) plus the complex64
 result (8 bytes/px) at the end; the canvas side is checked against ``max_canvas`` before allocating.
 Accumulation order differs from TF's chunked sums; that is at float32-rounding level (~1e-7 relative).
+
+Window form (issue 21): a block of groups is stitched into a :class:`CanvasWindow` (the rectangle its
+patches touch, :func:`window_bounds`); windows are summed along one fixed binary tree over the block index
+(:func:`tree_split`, :class:`TreeReducer`, :func:`add_windows`) and divided once (:func:`finalise`). The
+pipeline always goes this way, in one process or on a Dask cluster, so the float32 additions happen in the
+same order whatever runs them. Memory: the partial windows held by the reducer (about one canvas for a
+raster scan) plus the complex64 result.
 """
 
 from __future__ import annotations
@@ -97,18 +104,63 @@ def _axis_samples(pos: np.ndarray, pad: int, M: int, P: int, W: int):  # type: i
     return start, w, np.clip(i0, 0, M - 1), np.clip(i1, 0, M - 1), v0, v1
 
 
-class Stitcher:
-    """Streaming ``reassemble_position``: ``add(patches, offsets)`` any number of times, then ``result()``."""
+@dataclass
+class CanvasWindow:
+    """A rectangle of the canvas with its partial sums: what one block task returns (issue 21).
 
-    def __init__(self, plan: CanvasPlan, N: int, accumulate: type = np.float32) -> None:
+    ``num_re``/``num_im``/``count`` are float32 ``(h, w)`` at canvas rows ``r0:r0+h``, cols ``c0:c0+w``;
+    ``groups`` counts the patches added. Windows are summed by :func:`add_windows` (exact placement into
+    the union rectangle, then one float32 addition per overlapping pixel) and finalised once.
+    """
+
+    r0: int
+    c0: int
+    num_re: np.ndarray
+    num_im: np.ndarray
+    count: np.ndarray
+    groups: int = 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.count.shape[0]), int(self.count.shape[1]))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.num_re.nbytes + self.num_im.nbytes + self.count.nbytes)
+
+
+def window_bounds(plan: CanvasPlan, offsets: np.ndarray) -> tuple[int, int, int, int]:
+    """Canvas rows ``r0:r1`` and cols ``c0:c1`` that patches at ``offsets`` can touch (their ``W``-wide windows)."""
+    off = flat_offsets(offsets)
+    P, W = plan.size, min(plan.crop + 3, plan.size)
+    adj = (off.astype(np.float32) - plan.com).astype(np.float32)
+    if adj.size and float(np.max(np.abs(adj))) > plan.pad:
+        raise ValueError("offsets fall outside the planned canvas (plan the canvas from all offsets)")
+    starts = [np.clip(np.floor(adj[:, a] + np.float32(plan.pad)).astype(np.int64) - 1, 0, P - W) for a in (1, 0)]
+    return (int(starts[0].min()), int(starts[0].max()) + W, int(starts[1].min()), int(starts[1].max()) + W)
+
+
+class Stitcher:
+    """Streaming ``reassemble_position``: ``add(patches, offsets)`` any number of times, then ``result()``.
+
+    ``bounds=(r0, r1, c0, c1)`` keeps only that rectangle of the canvas (:func:`window_bounds` of every
+    offset that will be added): the window form a block task uses; :meth:`window` hands it out.
+    """
+
+    def __init__(self, plan: CanvasPlan, N: int, accumulate: type = np.float32,
+                 bounds: tuple[int, int, int, int] | None = None) -> None:
         if plan.crop > N:
             raise OptionError(f"M={plan.crop} is larger than the patch size N={N}", option="--crop")
         self.plan, self.N = plan, int(N)
         P = plan.size
         self.W = min(plan.crop + 3, P)
-        self.num_re = np.zeros((P, P), accumulate)
-        self.num_im = np.zeros((P, P), accumulate)
-        self.count = np.zeros((P, P), accumulate)
+        r0, r1, c0, c1 = bounds if bounds is not None else (0, P, 0, P)
+        if not (0 <= r0 < r1 <= P and 0 <= c0 < c1 <= P):
+            raise ValueError(f"window {bounds} is not inside the {P}x{P} canvas")
+        self.r0, self.c0 = r0, c0
+        self.num_re: np.ndarray = np.zeros((r1 - r0, c1 - c0), accumulate)
+        self.num_im: np.ndarray = np.zeros((r1 - r0, c1 - c0), accumulate)
+        self.count: np.ndarray = np.zeros((r1 - r0, c1 - c0), accumulate)
         self.added = 0
 
     def add(self, patches: np.ndarray, offsets: np.ndarray) -> None:
@@ -131,6 +183,11 @@ class Stitcher:
         P, W = pl.size, self.W
         c0, wx, x0, x1, vx0, vx1 = _axis_samples(adj[:, 0], pl.pad, M, P, W)
         r0, wy, y0, y1, vy0, vy1 = _axis_samples(adj[:, 1], pl.pad, M, P, W)
+        h, w_ = self.count.shape
+        if z.shape[0] and (r0.min() < self.r0 or c0.min() < self.c0 or r0.max() + W > self.r0 + h
+                           or c0.max() + W > self.c0 + w_):
+            raise ValueError("patches fall outside this stitcher's window (see window_bounds)")
+        r0, c0 = r0 - self.r0, c0 - self.c0
         one = np.float32(1.0)
         wx_, wy_ = wx[:, None, :], wy[:, :, None]
         wa, wb = (one - wx_) * (one - wy_), wx_ * (one - wy_)
@@ -154,6 +211,10 @@ class Stitcher:
             self.count[rs, cs] += acc_n[i]
         self.added += z.shape[0]
 
+    def window(self) -> CanvasWindow:
+        """The partial sums as a :class:`CanvasWindow` (the arrays are handed over, not copied)."""
+        return CanvasWindow(self.r0, self.c0, self.num_re, self.num_im, self.count, self.added)
+
     def result(self, rows_per_block: int = 1024) -> np.ndarray:
         """``S / (1e-9 + count)`` as complex64 ``(P, P)``; uncovered pixels are 0."""
         P = self.plan.size
@@ -164,6 +225,73 @@ class Stitcher:
             out.real[sl] = self.num_re[sl].astype(np.float32) / den
             out.imag[sl] = self.num_im[sl].astype(np.float32) / den
         return out
+
+
+def add_windows(a: CanvasWindow, b: CanvasWindow) -> CanvasWindow:
+    """``a + b`` on the union rectangle: each placed exactly (``0 + x == x``), then one float32 add per overlap.
+
+    Commutative bit for bit (IEEE addition is), so only the *tree* of additions decides the result.
+    """
+    r0, c0 = min(a.r0, b.r0), min(a.c0, b.c0)
+    r1 = max(a.r0 + a.shape[0], b.r0 + b.shape[0])
+    c1 = max(a.c0 + a.shape[1], b.c0 + b.shape[1])
+    h, w = r1 - r0, c1 - c0
+    out = CanvasWindow(r0, c0, np.zeros((h, w), np.float32), np.zeros((h, w), np.float32),
+                       np.zeros((h, w), np.float32), a.groups + b.groups)
+    for part in (a, b):
+        rs = slice(part.r0 - r0, part.r0 - r0 + part.shape[0])
+        cs = slice(part.c0 - c0, part.c0 - c0 + part.shape[1])
+        out.num_re[rs, cs] += part.num_re
+        out.num_im[rs, cs] += part.num_im
+        out.count[rs, cs] += part.count
+    return out
+
+
+def tree_split(n: int) -> int:
+    """Where the fixed reduction tree splits ``n >= 2`` leaves: the largest power of two below ``n``."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+class TreeReducer:
+    """Sums windows pushed in block order along the fixed tree of :func:`tree_split`, holding O(log n) of them.
+
+    A binary counter: two partial sums of equal leaf count merge at once; :meth:`result` merges what is left
+    from the right. The tree is the one :func:`tree_split` defines, so a reduction scheduled elsewhere in the
+    same shape (the Dask driver) adds the same numbers in the same order: same bits.
+    """
+
+    def __init__(self) -> None:
+        self.stack: list[tuple[int, CanvasWindow]] = []  # (leaves, partial sum)
+
+    def push(self, window: CanvasWindow) -> None:
+        leaves, w = 1, window
+        while self.stack and self.stack[-1][0] == leaves:
+            n, prev = self.stack.pop()
+            leaves, w = n + leaves, add_windows(prev, w)
+        self.stack.append((leaves, w))
+
+    def result(self) -> CanvasWindow:
+        if not self.stack:
+            raise ValueError("no windows to reduce")
+        leaves, w = self.stack.pop()
+        while self.stack:
+            n, prev = self.stack.pop()
+            leaves, w = n + leaves, add_windows(prev, w)
+        return w
+
+
+def finalise(plan: CanvasPlan, window: CanvasWindow, rows_per_block: int = 1024) -> np.ndarray:
+    """The complex64 ``(P, P)`` object from the reduced window: ``S / (1e-9 + count)``, 0 outside it."""
+    P = plan.size
+    out = np.zeros((P, P), np.complex64)
+    h, w = window.shape
+    for r in range(0, h, rows_per_block):
+        sl = slice(r, r + rows_per_block)
+        den = (window.count[sl].astype(np.float32) + EPS).astype(np.float32)
+        rows, cols = slice(window.r0 + r, window.r0 + min(h, r + rows_per_block)), slice(window.c0, window.c0 + w)
+        out.real[rows, cols] = window.num_re[sl].astype(np.float32) / den
+        out.imag[rows, cols] = window.num_im[sl].astype(np.float32) / den
+    return out
 
 
 def reassemble_position(patches: np.ndarray, offsets: np.ndarray, crop: int = 20, chunk: int = 256,
