@@ -10,7 +10,7 @@ benchmarks share one way of running an exported model.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ptycho_bridge.lazy import numpy as np
 
@@ -36,9 +36,18 @@ def refusals(spec: NetworkSpec) -> list[Refusal]:
     return expressible.refusals(spec, "engine:onnx")
 
 
-def build(spec: NetworkSpec, tensors: Mapping[str, np.ndarray], threads: int | None = None) -> Any:
-    """An ONNX Runtime session over the graph built from ``spec`` and ``tensors``."""
-    return make_session(build_onnx(spec, tensors), threads=threads)
+def build(spec: NetworkSpec, tensors: Mapping[str, np.ndarray], threads: int | None = None, *,
+          graph_source: Callable[[Callable[[], bytes]], bytes] | None = None) -> Any:
+    """An ONNX Runtime session over the graph built from ``spec`` and ``tensors``.
+
+    ``graph_source(build)`` returns the graph's bytes, calling ``build`` only when it has none (the graph
+    cache, :mod:`ptycho_bridge.ops.graph_cache`): a cached graph is handed to ONNX Runtime without
+    importing ``onnx``.
+    """
+    def export() -> bytes:
+        return model_bytes(build_onnx(spec, tensors))
+
+    return make_session(graph_source(export) if graph_source is not None else export(), threads=threads)
 
 
 def run(handle: Any, x_norm: np.ndarray) -> np.ndarray:

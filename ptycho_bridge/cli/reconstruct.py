@@ -112,13 +112,15 @@ class _Bar:
               help="Compare the object with OTHER.npz's 'object' under parity's tolerance; exit 1 beyond it.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --compare: write amplitude/phase difference maps to this PNG.")
+@click.option("--no-cache", "no_cache", is_flag=True,
+              help="Build the ONNX graph afresh instead of using the graph cache (PTYCHO_BRIDGE_CACHE_DIR moves it).")
 @click.option("--force", is_flag=True, help="Replace an existing OUTDIR (and --plot file).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report (reconstruct.json) on stdout.")
 @guarded
 def command(archive: Path, dataset: Path, outdir: Path, engine: str, n_groups: int | None, subsample: int | None,
             subsample_seed: int | None, batch_size: int, crop: int, max_canvas: int, formats: str,
-            key_pairs: tuple[str, ...], compare_path: Path | None, plot_path: Path | None, force: bool,
-            as_json: bool) -> None:
+            key_pairs: tuple[str, ...], compare_path: Path | None, plot_path: Path | None, no_cache: bool,
+            force: bool, as_json: bool) -> None:
     """Reconstruct a scan DATASET with ARCHIVE's model and stitch the object image into OUTDIR."""
     check_extra()
     try:
@@ -135,7 +137,8 @@ def command(archive: Path, dataset: Path, outdir: Path, engine: str, n_groups: i
     with _Bar() as progress:
         result = reconstruct(archive, dataset, engine, n_groups=n_groups, subsample=subsample,
                              subsample_seed=subsample_seed, batch_size=batch_size, crop=crop, keys=keys or None,
-                             max_canvas=max_canvas, with_object_guess=True, progress=progress)
+                             max_canvas=max_canvas, with_object_guess=True, progress=progress,
+                             cache=not no_cache)
     comparison, plot_png = None, None
     if compare_path is not None:
         comparison, other = compare_objects(result.object, compare_path)

@@ -163,6 +163,7 @@ def build_report(result: ReconstructionResult, *, formats: Iterable[str], compar
         "dataset": {"path": info["dataset"], "format": info["dataset_format"], "patterns": info["n_patterns_file"],
                     "keys": info["keys_used"], "reader": info["patterns"]},
         "engine": info["engine"],
+        "cache": info.get("cache"),
         "choices": {**argv, "n_groups": info["n_groups"], "subsample_seed": info["subsample_seed"],
                     "centring": info["centring"], "centring_batch": info["centring_batch"],
                     "formats": list(formats)},

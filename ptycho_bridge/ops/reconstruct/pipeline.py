@@ -30,6 +30,7 @@ from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ArchiveError, OptionError
 from ptycho_bridge.ops.engines import ENGINE_NAMES, load_engine
+from ptycho_bridge.ops.graph_cache import Runner, onnx_graph_source
 from ptycho_bridge.ops.reconstruct.dataset import named, open_dataset
 from ptycho_bridge.ops.reconstruct.grouping import make_groups
 from ptycho_bridge.ops.reconstruct.merge import group_merge
@@ -71,14 +72,22 @@ class _Timer:
         return now
 
 
-def build_runner(engine: EngineArg, info: ModelInfo, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
-    """An engine name from the registry (built once) or a caller's callable, as ``x_norm -> [B,Cout,N,N]``."""
+def build_runner(engine: EngineArg, info: ModelInfo, threads: int | None, *,
+                 cache: bool = True) -> Callable[[np.ndarray], np.ndarray]:
+    """An engine name from the registry (built once) or a caller's callable, as ``x_norm -> [B,Cout,N,N]``.
+
+    The ONNX engine takes its graph from the graph cache (:mod:`ptycho_bridge.ops.graph_cache`) unless
+    ``cache`` is False; what the cache did is the returned runner's ``cache`` attribute (a dict).
+    """
     if callable(engine):
         return engine
     if engine not in ENGINE_NAMES:
         raise OptionError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}", option="--engine")
-    loaded = load_engine(engine, info.spec, info.tensors, threads=threads)
-    return loaded.run
+    if engine != "onnx":
+        return load_engine(engine, info.spec, info.tensors, threads=threads).run
+    source, report = onnx_graph_source(info.spec, info.tensors, enabled=cache)
+    loaded = load_engine(engine, info.spec, info.tensors, threads=threads, options={"graph_source": source})
+    return Runner(loaded.run, report.to_dict())
 
 
 def reconstruct(
@@ -96,6 +105,7 @@ def reconstruct(
     max_canvas: int = DEFAULT_MAX_CANVAS,
     threads: int | None = None,
     read_chunk: int = 1024,
+    cache: bool = True,
     require_probe: bool = True,
     spool_dir: str | None = None,
     with_object_guess: bool = False,
@@ -108,6 +118,7 @@ def reconstruct(
     ``n_groups`` = upstream's nsamples (default: all patterns for gridsize 1, M // C groups otherwise);
     ``subsample``/``subsample_seed`` = upstream's ``--n_subsample``/``--subsample_seed``.
     ``progress(stage, done, total)`` is called per chunk ("normalise": patterns, "reconstruct": groups).
+    ``cache=False`` builds the ONNX graph afresh instead of using the graph cache.
     ``inspect`` (tests): called per merge chunk with its group range, X_full, x_norm, raw and merged patches.
     Raises the project's errors (``FormatError`` naming the dataset key, ``OptionError``, ``EngineUnavailable``).
     """
@@ -141,7 +152,7 @@ def reconstruct(
             raise named(exc, str(dataset)) from None
         t = tm.add("normalise", t)
 
-        run = build_runner(engine, info, threads)
+        run = build_runner(engine, info, threads, cache=cache)
         t = tm.add("engine_build", t)
 
         stitcher = Stitcher(plan, info.N)
@@ -197,6 +208,7 @@ def reconstruct(
               "dataset": str(dataset), "dataset_format": ds.format, "keys_used": dict(ds.keys_used),
               "n_patterns_file": ds.count, "n_groups": int(B), "n_groups_requested": n_groups,
               "subsample": subsample, "subsample_seed": g.subsample_seed,
-              "centring_batch": centring_batch, "batch_size": batch_size, "patterns": ds.patterns.description},
+              "centring_batch": centring_batch, "batch_size": batch_size, "patterns": ds.patterns.description,
+              "cache": getattr(run, "cache", None)},
         notes=notes, object_guess=guess,
     )

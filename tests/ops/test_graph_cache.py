@@ -1,0 +1,111 @@
+"""The ONNX graph cache: miss then verified hit, corrupt entries rebuilt, no ``onnx`` import on a hit, keys by content."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ptycho_bridge.ops import graph_cache
+from ptycho_bridge.ops.reconstruct.modelinfo import open_model
+from ptycho_bridge.ops.reconstruct.pipeline import reconstruct
+from tests.ops.reconstruct._cases import DATASET, archive, need_fixtures
+
+pytest.importorskip("onnxruntime")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(folder: Path, **kw):  # type: ignore[no-untyped-def]
+    return reconstruct(archive("tf_N64_gs1"), DATASET, "onnx", n_groups=12, **kw)
+
+
+def test_miss_hit_rebuilt_and_off_give_the_same_object(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    need_fixtures()
+    monkeypatch.setenv(graph_cache.ENV_DIR, str(tmp_path))
+    first = _run(tmp_path)
+    assert first.info["cache"]["status"] == "miss" and first.info["cache"]["reason"] == "not cached"
+    entry = Path(first.info["cache"]["path"])
+    assert entry.parent == tmp_path / graph_cache.SUBDIR and entry.is_file()
+    side = json.loads(entry.with_suffix(".json").read_text())
+    assert side["size"] == entry.stat().st_size and side["key"] == entry.stem
+
+    second = _run(tmp_path)
+    assert second.info["cache"]["status"] == "hit" and second.info["cache"]["key"] == entry.stem
+    np.testing.assert_array_equal(second.object, first.object)
+
+    data = bytearray(entry.read_bytes())  # one flipped byte in a weight: the sha256 check must catch it
+    data[len(data) // 2] ^= 0x01
+    entry.write_bytes(bytes(data))
+    third = _run(tmp_path)
+    assert third.info["cache"]["status"] == "rebuilt" and "sha256" in third.info["cache"]["reason"]
+    np.testing.assert_array_equal(third.object, first.object)
+    assert _run(tmp_path).info["cache"]["status"] == "hit"  # the rewritten entry verifies again
+
+    entry.with_suffix(".json").write_text("[]")  # a sidecar that is not ours is a miss, not a crash
+    assert _run(tmp_path).info["cache"]["status"] == "rebuilt"
+
+    off = _run(tmp_path, cache=False)
+    assert off.info["cache"] == {"status": "off", "path": None, "key": None, "reason": None}
+    np.testing.assert_array_equal(off.object, first.object)
+    monkeypatch.setenv(graph_cache.ENV_OFF, "1")
+    assert _run(tmp_path).info["cache"]["status"] == "off"
+
+
+def test_folder_follows_the_env_var_then_the_platform(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(graph_cache.ENV_DIR, "/somewhere/else")
+    assert graph_cache.default_dir() == Path("/somewhere/else")
+    monkeypatch.delenv(graph_cache.ENV_DIR)
+    if sys.platform.startswith("linux"):
+        monkeypatch.setenv("XDG_CACHE_HOME", "/xdg")
+        assert graph_cache.default_dir() == Path("/xdg/ptycho-bridge")
+        monkeypatch.setenv("XDG_CACHE_HOME", "relative")  # the XDG spec: relative paths are ignored
+        assert graph_cache.default_dir() == Path.home() / ".cache" / "ptycho-bridge"
+
+
+def test_key_follows_content_and_options() -> None:
+    need_fixtures()
+    info = open_model(archive("tf_N64_gs1"))
+    opts = graph_cache.ONNX_OPTIONS
+    base = graph_cache.graph_key(info.spec, info.tensors, opts)
+    assert graph_cache.graph_key(info.spec, dict(info.tensors), opts) == base
+    name = sorted(info.tensors)[0]
+    changed = {**info.tensors, name: np.nextafter(info.tensors[name], np.inf).astype(info.tensors[name].dtype)}
+    assert graph_cache.graph_key(info.spec, changed, opts) != base
+    assert graph_cache.graph_key(info.spec, info.tensors, {**opts, "reassembly": True}) != base
+
+
+def test_oversized_entry_is_not_read(tmp_path: Path) -> None:
+    key = "0" * 64
+    graph_cache.store(tmp_path, key, b"x" * 100, {})
+    assert graph_cache.lookup(tmp_path, key, 1000) == (b"x" * 100, "")
+    data, why = graph_cache.lookup(tmp_path, key, 99)
+    assert data is None and "larger than the bound" in why
+
+
+def test_prune_keeps_the_newest(tmp_path: Path) -> None:
+    for i in range(5):
+        graph_cache.store(tmp_path, f"{i:064x}", b"g", {})
+        os.utime(tmp_path / f"{i:064x}.json", (1000 + i, 1000 + i))
+    graph_cache.prune(tmp_path, keep=f"{0:064x}", max_entries=2)
+    assert sorted(p.name[-6:] for p in tmp_path.glob("*.json")) == ["0.json", "3.json", "4.json"]
+
+
+def test_a_hit_does_not_import_onnx(tmp_path: Path) -> None:
+    need_fixtures()
+    code = (
+        "import sys\n"
+        "from ptycho_bridge.ops.reconstruct.modelinfo import open_model\n"
+        "from ptycho_bridge.ops.reconstruct.pipeline import build_runner\n"
+        f"info = open_model({archive('tf_N64_gs1')!r})\n"
+        "r = build_runner('onnx', info, 1)\n"
+        "print(r.cache['status'], 'onnx' in sys.modules)\n"
+    )
+    env = {**os.environ, graph_cache.ENV_DIR: str(tmp_path), "PYTHONPATH": str(REPO)}
+    outs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+            for _ in range(2)]
+    assert outs == ["miss True\n", "hit False\n"]
