@@ -23,6 +23,7 @@ from ptycho_bridge.cli.util import emit_json, guarded
 from ptycho_bridge.errors import BridgeError
 from ptycho_bridge.io.atomic import atomic_write, refuse_existing
 from ptycho_bridge.ops.engines import ENGINE_NAMES
+from ptycho_bridge.ops.plots import require_plotting
 from ptycho_bridge.ops.reconstruct.compare import compare_objects
 from ptycho_bridge.ops.reconstruct.dataset import CANONICAL
 from ptycho_bridge.ops.reconstruct.outputs import (
@@ -35,7 +36,7 @@ from ptycho_bridge.ops.reconstruct.outputs import (
 from ptycho_bridge.ops.reconstruct.pipeline import reconstruct
 from ptycho_bridge.ops.reconstruct.stitch import DEFAULT_MAX_CANVAS
 
-EXTRA_PACKAGES = ("scipy", "matplotlib", "tifffile")
+EXTRA_PACKAGES = ("scipy", "tifffile")  # matplotlib only for --plot (the PNGs are drawn by ops/reconstruct/png.py)
 EXTRA_HINT = 'pip install "ptycho-bridge[reconstruct]"'
 
 
@@ -130,6 +131,8 @@ def command(archive: Path, dataset: Path, outdir: Path, engine: str, n_groups: i
     keys = parse_keys(key_pairs)
     if plot_path is not None and compare_path is None:
         raise click.BadParameter("needs --compare", param_hint="--plot")
+    if plot_path is not None:
+        require_plotting("--plot")
     refuse_existing_dir(outdir, force=force)
     if plot_path is not None:
         refuse_existing(plot_path, force=force)
