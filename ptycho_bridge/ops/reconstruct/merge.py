@@ -24,9 +24,10 @@ Gridsize > 1 (:func:`window_merge`): the reference warps real part, imaginary pa
 every patch over the whole ``P x P`` padded canvas (three bilinear warps, each recomputing the same
 weights and gathering through four broadcast fancy indexes), then keeps only the centre ``N x N``. Here
 only that window is evaluated, the geometry (floor, weights, corner indices) is computed once per patch
-and shared by the three images (interleaved per pixel, so each corner is one ``np.take`` of 16-byte
-items), gathered from images padded by one extra zero pixel, which stands in for the reference's "corner
-outside the canvas → 0". Every
+and shared by the three images; a patch whose corner indices run consecutively (every patch with in-canvas
+offsets) reads each corner as a plain ``N x N`` slice instead of a gather, the rest gather by index;
+the images are padded by one extra zero pixel, which stands in for the reference's "corner outside the
+canvas → 0"; blocks of :data:`BLOCK_PATCHES` patches keep the temporaries in the CPU cache. Every
 float32 operation on every kept pixel is the reference's, in its order, so the result is bit-equal
 (tests: ``array_equal`` against :func:`~ptycho_bridge.spec.reassembly.reassemble`, which stays the
 oracle); non-finite offsets (never produced by the pipeline, whose coordinates are checked finite) take
@@ -40,7 +41,7 @@ from ptycho_bridge.lazy import numpy as np
 from ptycho_bridge.spec.network import check_padded_size
 from ptycho_bridge.spec.reassembly import NORM_EPSILON, centre_mask, centre_offsets, reassemble, tf_positions_to_flat
 
-BLOCK_PATCHES = 8  # patches per block of the window merge (4 lanes x N² float32 each: 64 KiB at N = 64)
+BLOCK_PATCHES = 8  # patches per block of the window merge (3 images x N² float32 each: 48 KiB at N = 64)
 
 
 def is_identity_merge(obj: np.ndarray, positions_tf: np.ndarray) -> bool:
@@ -78,16 +79,14 @@ def window_merge(z: np.ndarray, off: np.ndarray, *, N: int, pad: int) -> np.ndar
     B, C = z.shape[:2]
     K, P = B * C, N + 2 * pad
     Q = P + 2
-    # real, imaginary, centre mask (and a zero 4th lane) of every patch on the reference's padded canvas, plus
-    # one zero pixel around it: index 0 and P+1 read 0 exactly where the reference zeroes a corner outside the
-    # canvas. Pixel-major with 4 float32 lanes, so one pixel is one 16-byte item: each corner is ONE np.take.
-    img = np.zeros((K, Q, Q, 4), np.float32)
+    # real, imaginary and centre mask of every patch on the reference's padded canvas, plus one zero pixel
+    # around it: index 0 and P+1 read 0 exactly where the reference zeroes a corner outside the canvas
+    img = np.zeros((K, 3, Q, Q), np.float32)
     inner = slice(pad + 1, pad + 1 + N)
     zk = z.reshape(K, N, N)
-    img[:, inner, inner, 0] = zk.real
-    img[:, inner, inner, 1] = zk.imag
-    img[:, inner, inner, 2] = centre_mask(N)
-    items = img.reshape(-1).view(np.complex128)  # K·Q·Q items of 16 bytes (never used as numbers)
+    img[:, 0, inner, inner] = zk.real
+    img[:, 1, inner, inner] = zk.imag
+    img[:, 2, inner, inner] = centre_mask(N)
     win = np.arange(pad, pad + N, dtype=np.float32)  # the canvas coordinates the crop keeps
     off = np.asarray(off, dtype=np.float32)
     sx = (win[None, :] + off[:, 0, None]).astype(np.float32)  # [K, N] (columns)
@@ -96,39 +95,43 @@ def window_merge(z: np.ndarray, off: np.ndarray, *, N: int, pad: int) -> np.ndar
     one = np.float32(1.0)
     wx, wy = (sx - x0).astype(np.float32), (sy - y0).astype(np.float32)
     ux, uy = one - wx, one - wy
-    # weight factors per lane: the column factor repeated over the 4 lanes, the row factor broadcast, so each
-    # product runs over contiguous memory: the reference's (1-wx)(1-wy), wx(1-wy), (1-wx)wy, wx·wy
-    ux4, wx4 = (np.repeat(a[:, None, :, None], 4, axis=3) for a in (ux, wx))  # [K, 1, W, 4]
-    uyb, wyb = uy[:, :, None, None], wy[:, :, None, None]  # [K, H, 1, 1]
 
     def index(v: np.ndarray) -> np.ndarray:  # canvas coordinate -> padded index (outside -> a zero pixel)
         return (np.clip(v, -1.0, float(P)) + 1).astype(np.intp)
 
-    base = (np.arange(K, dtype=np.intp) * (Q * Q))[:, None]
-    r0, r1 = (base + index(y0) * Q)[:, :, None], (base + index(y0 + one) * Q)[:, :, None]  # [K, H, 1]
-    c0, c1 = index(x0)[:, None, :], index(x0 + one)[:, None, :]  # [K, 1, W]
-    acc = np.empty((B, N, N, 4), np.float32)
+    rows, cols = (index(y0), index(y0 + one)), (index(x0), index(x0 + one))  # each [K, N]
+    # a patch whose four index runs are consecutive reads each corner as a plain N x N slice (no gather)
+    steps = np.stack([np.diff(v, axis=1) for v in (*rows, *cols)])
+    regular = np.all(steps == 1, axis=(0, 2))
+
+    def corner(k: int, r: np.ndarray, c: np.ndarray) -> np.ndarray:  # [3, N, N] of patch k
+        if regular[k]:
+            return img[k, :, r[k, 0]:r[k, 0] + N, c[k, 0]:c[k, 0] + N]
+        return img[k][:, r[k][:, None], c[k][None, :]]
+
+    acc = np.empty((B, 3, N, N), np.float32)
     step = max(1, BLOCK_PATCHES // C)  # groups per block: the temporaries stay in the CPU cache
     for g0 in range(0, B, step):
         g1 = min(B, g0 + step)
+        ks = range(g0 * C, g1 * C)
         k = slice(g0 * C, g1 * C)
-        n = (g1 - g0) * C
 
-        def corner(r: np.ndarray, c: np.ndarray) -> np.ndarray:
-            return items.take(r[k] + c[k]).view(np.float32).reshape(n, N, N, 4)
+        def gathered(r: np.ndarray, c: np.ndarray) -> np.ndarray:
+            return np.stack([corner(i, r, c) for i in ks])  # [n, 3, N, N]
 
-        # ((wa·ia + wb·ib) + wc·ic) + wd·id, each step float32, as the reference evaluates it
-        warped = (ux4[k] * uyb[k]) * corner(r0, c0)
-        warped += (wx4[k] * uyb[k]) * corner(r0, c1)
-        warped += (ux4[k] * wyb[k]) * corner(r1, c0)
-        warped += (wx4[k] * wyb[k]) * corner(r1, c1)
-        per = warped.reshape(g1 - g0, C, N, N, 4)
+        # ((wa·ia + wb·ib) + wc·ic) + wd·id, each step float32, as the reference evaluates it; the weights
+        # are the reference's (1-wx)(1-wy), wx(1-wy), (1-wx)wy, wx·wy, broadcast over the three images
+        warped = (ux[k, None, :] * uy[k, :, None])[:, None] * gathered(rows[0], cols[0])
+        warped += (wx[k, None, :] * uy[k, :, None])[:, None] * gathered(rows[0], cols[1])
+        warped += (ux[k, None, :] * wy[k, :, None])[:, None] * gathered(rows[1], cols[0])
+        warped += (wx[k, None, :] * wy[k, :, None])[:, None] * gathered(rows[1], cols[1])
+        per = warped.reshape(g1 - g0, C, 3, N, N)
         total = per[:, 0].copy()
         for c in range(1, C):  # Σ_c in channel order, float32
             total += per[:, c]
         acc[g0:g1] = total
-    denom = (acc[..., 2] + NORM_EPSILON).astype(np.float32)
+    denom = (acc[:, 2] + NORM_EPSILON).astype(np.float32)
     res = np.empty((B, N, N, 1), np.complex64)
-    res.real[..., 0] = (acc[..., 0] / denom).astype(np.float32)
-    res.imag[..., 0] = (acc[..., 1] / denom).astype(np.float32)
+    res.real[..., 0] = (acc[:, 0] / denom).astype(np.float32)
+    res.imag[..., 0] = (acc[:, 1] / denom).astype(np.float32)
     return res

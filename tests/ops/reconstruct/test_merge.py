@@ -37,6 +37,22 @@ def test_window_merge_is_bit_equal_to_the_reference(B: int, C: int, N: int, P: i
     np.testing.assert_array_equal(_bits(got), _bits(ref))
 
 
+def test_offsets_whose_float32_floor_jumps_inside_the_window() -> None:
+    """float32 x + (3 - 1e-6) rounds up to x + 3 for large x but not for small x: the floor jumps by 2 inside
+    the window, so that patch's corner indices are not one run and take the gather path."""
+    from ptycho_bridge.ops.reconstruct.merge import window_merge
+
+    rng = np.random.default_rng(5)
+    z = (rng.normal(size=(2, 4, 64, 64)) + 1j * rng.normal(size=(2, 4, 64, 64))).astype(np.complex64)
+    pos = np.full((2, 1, 2, 4), -1e-7, np.float32)
+    pos[1] = 3.0 - 1e-6
+    ref = reassemble(z, pos, N=64, padded_size=78, allow_large_batch=True, centre=False)
+    got = group_merge(z, pos, N=64, padded_size=78, object_big=True, centre=False)
+    np.testing.assert_array_equal(_bits(got), _bits(ref))
+    flat = pos[:, 0].transpose(0, 2, 1).reshape(-1, 2)
+    np.testing.assert_array_equal(_bits(window_merge(z, flat, N=64, pad=7)), _bits(ref))
+
+
 def test_pipeline_gridsize2_chunks_are_the_reference_merge() -> None:
     r, chunks = run("tf_N64_gs2_n15", "onnx")
     info = open_model(archive("tf_N64_gs2_n15"))
