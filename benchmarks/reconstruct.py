@@ -24,7 +24,7 @@ both sides of a ratio. ``--ort-variants default,spin,basic,fixdim`` adds ONNX Ru
 graph cache), second run (warm cache) and ``--no-cache``; wall time (median), peak RSS of that process
 (``wait4``), and the ratio to upstream's ``scripts/inference/inference.py`` on the same scan. Upstream is not
 installed here: its figures (25 s, 1,062 MB, measured by an earlier session) are ``--upstream-s`` /
-``--upstream-mb``.
+``--upstream-mb``. ``--baseline ../main`` also runs another checkout's CLI in the same loop (a same-run baseline).
 """
 
 from __future__ import annotations
@@ -96,8 +96,9 @@ def write_scan(path: Path, n: int, N: int, seed: int = 1, block: int = 2048) -> 
     return path
 
 
-def throughput(engines: list[str], as_json: bool) -> None:
+def throughput(engines: list[str], as_json: bool, only: list[str] | None = None) -> None:
     cases = [("N64_gs1", "tf_N64_gs1", 64, 2048), ("N64_gs2", "tf_N64_gs2", 64, 2048), ("N128_gs1", "tf_N128_gs1", 128, 512)]
+    cases = [c for c in cases if not only or c[0] in only]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, arch, N, n in cases:
@@ -226,14 +227,14 @@ def _timed(fn) -> float:  # type: ignore[no-untyped-def]
 
 
 def ceiling(engines: list[str], batches: list[int], threads: int, repeats: int, variants: list[str],
-            as_json: bool) -> None:
+            as_json: bool, only: list[str] | None = None) -> None:
     """Achieved GFLOP/s per case, engine and batch beside a GEMM measured alternately on the same threads."""
     from converters.onnx.engine import make_session, run_session
     from converters.onnx.export import build_onnx, model_bytes
 
     rows = []
     gemm_flops = 2.0 * GEMM_SIZE ** 3
-    for case in CEILING_CASES:
+    for case in [c for c in CEILING_CASES if not only or c in only]:
         info = open_model(fixture(case))
         graph = build_onnx(info.spec, info.tensors)
         C, N = info.spec.channels_in, info.spec.N
@@ -283,11 +284,13 @@ def ceiling(engines: list[str], batches: list[int], threads: int, repeats: int, 
 
 
 # -- end to end against upstream ---------------------------------------------------------------------
-def _cli_run(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one fresh CLI process (``wait4`` gives that child's own rusage)."""
+def _cli_run(argv: list[str], env: dict[str, str], checkout: Path = REPO) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one fresh CLI process of ``checkout``'s code (``wait4``: its own rusage).
+
+    ``python -m`` puts the working folder first on ``sys.path``, so the process runs in ``checkout``."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "ptycho_bridge", *argv], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "ptycho_bridge", *argv], env={**env, "PYTHONPATH": str(checkout)},
+                            cwd=checkout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
@@ -296,12 +299,14 @@ def _cli_run(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024 * 1.048576  # KiB -> MB
 
 
-def e2e(repeats: int, upstream_s: float, upstream_mb: float, as_json: bool) -> None:
+def e2e(repeats: int, upstream_s: float, upstream_mb: float, as_json: bool, baseline: str | None = None) -> None:
     archive = str(fixture("tf_N64_gs1"))
     results: dict[str, list[tuple[float, float]]] = {"first": [], "second": [], "no_cache": []}
+    if baseline:
+        results["baseline"] = []
     with tempfile.TemporaryDirectory() as tmp:
         out, cache = Path(tmp) / "out", Path(tmp) / "cache"
-        env = {**os.environ, "PYTHONPATH": str(REPO), "PTYCHO_BRIDGE_NO_PROGRESS": "1",
+        env = {**os.environ, "PTYCHO_BRIDGE_NO_PROGRESS": "1",
                "PTYCHO_BRIDGE_CACHE_DIR": str(cache)}
         env.pop("PTYCHO_BRIDGE_NO_CACHE", None)
         argv = ["reconstruct", archive, str(SCAN), "-o", str(out), "--force"]
@@ -311,6 +316,9 @@ def e2e(repeats: int, upstream_s: float, upstream_mb: float, as_json: bool) -> N
             results["first"].append(_cli_run(argv, env))
             results["second"].append(_cli_run(argv, env))
             results["no_cache"].append(_cli_run(argv + ["--no-cache"], env))
+            if baseline:  # another checkout's code (e.g. main before this work), same scan, same moment
+                base_argv = ["reconstruct", archive, str(SCAN), "-o", str(Path(tmp) / "baseline"), "--force"]
+                results["baseline"].append(_cli_run(base_argv, env, Path(baseline).resolve()))
         report = json.loads((out / "reconstruct.json").read_text())
     rows = {}
     for name, runs in results.items():
@@ -327,8 +335,9 @@ def e2e(repeats: int, upstream_s: float, upstream_mb: float, as_json: bool) -> N
         return
     print(f"upstream inference.py (documented): {upstream_s} s, {upstream_mb} MB; {repeats} repeat(s), median wall")
     for name, r in rows.items():
+        vs = (f"  {rows['baseline']['wall_s'] / r['wall_s']:4.2f}x the baseline's speed" if "baseline" in rows else "")
         print(f"{name:9} {r['wall_s']:6.2f} s  {r['speedup_vs_upstream']:5.1f}x faster   peak RSS {r['peak_rss_mb']:5d} MB "
-              f"({r['rss_ratio_vs_upstream']}x less)   runs {r['walls']}")
+              f"({r['rss_ratio_vs_upstream']}x less)   runs {r['walls']}{vs}")
     print("stage timings of the last (no-cache) run:", {k: round(v, 3) for k, v in report["timings"].items()})
 
 
@@ -340,20 +349,22 @@ if __name__ == "__main__":
     ap.add_argument("what", choices=["throughput", "rss", "ceiling", "e2e"])
     ap.add_argument("--engines", default=None, help="throughput: onnx,torch,keras; ceiling: onnx,torch")
     ap.add_argument("--patterns", type=int, default=50_000)
+    ap.add_argument("--cases", default=None, help="throughput: N64_gs1,N64_gs2,N128_gs1; ceiling: tf_N64_gs1,… (default: all)")
     ap.add_argument("--batches", default="16,64", help="ceiling: engine batch sizes (groups per call)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ceiling: threads for GEMM and engines")
     ap.add_argument("--repeats", type=int, default=5, help="ceiling: GEMM/network pairs; e2e: runs of each kind")
     ap.add_argument("--ort-variants", default="default", help="ceiling: default,spin,basic,fixdim")
+    ap.add_argument("--baseline", default=None, help="e2e: another checkout (e.g. ../main) run alongside, same scan")
     ap.add_argument("--upstream-s", type=float, default=25.0)
     ap.add_argument("--upstream-mb", type=float, default=1062.0)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     if a.what == "throughput":
-        throughput((a.engines or "onnx,torch,keras").split(","), a.json)
+        throughput((a.engines or "onnx,torch,keras").split(","), a.json, a.cases.split(",") if a.cases else None)
     elif a.what == "ceiling":
         ceiling((a.engines or "onnx,torch").split(","), [int(b) for b in a.batches.split(",")], a.threads,
-                a.repeats, a.ort_variants.split(","), a.json)
+                a.repeats, a.ort_variants.split(","), a.json, a.cases.split(",") if a.cases else None)
     elif a.what == "e2e":
-        e2e(a.repeats, a.upstream_s, a.upstream_mb, a.json)
+        e2e(a.repeats, a.upstream_s, a.upstream_mb, a.json, a.baseline)
     else:
         rss(a.patterns)
