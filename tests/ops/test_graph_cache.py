@@ -95,17 +95,19 @@ def test_prune_keeps_the_newest(tmp_path: Path) -> None:
     assert sorted(p.name[-6:] for p in tmp_path.glob("*.json")) == ["0.json", "3.json", "4.json"]
 
 
-def test_a_hit_does_not_import_onnx(tmp_path: Path) -> None:
+def test_a_hit_imports_neither_onnx_nor_matplotlib(tmp_path: Path) -> None:
+    """The whole CLI run, twice in fresh processes: the second (a cache hit) needs neither package."""
     need_fixtures()
     code = (
-        "import sys\n"
-        "from ptycho_bridge.ops.reconstruct.modelinfo import open_model\n"
-        "from ptycho_bridge.ops.reconstruct.pipeline import build_runner\n"
-        f"info = open_model({archive('tf_N64_gs1')!r})\n"
-        "r = build_runner('onnx', info, 1)\n"
-        "print(r.cache['status'], 'onnx' in sys.modules)\n"
+        "import json, sys\n"
+        "from ptycho_bridge.cli import main\n"
+        f"main(['reconstruct', {archive('tf_N64_gs1')!r}, {str(DATASET)!r}, '-o', sys.argv[1], '--n-groups', '8'],"
+        " standalone_mode=False)\n"
+        "cache = json.load(open(sys.argv[1] + '/reconstruct.json'))['cache']['status']\n"
+        "print(cache, 'onnx' in sys.modules, 'matplotlib' in sys.modules)\n"
     )
-    env = {**os.environ, graph_cache.ENV_DIR: str(tmp_path), "PYTHONPATH": str(REPO)}
-    outs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-            for _ in range(2)]
-    assert outs == ["miss True\n", "hit False\n"]
+    env = {**os.environ, graph_cache.ENV_DIR: str(tmp_path / "cache"), "PYTHONPATH": str(REPO),
+           "PTYCHO_BRIDGE_NO_PROGRESS": "1"}
+    outs = [subprocess.run([sys.executable, "-c", code, str(tmp_path / f"out{i}")], env=env, capture_output=True,
+                           text=True, check=True).stdout.splitlines()[-1] for i in range(2)]
+    assert outs == ["miss True False", "hit False False"]
