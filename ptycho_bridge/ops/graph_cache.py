@@ -14,8 +14,9 @@ written *after* it, so a sidecar means a complete graph). Before use the bytes a
 sidecar (size bound first, then sha256); any mismatch, an unreadable or oversized entry, is a miss: the
 graph is rebuilt and the entry rewritten. The check catches corruption and partial writes, not someone
 who can write the user's cache folder (they could rewrite both files); the bytes only ever reach ONNX
-Runtime's protobuf parser, never an unpickler. Files are written temp file -> rename; the folder is
-pruned to :data:`MAX_ENTRIES` entries (oldest first).
+Runtime's protobuf parser, never an unpickler. Files are written temp file -> rename into a folder created
+private (0700); the folder is pruned to :data:`MAX_ENTRIES` entries (oldest first) and cleared of an interrupted
+write's leftovers after :data:`STALE_S`. A folder that cannot be written never fails a run (status ``unwritable``).
 
 Where: ``$PTYCHO_BRIDGE_CACHE_DIR`` if set, else the platform's cache folder (``$XDG_CACHE_HOME`` or
 ``~/.cache`` on Linux, ``~/Library/Caches`` on macOS, ``%LOCALAPPDATA%`` on Windows) + ``ptycho-bridge``;
@@ -29,6 +30,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -45,6 +47,7 @@ MAX_ENTRIES = 32
 # a graph is its weights (float32) plus a few hundred nodes: bound what is read back by the tensors' size
 GRAPH_OVERHEAD = 16 << 20
 SIDECAR_MAX = 64 << 10
+STALE_S = 3600.0  # a temp file or sidecar-less graph this old is a leftover of an interrupted write
 
 
 @dataclass
@@ -132,7 +135,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def store(folder: Path, key: str, data: bytes, meta: Mapping[str, Any]) -> Path:
     """Write ``<key>.onnx`` then its sidecar (each temp file → rename); prune old entries."""
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # graphs are the user's weights: private by default
     graph = folder / f"{key}.onnx"
     _write_atomic(graph, data)
     side = {**meta, "key": key, "version": __version__, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -141,10 +144,15 @@ def store(folder: Path, key: str, data: bytes, meta: Mapping[str, Any]) -> Path:
     return graph
 
 
-def prune(folder: Path, keep: str, max_entries: int = MAX_ENTRIES) -> None:
-    """Delete the oldest entries (by sidecar mtime) beyond ``max_entries``; never ``keep``."""
+def prune(folder: Path, keep: str, max_entries: int = MAX_ENTRIES, stale_s: float = STALE_S) -> None:
+    """Delete the oldest entries (by sidecar mtime) beyond ``max_entries`` (never ``keep``), and leftovers of
+    interrupted writes (``.partial`` temp files, graphs without a sidecar) older than ``stale_s``."""
     try:
         sides = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        old = time.time() - stale_s
+        leftovers = [p for p in folder.glob(".*.partial") if p.stat().st_mtime < old]
+        leftovers += [p for p in folder.glob("*.onnx")
+                      if not p.with_suffix(".json").exists() and p.stat().st_mtime < old]
     except OSError:
         return
     for side in sides[max_entries:]:
@@ -152,6 +160,8 @@ def prune(folder: Path, keep: str, max_entries: int = MAX_ENTRIES) -> None:
             continue
         for p in (side, side.with_suffix(".onnx")):
             p.unlink(missing_ok=True)
+    for p in leftovers:
+        p.unlink(missing_ok=True)
 
 
 def cached_graph(spec: NetworkSpec, tensors: Mapping[str, np.ndarray], build: Callable[[], bytes], *,

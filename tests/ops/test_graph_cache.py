@@ -87,12 +87,28 @@ def test_oversized_entry_is_not_read(tmp_path: Path) -> None:
     assert data is None and "larger than the bound" in why
 
 
-def test_prune_keeps_the_newest(tmp_path: Path) -> None:
+def test_prune_keeps_the_newest_and_drops_stale_leftovers(tmp_path: Path) -> None:
     for i in range(5):
         graph_cache.store(tmp_path, f"{i:064x}", b"g", {})
         os.utime(tmp_path / f"{i:064x}.json", (1000 + i, 1000 + i))
+    partial, orphan, fresh = tmp_path / ".x.onnx.abc.partial", tmp_path / f"{9:064x}.onnx", tmp_path / f"{8:064x}.onnx"
+    for p in (partial, orphan, fresh):
+        p.write_bytes(b"half")
+    for p in (partial, orphan):
+        os.utime(p, (1000, 1000))
     graph_cache.prune(tmp_path, keep=f"{0:064x}", max_entries=2)
     assert sorted(p.name[-6:] for p in tmp_path.glob("*.json")) == ["0.json", "3.json", "4.json"]
+    assert not partial.exists() and not orphan.exists() and fresh.exists()  # a write in progress is left alone
+
+
+def test_an_unwritable_cache_folder_never_fails_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    need_fixtures()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(graph_cache.ENV_DIR, str(blocker))
+    r = _run(tmp_path)
+    assert r.info["cache"]["status"] == "unwritable" and "not stored" in r.info["cache"]["reason"]
+    assert np.isfinite(r.object).all()
 
 
 def test_a_hit_imports_neither_onnx_nor_matplotlib(tmp_path: Path) -> None:
