@@ -16,8 +16,9 @@ prints ``ru_maxrss``. The issue's bound is 1 GiB. The scan is deleted afterwards
 GEMM ceiling measured in the same run on the same threads (ONNX Runtime: a 1024³ ``MatMul`` session with the
 engine's session options; torch: ``torch.mm`` with the engine's ``set_num_threads``). GEMM and network calls
 alternate, and the % of ceiling is the median of the per-pair ratios, so a load change on a shared box moves
-both sides of a ratio. ``--ort-variants default,spin,basic,fixdim`` adds ONNX Runtime session variants
-(spinning threads, ORT_ENABLE_BASIC, the batch dimension fixed at session creation).
+both sides of a ratio. ``--ort-variants default,whole,spin,basic,fixdim`` adds ONNX Runtime variants (the
+whole batch in one call instead of the engine's micro-batches, spinning threads, ORT_ENABLE_BASIC, the batch
+dimension fixed at session creation).
 
 ``python benchmarks/reconstruct.py e2e [--repeats 5]``: the CLI end to end on the shared 100-pattern scan
 (``fixtures/reconstruct/dataset_N64.npz`` with ``tf_N64_gs1``), each run a fresh process: first run (empty ONNX
@@ -215,8 +216,8 @@ def ort_variant(name: str, threads: int, batch: int):  # type: ignore[no-untyped
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     elif name == "fixdim":
         opts.add_free_dimension_override_by_name("B", batch)
-    elif name != "default":
-        raise SystemExit(f"unknown ORT variant {name!r} (default, spin, basic, fixdim)")
+    elif name not in ("default", "whole"):
+        raise SystemExit(f"unknown ORT variant {name!r} (default, whole, spin, basic, fixdim)")
     return opts
 
 
@@ -230,6 +231,7 @@ def ceiling(engines: list[str], batches: list[int], threads: int, repeats: int, 
             as_json: bool, only: list[str] | None = None) -> None:
     """Achieved GFLOP/s per case, engine and batch beside a GEMM measured alternately on the same threads."""
     from converters.onnx.engine import make_session, run_session
+    from converters.onnx.engine import run as run_engine
     from converters.onnx.export import build_onnx, model_bytes
 
     rows = []
@@ -245,13 +247,15 @@ def ceiling(engines: list[str], batches: list[int], threads: int, repeats: int, 
                 for bs in batches:
                     x = np.random.default_rng(1).random((bs, C, N, N), dtype=np.float32)
                     if eng == "onnx":
-                        sess = make_session(data, threads=threads) if variant == "default" else None
+                        sess = make_session(data, threads=threads) if variant in ("default", "whole") else None
                         if sess is None:
                             import onnxruntime as ort
 
                             sess = ort.InferenceSession(data, sess_options=ort_variant(variant, threads, bs),
                                                         providers=["CPUExecutionProvider"])
-                        net = (lambda s=sess: run_session(s, x))
+                        net = (lambda s=sess: run_engine(s, x))  # the engine's call (its micro-batches)
+                        if variant == "whole":  # the whole batch in one ONNX Runtime call
+                            net = (lambda s=sess: run_session(s, x))
                         gemm = gemm_ort(threads)
                     else:
                         try:
@@ -353,7 +357,7 @@ if __name__ == "__main__":
     ap.add_argument("--batches", default="16,64", help="ceiling: engine batch sizes (groups per call)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ceiling: threads for GEMM and engines")
     ap.add_argument("--repeats", type=int, default=5, help="ceiling: GEMM/network pairs; e2e: runs of each kind")
-    ap.add_argument("--ort-variants", default="default", help="ceiling: default,spin,basic,fixdim")
+    ap.add_argument("--ort-variants", default="default", help="ceiling: default,whole,spin,basic,fixdim")
     ap.add_argument("--baseline", default=None, help="e2e: another checkout (e.g. ../main) run alongside, same scan")
     ap.add_argument("--upstream-s", type=float, default=25.0)
     ap.add_argument("--upstream-mb", type=float, default=1062.0)

@@ -50,9 +50,18 @@ def build(spec: NetworkSpec, tensors: Mapping[str, np.ndarray], threads: int | N
     return make_session(graph_source(export) if graph_source is not None else export(), threads=threads)
 
 
+# samples per ONNX Runtime call inside :func:`run`: a few samples' activations stay in the CPU cache, where a
+# 64-sample call streams them from memory. Measured on 2 shared cores, 5 interleaved rounds, 64 samples
+# as 64/16/1 calls: tf_N128_gs1 +8..+24 %, tf_N64_gs1 +10 %, tf_N64_gs2 +5..+11 % (docs/performance.md).
+MICRO_BATCH = 4
+
+
 def run(handle: Any, x_norm: np.ndarray) -> np.ndarray:
-    """Canonical ``x_norm`` float32 ``[B, C, N, N]`` → complex64 ``[B, Cout, N, N]``."""
-    return run_session(handle, x_norm)
+    """Canonical ``x_norm`` float32 ``[B, C, N, N]`` → complex64 ``[B, Cout, N, N]``, :data:`MICRO_BATCH` samples a call."""
+    x = np.asarray(x_norm, dtype=np.float32)
+    if x.shape[0] <= MICRO_BATCH:
+        return run_session(handle, x)
+    return np.concatenate([run_session(handle, x[i:i + MICRO_BATCH]) for i in range(0, x.shape[0], MICRO_BATCH)])
 
 
 def session_options(threads: int | None) -> "onnxruntime.SessionOptions":
