@@ -40,7 +40,7 @@ def build(spec: NetworkSpec, tensors: Mapping[str, np.ndarray], threads: int | N
     if threads is not None:
         torch.set_num_threads(int(threads))
     module = build_module(spec, tensors).eval()
-    return module.to(memory_format=torch.channels_last)
+    return module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # (missing from the stubs)
 
 
 def run(handle: Any, x_norm: np.ndarray) -> np.ndarray:
