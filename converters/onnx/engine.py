@@ -10,7 +10,7 @@ benchmarks share one way of running an exported model.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ptycho_bridge.lazy import numpy as np
 
@@ -36,14 +36,32 @@ def refusals(spec: NetworkSpec) -> list[Refusal]:
     return expressible.refusals(spec, "engine:onnx")
 
 
-def build(spec: NetworkSpec, tensors: Mapping[str, np.ndarray], threads: int | None = None) -> Any:
-    """An ONNX Runtime session over the graph built from ``spec`` and ``tensors``."""
-    return make_session(build_onnx(spec, tensors), threads=threads)
+def build(spec: NetworkSpec, tensors: Mapping[str, np.ndarray], threads: int | None = None, *,
+          graph_source: Callable[[Callable[[], bytes]], bytes] | None = None) -> Any:
+    """An ONNX Runtime session over the graph built from ``spec`` and ``tensors``.
+
+    ``graph_source(build)`` returns the graph's bytes, calling ``build`` only when it has none (the graph
+    cache, :mod:`ptycho_bridge.ops.graph_cache`): a cached graph is handed to ONNX Runtime without
+    importing ``onnx``.
+    """
+    def export() -> bytes:
+        return model_bytes(build_onnx(spec, tensors))
+
+    return make_session(graph_source(export) if graph_source is not None else export(), threads=threads)
+
+
+# samples per ONNX Runtime call inside :func:`run`: a few samples' activations stay in the CPU cache, where a
+# 64-sample call streams them from memory. Measured on 2 shared cores, 5 interleaved rounds, 64 samples
+# as 64/16/1 calls: tf_N128_gs1 +8..+24 %, tf_N64_gs1 +10 %, tf_N64_gs2 +5..+11 % (docs/performance.md).
+MICRO_BATCH = 4
 
 
 def run(handle: Any, x_norm: np.ndarray) -> np.ndarray:
-    """Canonical ``x_norm`` float32 ``[B, C, N, N]`` → complex64 ``[B, Cout, N, N]``."""
-    return run_session(handle, x_norm)
+    """Canonical ``x_norm`` float32 ``[B, C, N, N]`` → complex64 ``[B, Cout, N, N]``, :data:`MICRO_BATCH` samples a call."""
+    x = np.asarray(x_norm, dtype=np.float32)
+    if x.shape[0] <= MICRO_BATCH:
+        return run_session(handle, x)
+    return np.concatenate([run_session(handle, x[i:i + MICRO_BATCH]) for i in range(0, x.shape[0], MICRO_BATCH)])
 
 
 def session_options(threads: int | None) -> "onnxruntime.SessionOptions":

@@ -26,6 +26,7 @@ from ptycho_bridge.errors import BridgeError
 from ptycho_bridge.io.atomic import atomic_write, refuse_existing
 from ptycho_bridge.ops.engines import ENGINE_NAMES
 from ptycho_bridge.ops.extras import require
+from ptycho_bridge.ops.plots import require_plotting
 from ptycho_bridge.ops.reconstruct.compare import compare_objects
 from ptycho_bridge.ops.reconstruct.dataset import CANONICAL
 from ptycho_bridge.ops.reconstruct.distributed import cluster_client, local_threads
@@ -39,7 +40,7 @@ from ptycho_bridge.ops.reconstruct.outputs import (
 from ptycho_bridge.ops.reconstruct.pipeline import reconstruct
 from ptycho_bridge.ops.reconstruct.stitch import DEFAULT_MAX_CANVAS
 
-EXTRA_PACKAGES = ("scipy", "matplotlib", "tifffile")
+EXTRA_PACKAGES = ("scipy", "tifffile")  # matplotlib only for --plot (the PNGs are drawn by ops/reconstruct/png.py)
 EXTRA_HINT = 'pip install "ptycho-bridge[reconstruct]"'
 
 
@@ -116,6 +117,8 @@ class _Bar:
               help="Compare the object with OTHER.npz's 'object' under parity's tolerance; exit 1 beyond it.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --compare: write amplitude/phase difference maps to this PNG.")
+@click.option("--no-cache", "no_cache", is_flag=True,
+              help="Build the ONNX graph afresh instead of using the graph cache (PTYCHO_BRIDGE_CACHE_DIR moves it).")
 @click.option("--force", is_flag=True, help="Replace an existing OUTDIR (and --plot file).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report (reconstruct.json) on stdout.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
@@ -126,8 +129,8 @@ class _Bar:
 @guarded
 def command(archive: Path, dataset: Path, outdir: Path, engine: str, n_groups: int | None, subsample: int | None,
             subsample_seed: int | None, batch_size: int, crop: int, max_canvas: int, formats: str,
-            key_pairs: tuple[str, ...], compare_path: Path | None, plot_path: Path | None, force: bool,
-            as_json: bool, scheduler: str | None, workers: int | None) -> None:
+            key_pairs: tuple[str, ...], compare_path: Path | None, plot_path: Path | None, no_cache: bool,
+            force: bool, as_json: bool, scheduler: str | None, workers: int | None) -> None:
     """Reconstruct a scan DATASET with ARCHIVE's model and stitch the object image into OUTDIR."""
     check_extra()
     try:
@@ -141,13 +144,15 @@ def command(archive: Path, dataset: Path, outdir: Path, engine: str, n_groups: i
         raise click.BadParameter("give --scheduler or --workers, not both", param_hint="--workers")
     if scheduler is not None or workers is not None:
         require("distributed", "reconstruct --scheduler/--workers")
+    if plot_path is not None:
+        require_plotting("--plot")
     refuse_existing_dir(outdir, force=force)
     if plot_path is not None:
         refuse_existing(plot_path, force=force)
     t0 = time.perf_counter()
     args: dict[str, Any] = dict(n_groups=n_groups, subsample=subsample, subsample_seed=subsample_seed,
                                 batch_size=batch_size, crop=crop, keys=keys or None, max_canvas=max_canvas,
-                                with_object_guess=True)
+                                with_object_guess=True, cache=not no_cache)
     if scheduler is None and workers is None:
         with _Bar() as progress:
             result = reconstruct(archive, dataset, engine, progress=progress, **args)

@@ -129,8 +129,12 @@ def check_input(spec: NetworkSpec, x: np.ndarray) -> None:
         )
 
 
-def load_engine(name: str, spec: NetworkSpec, tensors: Mapping[str, np.ndarray], *, threads: int | None = None) -> LoadedEngine:
-    """Import the engine's module and build it; :class:`EngineUnavailable` names why it cannot run."""
+def load_engine(name: str, spec: NetworkSpec, tensors: Mapping[str, np.ndarray], *, threads: int | None = None,
+                options: Mapping[str, Any] | None = None) -> LoadedEngine:
+    """Import the engine's module and build it; :class:`EngineUnavailable` names why it cannot run.
+
+    ``options``: engine-specific keywords for its ``build`` (the ONNX engine's ``graph_source``: the graph cache).
+    """
     if name not in ENGINES:
         raise EngineUnavailable(name, f"unknown engine; choose from {', '.join(ENGINE_NAMES)}")
     reason = availability(name)
@@ -141,7 +145,7 @@ def load_engine(name: str, spec: NetworkSpec, tensors: Mapping[str, np.ndarray],
     if found:  # the engine cannot express this network (e.g. Keras has no CBAM)
         raise EngineUnavailable(name, f"cannot build this network: {found[0].reason}")
     try:
-        handle = module.build(spec, tensors, threads)
+        handle = module.build(spec, tensors, threads, **dict(options or {}))
     except BridgeError as exc:  # tensors that do not fit the spec
         raise EngineUnavailable(name, f"cannot build this network: {exc}") from exc
     return LoadedEngine(name, spec, module, handle)

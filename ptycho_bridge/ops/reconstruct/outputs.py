@@ -6,10 +6,12 @@ never see a half-written set. Everything is written into a temporary sibling dir
 is removed and nothing is left. With ``force`` an existing ``OUTDIR`` is moved aside first and
 deleted only after the new one is in place.
 
-Images are made with matplotlib's Agg canvas (``Figure`` + ``FigureCanvasAgg``: no pyplot, no global
-backend state), like upstream's ``save_reconstruction_images``: amplitude in grey, phase in viridis,
-a colour bar and axes in canvas pixels. The report is checked against
-``schemas/reconstruct-report.schema.json`` before it is written.
+The always-written images (``amplitude.png``, ``phase.png``, ``comparison.png``) are drawn by
+:mod:`.png` without matplotlib (amplitude in grey, phase in viridis as upstream's
+``save_reconstruction_images``, each with a colour bar and its values): matplotlib's figure machinery
+cost more than the reconstruction of a small scan. matplotlib still draws the optional ``--plot``
+difference figure. The report is checked against ``schemas/reconstruct-report.schema.json`` before it
+is written.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ptycho_bridge.lazy import numpy as np
 from ptycho_bridge import __version__
 from ptycho_bridge.errors import OutputExistsError
 from ptycho_bridge.ops.plots import Image, save_grid
+from ptycho_bridge.ops.reconstruct.png import Panel, figure_png
 from ptycho_bridge.ops.reconstruct.pipeline import ReconstructionResult
 from ptycho_bridge.schema import validate
 
@@ -45,8 +48,8 @@ def parse_formats(text: str) -> list[str]:
 
 # -- images ------------------------------------------------------------------------------------------
 def save_image(path: Path, image: np.ndarray, *, title: str, cmap: str, label: str) -> None:
-    """One image with a colour bar and pixel axes (upstream's layout, cmap per quantity)."""
-    save_grid(path, [Image(image, title, cmap, label=label)], rows=1, cols=1, size=(6.4, 5.6))
+    """One image with its colour bar (cmap per quantity, as upstream); ``label`` names the quantity."""
+    Path(path).write_bytes(figure_png([Panel(image, cmap, f"{title} ({label})")]))
 
 
 def covered_box(obj: np.ndarray) -> tuple[slice, slice]:
@@ -73,11 +76,11 @@ def save_comparison(path: Path, obj: np.ndarray, guess: np.ndarray, com_xy: Iter
     """Amplitude and phase of ours beside ``objectGuess``, both cropped to the scanned (covered) area."""
     ref = guess_on_canvas(guess, obj.shape[0], com_xy)
     rows, cols = covered_box(obj)
-    extent = (cols.start - 0.5, cols.stop - 0.5, rows.stop - 0.5, rows.start - 0.5)
-    save_grid(path, [Image(img[rows, cols], title, cmap, extent=extent) for img, title, cmap in (
+    where = f" (canvas rows {rows.start}:{rows.stop}, cols {cols.start}:{cols.stop})"
+    panels = [Panel(img[rows, cols], cmap, title + where) for img, title, cmap in (
         (np.abs(obj), "reconstruction amplitude", "gray"), (np.abs(ref), "objectGuess amplitude", "gray"),
-        (np.angle(obj), "reconstruction phase", "viridis"), (np.angle(ref), "objectGuess phase", "viridis"))],
-        rows=2, cols=2, size=(10, 8.4))
+        (np.angle(obj), "reconstruction phase", "viridis"), (np.angle(ref), "objectGuess phase", "viridis"))]
+    Path(path).write_bytes(figure_png(panels, cols=2, title="reconstruction beside objectGuess"))
 
 
 def save_difference_plot(path: Any, ours: np.ndarray, other: np.ndarray, other_name: str) -> None:
@@ -163,6 +166,7 @@ def build_report(result: ReconstructionResult, *, formats: Iterable[str], compar
         "dataset": {"path": info["dataset"], "format": info["dataset_format"], "patterns": info["n_patterns_file"],
                     "keys": info["keys_used"], "reader": info["patterns"]},
         "engine": info["engine"],
+        "cache": info.get("cache"),
         "choices": {**argv, "n_groups": info["n_groups"], "subsample_seed": info["subsample_seed"],
                     "centring": info["centring"], "centring_batch": info["centring_batch"],
                     "formats": list(formats)},

@@ -36,6 +36,7 @@ from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ArchiveError, OptionError
 from ptycho_bridge.ops.engines import ENGINE_NAMES, load_engine
+from ptycho_bridge.ops.graph_cache import Runner, onnx_graph_source
 from ptycho_bridge.ops.reconstruct.blocks import BlockContext, Timer, block_partition, block_task
 from ptycho_bridge.ops.reconstruct.dataset import named, open_dataset
 from ptycho_bridge.ops.reconstruct.distributed import Driver
@@ -69,14 +70,22 @@ class ReconstructionResult:
     object_guess: np.ndarray | None = None  # the dataset's objectGuess (complex64), when present
 
 
-def build_runner(engine: EngineArg, info: ModelInfo, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
-    """An engine name from the registry (built once) or a caller's callable, as ``x_norm -> [B,Cout,N,N]``."""
+def build_runner(engine: EngineArg, info: ModelInfo, threads: int | None, *,
+                 cache: bool = True) -> Callable[[np.ndarray], np.ndarray]:
+    """An engine name from the registry (built once) or a caller's callable, as ``x_norm -> [B,Cout,N,N]``.
+
+    The ONNX engine takes its graph from the graph cache (:mod:`ptycho_bridge.ops.graph_cache`) unless
+    ``cache`` is False; what the cache did is the returned runner's ``cache`` attribute (a dict).
+    """
     if callable(engine):
         return engine
     if engine not in ENGINE_NAMES:
         raise OptionError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}", option="--engine")
-    loaded = load_engine(engine, info.spec, info.tensors, threads=threads)
-    return loaded.run
+    if engine != "onnx":
+        return load_engine(engine, info.spec, info.tensors, threads=threads).run
+    source, report = onnx_graph_source(info.spec, info.tensors, enabled=cache)
+    loaded = load_engine(engine, info.spec, info.tensors, threads=threads, options={"graph_source": source})
+    return Runner(loaded.run, report.to_dict())
 
 
 def reconstruct(
@@ -95,6 +104,7 @@ def reconstruct(
     threads: int | None = None,
     read_chunk: int = 1024,
     block_groups: int = DEFAULT_BLOCK_GROUPS,
+    cache: bool = True,
     require_probe: bool = True,
     spool_dir: str | None = None,
     with_object_guess: bool = False,
@@ -108,6 +118,7 @@ def reconstruct(
     ``n_groups`` = upstream's nsamples (default: all patterns for gridsize 1, M // C groups otherwise);
     ``subsample``/``subsample_seed`` = upstream's ``--n_subsample``/``--subsample_seed``.
     ``progress(stage, done, total)`` is called per chunk ("normalise": patterns, "reconstruct": groups).
+    ``cache=False`` builds the ONNX graph afresh instead of using the graph cache.
     ``inspect`` (tests): called per merge chunk with its group range, X_full, x_norm, raw and merged patches.
     ``block_groups``: groups per block task (rounded up to a multiple of ``centring_batch``); it fixes the
     reduction tree, so it is a choice that changes the last bits, unlike ``batch_size``.
@@ -145,6 +156,7 @@ def reconstruct(
         t = tm.add("group", t)
 
         driver = None
+        run: Any = None  # the one-process runner (its ``cache`` report goes into the result)
         if client is not None:
             driver = Driver(client, info, ds, engine=str(engine), builder=build_runner, threads=threads, keys=keys,
                             require_probe=require_probe, spool_dir=spool_dir, read_chunk=read_chunk)
@@ -172,7 +184,7 @@ def reconstruct(
             window = driver.run_blocks(ctx, blocks, g, progress=progress)  # worker seconds: driver.report()
             t = tm.add("blocks", t)
         else:
-            run = build_runner(engine, info, threads)
+            run = build_runner(engine, info, threads, cache=cache)
             t = tm.add("engine_build", t)
             reducer = TreeReducer()
             for b0, b1 in blocks:
@@ -218,6 +230,7 @@ def reconstruct(
               "centring_batch": centring_batch, "batch_size": batch_size, "patterns": ds.patterns.description,
               "block_groups": int(math.ceil(block_groups / centring_batch) * centring_batch),
               "blocks": len(blocks),
-              "distributed": driver.report() if driver is not None else None},
+              "distributed": driver.report() if driver is not None else None,
+              "cache": getattr(run, "cache", None)},
         notes=notes, object_guess=guess,
     )
