@@ -11,7 +11,8 @@ dropping a size-1 channel axis; Fortran-ordered arrays are read as their reverse
 Back ends: ``MappedPatterns`` (np.memmap of a byte range, mapped per call and unmapped right after, so
 resident pages never accumulate — whole-file maps would count the whole file in RSS),
 ``StreamPatterns`` (deflated ``.npz`` member: forward-only decompression for increasing indices; anything
-else spools the member once to a temporary file and switches to a map), ``H5Patterns`` (h5py slicing).
+else spools the member once to a temporary file and switches to a map), ``H5Patterns`` (libhdf5 in a forked
+child, per block: chunked or filtered HDF5 data; contiguous HDF5 data found by the metadata scan is mapped).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from ptycho_bridge.lazy import numpy as np
 
-from ptycho_bridge.errors import OptionError
+from ptycho_bridge.errors import CorruptArchiveError, OptionError
 from ptycho_bridge.ops.reconstruct.npzfile import MemberStream, NpzMember, spool_member
 
 
@@ -71,6 +72,10 @@ class MappedPatterns(PatternSource):
 
     def _read_sorted(self, uniq: np.ndarray) -> np.ndarray:
         lo, hi = int(uniq[0]), int(uniq[-1]) + 1
+        need = self.offset + int(np.prod(self.storage_shape, dtype=np.int64)) * self.dtype.itemsize
+        if os.path.getsize(self.path) < need:  # a file cut short after opening: a map past its end is SIGBUS
+            raise CorruptArchiveError(f"file shrank to below {need} bytes while reading patterns",
+                                      member=os.path.basename(self.path))
         if self.pattern_first:
             per = self.N * self.N * self.dtype.itemsize
             mm = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset + lo * per,
@@ -146,28 +151,33 @@ class StreamPatterns(PatternSource):
 
 
 class H5Patterns(PatternSource):
-    """An HDF5 dataset read with h5py slicing (sorted unique indices, as h5py requires)."""
+    """An HDF5 dataset read by libhdf5 in a forked child, one block per ``take`` (:mod:`.h5scan`).
 
-    def __init__(self, h5file: Any, dataset: Any, storage_shape: tuple[int, int, int], pattern_first: bool,
-                 description: str) -> None:
-        self._file, self.ds, self.storage_shape = h5file, dataset, storage_shape
-        self.dtype = np.dtype(dataset.dtype)
+    Why not h5py here: the scan file is untrusted and libhdf5 crashes on crafted chunk B-trees; the child turns a
+    crash, a loop or a blow-up into one error naming the file, and re-checks the dataset before every read. A
+    sorted contiguous index run is read as one slice, anything else as a point selection."""
+
+    def __init__(self, path: str, dataset: str, storage_shape: tuple[int, int, int], dtype: np.dtype,
+                 pattern_first: bool, description: str, key: str) -> None:
+        self.path, self.dataset, self.storage_shape, self.key = path, dataset, storage_shape, key
+        self.dtype = np.dtype(dtype)
         self.pattern_first, self.transpose, self.description = pattern_first, False, description
         self.count = storage_shape[0] if pattern_first else storage_shape[2]
         self.N = storage_shape[1] if pattern_first else storage_shape[0]
-        self._squeeze_last = dataset.ndim == 4
 
     def _read_sorted(self, uniq: np.ndarray) -> np.ndarray:
-        lo, hi = int(uniq[0]), int(uniq[-1]) + 1
-        contiguous = hi - lo == uniq.size
-        sel: Any = slice(lo, hi) if contiguous else uniq
-        if self.pattern_first:
-            out = self.ds[sel, :, :, 0] if self._squeeze_last else self.ds[sel]
-        else:
-            out = self.ds[:, :, sel]
-        return np.asarray(out)
+        from ptycho_bridge.ops.reconstruct.h5scan import read_isolated
 
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        lo, hi = int(uniq[0]), int(uniq[-1]) + 1
+        if not self.pattern_first:
+            sel: tuple[Any, ...] = ("last", uniq)
+            want: tuple[int, ...] = (self.N, self.N, uniq.size)
+        elif hi - lo == uniq.size:
+            sel, want = ("range", lo, hi), (uniq.size, self.N, self.N)
+        else:
+            sel, want = ("points", uniq), (uniq.size, self.N, self.N)
+        out = read_isolated(self.path, self.dataset, sel, key=self.key)
+        if out.shape != want or out.dtype != self.dtype:  # the file changed, or the parsers disagree
+            raise CorruptArchiveError(f"libhdf5 returned {out.dtype}{list(out.shape)} for a block of "
+                                      f"{self.dtype}{list(want)}", member=os.path.basename(self.path), field=self.key)
+        return out

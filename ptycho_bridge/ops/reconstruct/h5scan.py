@@ -1,0 +1,203 @@
+"""HDF5 scans read as untrusted input: metadata from the pure-Python scan, libhdf5 only in the isolated child.
+
+Why: a scan comes from a shared beamline folder or a collaborator as often as an archive does, and libhdf5 is C code
+that crafted files crash (a chunk B-tree node whose child is itself: unbounded recursion, SIGSEGV). The archive
+readers never run libhdf5 on untrusted bytes in the main process; this module gives scans the same guarantee:
+
+1. :func:`describe` maps the file read-only and asks :func:`ptycho_bridge.io.h5meta.scan` (standard library, bounded)
+   for every dataset's path, shape, dtype and contiguous data range. When it answers (the subset libhdf5 writes by
+   default: contiguous or compact, no links but hard ones), no libhdf5 call is needed for contiguous data at all:
+   the bytes sit at a known range of the file and are mapped like a stored ``.npz`` member.
+2. Otherwise (chunked or filtered data, newer file formats, anything the scan does not understand) the same facts
+   come from h5py in a forked child (:func:`ptycho_bridge.io.h5_isolated.run_isolated`: CPU, memory and wall-clock
+   limits; a crash is one error). The child refuses, by dataset path and before reading any data, soft and
+   external links, virtual datasets, external raw storage, non-numeric dtypes, filters outside
+   :data:`ALLOWED_FILTERS` (a filter plugin is a shared library libhdf5 would load: plugin loading is switched
+   off in the child too), and data not backed by stored bytes (a tiny file declaring a huge, never-written
+   dataset that libhdf5 would fill in).
+3. Pattern blocks and small arrays of such datasets are read by libhdf5 in a child per read (:func:`read_isolated`),
+   which re-checks the dataset (the file may have changed) and returns at most the block asked for.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ptycho_bridge.lazy import numpy as np
+
+from ptycho_bridge.errors import ArchiveLimitError, CorruptArchiveError, FormatError, UnsafeArchiveError
+from ptycho_bridge.io.h5_isolated import run_isolated
+from ptycho_bridge.io.h5meta import scan
+
+# filter id -> name: what libhdf5 decodes with code built into h5py; anything else is refused by name
+ALLOWED_FILTERS = {1: "deflate", 2: "shuffle", 3: "fletcher32", 6: "scaleoffset", 32000: "lzf"}
+FILTER_NAMES = {4: "szip", 5: "nbit", 32001: "blosc", 32004: "lz4", 32008: "bitshuffle", 32015: "zstd",
+                32017: "sz", 32013: "zfp", 307: "bzip2"}
+MAX_OBJECTS = 4096  # datasets + groups a scan file may hold (a scan has a handful)
+MAX_FILTER_RATIO = 1100  # deflate cannot exceed ~1032:1; a larger declared/stored ratio is unbacked data
+
+
+@dataclass(frozen=True)
+class H5Dataset:
+    """One dataset of a scan file: shape, numpy dtype, and its contiguous raw data range when known."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    storage: tuple[int, int] | None  # (file offset, nbytes) of contiguous, written data; None: read via libhdf5
+
+
+@dataclass(frozen=True)
+class H5Facts:
+    """What :func:`describe` found: every dataset (hard links only) and who answered."""
+
+    datasets: dict[str, H5Dataset]
+    source: str  # "metadata scan" | "libhdf5 (isolated)"
+
+
+def describe(path: str) -> H5Facts:
+    """Every dataset of the HDF5 file at ``path``; raises an ``ArchiveError`` naming the file for anything refused."""
+    member = os.path.basename(path)
+    meta = None
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size:
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            try:
+                with memoryview(mm) as view:
+                    meta = scan(view)
+            finally:
+                mm.close()
+    if meta is not None:
+        out: dict[str, H5Dataset] = {}
+        for p, (shape, dtype) in meta.datasets.items():
+            where = meta.storage.get(p)
+            out[p] = H5Dataset(tuple(shape), np.dtype(dtype), where)
+        return H5Facts(out, "metadata scan")
+    found = run_isolated(_child_describe, path, member, member=member)
+    out = {}
+    for p, (shape, dtype) in found.items():
+        out[p] = H5Dataset(tuple(int(d) for d in shape), np.dtype(dtype), None)
+    return H5Facts(out, "libhdf5 (isolated)")
+
+
+def read_contiguous(path: str, ds: H5Dataset, key: str) -> np.ndarray:
+    """A small contiguous dataset copied from its byte range (checked again against the file's size)."""
+    assert ds.storage is not None
+    start, nbytes = ds.storage
+    with open(path, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size < start + nbytes:
+            raise CorruptArchiveError("file shrank below the dataset's data range", field=key)
+        fh.seek(start)
+        buf = fh.read(nbytes)
+    if len(buf) != nbytes:
+        raise CorruptArchiveError("dataset data is truncated", field=key)
+    return np.frombuffer(buf, dtype=ds.dtype).reshape(ds.shape).copy()
+
+
+def read_isolated(path: str, dataset: str, selection: tuple[Any, ...], *, key: str) -> np.ndarray:
+    """``dataset[selection]`` read by libhdf5 in a forked child.
+
+    ``selection``: ``("all",)``, ``("range", lo, hi)`` or ``("points", indices)`` on the first axis,
+    ``("last", indices)`` on the last axis; a 4-D ``(M, N, N, 1)`` dataset is read without its channel axis."""
+    member = os.path.basename(path)
+    out = run_isolated(_child_read, path, dataset, selection, member, key, member=member)
+    if not isinstance(out, np.ndarray):
+        raise CorruptArchiveError("isolated HDF5 read returned no array", member=member, field=key)
+    return out
+
+
+# -- the child's side: h5py on the file, every check before any data read --------------------------------------
+def _open(path: str, member: str):  # type: ignore[no-untyped-def]
+    import h5py
+
+    try:
+        h5py.h5pl.set_loading_state(0)  # no filter plugin (a shared library) is ever loaded
+    except Exception:  # pragma: no cover - h5py without the plugin interface: the allow-list still holds
+        pass
+    try:
+        return h5py.File(path, "r")
+    except Exception as exc:  # h5py raises OSError/ValueError variants for corrupt files
+        raise CorruptArchiveError(f"not a readable HDF5 file ({exc.__class__.__name__}: {exc})"[:400],
+                                  member=member) from None
+
+
+def check_storage(dset, *, member: str) -> None:  # type: ignore[no-untyped-def]
+    """(child) Refuse filters outside the allow-list by name, and data not backed by stored bytes."""
+    import h5py
+
+    name = dset.name
+    try:
+        plist = dset.id.get_create_plist()
+        layout = plist.get_layout()
+        filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+        stored = int(dset.id.get_storage_size())
+        shape = tuple(int(d) for d in dset.shape)
+        itemsize = int(dset.dtype.itemsize)
+    except Exception as exc:  # a corrupt layout or pipeline message
+        raise CorruptArchiveError(f"cannot read HDF5 dataset layout {name} ({exc.__class__.__name__}: {exc})"[:400],
+                                  member=member) from None
+    if layout == h5py.h5d.VIRTUAL:
+        raise UnsafeArchiveError(f"HDF5 virtual dataset {name} is not allowed", member=member)
+    for code in filters:
+        if code not in ALLOWED_FILTERS:
+            label = FILTER_NAMES.get(code, "unknown")
+            raise UnsafeArchiveError(f"HDF5 dataset {name} uses filter {code} ({label}); allowed: "
+                                     + ", ".join(ALLOWED_FILTERS.values()), member=member)
+    nbytes = itemsize
+    for d in shape:
+        nbytes *= d
+    if nbytes == 0:
+        return
+    backed = stored * MAX_FILTER_RATIO if filters else stored
+    if layout != h5py.h5d.COMPACT and nbytes > backed:
+        raise CorruptArchiveError(f"HDF5 dataset {name} declares {nbytes} bytes (shape {shape}) but stores {stored}"
+                                  f"{' (filtered)' if filters else ''}: unwritten or missing data", member=member)
+
+
+def _child_describe(path: str, member: str) -> dict[str, list[Any]]:
+    from ptycho_bridge.io.h5 import walk_datasets
+
+    f = _open(path, member)
+    try:
+        out: dict[str, list[Any]] = {}
+        for count, (p, dset) in enumerate(walk_datasets(f, member=member)):  # links, virtual, external, dtypes
+            if count >= MAX_OBJECTS:
+                raise ArchiveLimitError(f"more than {MAX_OBJECTS} datasets; a scan holds a handful", member=member)
+            check_storage(dset, member=member)
+            out[p] = [[int(d) for d in dset.shape], dset.dtype.str]
+        return out
+    finally:
+        f.close()
+
+
+def _child_read(path: str, dataset: str, selection: tuple[Any, ...], member: str, key: str) -> np.ndarray:
+    from ptycho_bridge.io.h5 import get_dataset
+
+    f = _open(path, member)
+    try:
+        d = get_dataset(f, dataset, member=member)  # hard links, no virtual/external storage, numeric dtype
+        check_storage(d, member=member)
+        squeeze = d.ndim == 4
+        kind = selection[0]
+        try:
+            if kind == "all":
+                out = d[()]
+            elif kind == "range":
+                out = d[selection[1]:selection[2], :, :, 0] if squeeze else d[selection[1]:selection[2]]
+            elif kind == "points":
+                out = d[selection[1], :, :, 0] if squeeze else d[selection[1]]
+            elif kind == "last":
+                out = d[:, :, selection[1]]
+            else:
+                raise FormatError(f"unknown selection {kind!r}", field=key)
+        except FormatError:
+            raise
+        except Exception as exc:  # truncated chunks, failing filters: h5py's OSError variants
+            raise CorruptArchiveError(f"cannot read ({exc.__class__.__name__}: {exc})"[:400], member=member,
+                                      field=key) from None
+        return np.asarray(out)
+    finally:
+        f.close()
