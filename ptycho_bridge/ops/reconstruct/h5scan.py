@@ -29,6 +29,7 @@ from typing import Any
 from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ArchiveLimitError, CorruptArchiveError, FormatError, UnsafeArchiveError
+from ptycho_bridge.io.h5 import get_dataset, walk_datasets
 from ptycho_bridge.io.h5_isolated import run_isolated
 from ptycho_bridge.io.h5meta import scan
 
@@ -158,8 +159,6 @@ def check_storage(dset, *, member: str) -> None:  # type: ignore[no-untyped-def]
 
 
 def _child_describe(path: str, member: str) -> dict[str, list[Any]]:
-    from ptycho_bridge.io.h5 import walk_datasets
-
     f = _open(path, member)
     try:
         out: dict[str, list[Any]] = {}
@@ -174,8 +173,6 @@ def _child_describe(path: str, member: str) -> dict[str, list[Any]]:
 
 
 def _child_read(path: str, dataset: str, selection: tuple[Any, ...], member: str, key: str) -> np.ndarray:
-    from ptycho_bridge.io.h5 import get_dataset
-
     f = _open(path, member)
     try:
         d = get_dataset(f, dataset, member=member)  # hard links, no virtual/external storage, numeric dtype

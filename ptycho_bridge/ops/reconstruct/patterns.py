@@ -23,6 +23,7 @@ from typing import Any
 from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import CorruptArchiveError, OptionError
+from ptycho_bridge.ops.reconstruct.h5scan import read_isolated
 from ptycho_bridge.ops.reconstruct.npzfile import MemberStream, NpzMember, spool_member
 
 
@@ -166,8 +167,6 @@ class H5Patterns(PatternSource):
         self.N = storage_shape[1] if pattern_first else storage_shape[0]
 
     def _read_sorted(self, uniq: np.ndarray) -> np.ndarray:
-        from ptycho_bridge.ops.reconstruct.h5scan import read_isolated
-
         lo, hi = int(uniq[0]), int(uniq[-1]) + 1
         if not self.pattern_first:
             sel: tuple[Any, ...] = ("last", uniq)
