@@ -125,7 +125,8 @@ def _probe_header(key: str, shape: tuple[int, ...], dtype: np.dtype, N: int) -> 
 
 def non_finite(key: str, a: np.ndarray) -> None:
     """Refuse non-finite values, saying how many and where the first one is (index, or pattern and pixel)."""
-    bad = ~np.isfinite(a)
+    with np.errstate(all="ignore"):
+        bad = ~np.isfinite(a)
     count = int(np.count_nonzero(bad))
     if count:
         first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad.ravel())), a.shape))
@@ -137,9 +138,8 @@ def non_finite(key: str, a: np.ndarray) -> None:
 def _coords(key: str, a: np.ndarray, M: int) -> np.ndarray:
     a = np.asarray(a)
     _coords_header(key, a.shape, a.dtype, M)
-    out = a.reshape(M).astype(np.float64)
-    non_finite(key, out)
-    return out
+    non_finite(key, a)  # before any cast: a signalling NaN would raise the FP "invalid" flag (a warning line)
+    return a.reshape(M).astype(np.float64)
 
 
 def _probe(key: str, a: np.ndarray, N: int) -> np.ndarray:
@@ -147,7 +147,8 @@ def _probe(key: str, a: np.ndarray, N: int) -> np.ndarray:
     _probe_header(key, a.shape, a.dtype, N)
     a = a.reshape(N, N)
     non_finite(key, a)
-    return a.astype(np.complex64)
+    with np.errstate(all="ignore"):  # finite complex128 beyond complex64's range: inf, as np.asarray would give
+        return a.astype(np.complex64)
 
 
 def _resolve(names: set[str], keys: Mapping[str, str] | None, canon: str) -> str | None:

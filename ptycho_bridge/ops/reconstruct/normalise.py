@@ -47,7 +47,8 @@ def pattern_energies(source: PatternSource, indices: np.ndarray, *, chunk: int =
     for start in range(0, uniq.size, chunk):
         sel = uniq[start:start + chunk]
         p = source.take(sel)
-        e = np.sum(np.square(p.astype(np.float64)), axis=(1, 2))
+        with np.errstate(all="ignore"):  # signalling NaNs and overflows are found just below, as one error
+            e = np.sum(np.square(p.astype(np.float64)), axis=(1, 2))
         bad = ~np.isfinite(e)
         if bad.any():  # how many and where: the first bad pattern, its first bad pixel, the count in this chunk
             i = int(np.argmax(bad))

@@ -78,8 +78,11 @@ def _parse_header(fp: BinaryIO, key: str) -> tuple[tuple[int, ...], bool, np.dty
             shape, fortran, dtype = fmt.read_array_header_2_0(fp, max_header_size=MAX_NPY_HEADER)
         else:
             raise FormatError(f"npy format version {major}.{minor} is not supported (1.0 and 2.0 are)", field=key)
-    except ValueError as exc:
-        raise FormatError(f"unreadable .npy header: {exc}", field=key) from None
+    except FormatError:
+        raise
+    except Exception as exc:  # numpy's header parsing (literal_eval, tokenize) raises ValueError, SyntaxError,
+        # tokenize.TokenError, TypeError ... on a hostile header; the header is at most MAX_NPY_HEADER bytes
+        raise FormatError(f"unreadable .npy header ({exc.__class__.__name__}: {exc})"[:300], field=key) from None
     check_dtype(key, dtype)
     if any((not isinstance(d, int)) or d < 0 for d in shape):
         raise FormatError(f"invalid shape {shape}", field=key)

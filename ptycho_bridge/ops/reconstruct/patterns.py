@@ -50,7 +50,8 @@ class PatternSource:
             block = np.moveaxis(block, -1, 0)
         if self.transpose:
             block = np.swapaxes(block, 1, 2)
-        out = np.asarray(block, dtype=np.float32)
+        with np.errstate(all="ignore"):  # float64 beyond float32's range -> inf, found by the first pass as non-finite
+            out = np.asarray(block, dtype=np.float32)
         return out[inverse] if uniq.size != idx.size or not np.array_equal(uniq, idx) else np.ascontiguousarray(out)
 
     def _read_sorted(self, uniq: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
