@@ -276,6 +276,8 @@ def _open_h5(path: str, N: int, keys: Mapping[str, str] | None, require_probe: b
 
     def info(k: str) -> H5Dataset:
         d = facts.datasets["/" + k.lstrip("/")]
+        if d.dtype is None:  # listed by the child, never read: a string or compound dataset used as a key
+            raise FormatError(d.refusal or "non-numeric dtype", field=k)
         check_dtype(k, d.dtype)
         return d
 
@@ -307,7 +309,7 @@ def _open_h5(path: str, N: int, keys: Mapping[str, str] | None, require_probe: b
     else:
         src = H5Patterns(path, "/" + dk.lstrip("/"), storage, d.dtype, first, desc + " (hdf5, isolated libhdf5)", dk)
     ds = ScanDataset(path, "hdf5", src, np.empty(0), np.empty(0), keys_used={"diffraction": dk})
-    ds.notes.append(f"HDF5 metadata read by the {facts.source}")
+    ds.notes.append(f"HDF5 metadata read by {facts.source}")
     try:
         return _finish(ds, get, lambda k: info(k).shape, lambda k: info(k).dtype, names, keys, require_probe, N)
     except BaseException:

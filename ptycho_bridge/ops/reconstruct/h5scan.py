@@ -11,10 +11,11 @@ readers never run libhdf5 on untrusted bytes in the main process; this module gi
 2. Otherwise (chunked or filtered data, newer file formats, anything the scan does not understand) the same facts
    come from h5py in a forked child (:func:`ptycho_bridge.io.h5_isolated.run_isolated`: CPU, memory and wall-clock
    limits; a crash is one error). The child refuses, by dataset path and before reading any data, soft and
-   external links, virtual datasets, external raw storage, non-numeric dtypes, filters outside
+   external links, virtual datasets, external raw storage, filters outside
    :data:`ALLOWED_FILTERS` (a filter plugin is a shared library libhdf5 would load: plugin loading is switched
    off in the child too), and data not backed by stored bytes (a tiny file declaring a huge, never-written
-   dataset that libhdf5 would fill in).
+   dataset that libhdf5 would fill in). A non-numeric dataset (a NeXus title string) is listed, never read, and
+   refused only if the scan uses it as a key.
 3. Pattern blocks and small arrays of such datasets are read by libhdf5 in a child per read (:func:`read_isolated`),
    which re-checks the dataset (the file may have changed) and returns at most the block asked for.
 """
@@ -29,7 +30,7 @@ from typing import Any
 from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ArchiveLimitError, CorruptArchiveError, FormatError, UnsafeArchiveError
-from ptycho_bridge.io.h5 import get_dataset, walk_datasets
+from ptycho_bridge.io.h5 import check_dataset, get_dataset
 from ptycho_bridge.io.h5_isolated import run_isolated
 from ptycho_bridge.io.h5meta import scan
 
@@ -46,8 +47,9 @@ class H5Dataset:
     """One dataset of a scan file: shape, numpy dtype, and its contiguous raw data range when known."""
 
     shape: tuple[int, ...]
-    dtype: np.dtype
+    dtype: np.dtype | None  # None: not numeric (refused if used as a key; ``refusal`` says why)
     storage: tuple[int, int] | None  # (file offset, nbytes) of contiguous, written data; None: read via libhdf5
+    refusal: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class H5Facts:
     """What :func:`describe` found: every dataset (hard links only) and who answered."""
 
     datasets: dict[str, H5Dataset]
-    source: str  # "metadata scan" | "libhdf5 (isolated)"
+    source: str  # who answered, for the report's notes
 
 
 def describe(path: str) -> H5Facts:
@@ -76,12 +78,12 @@ def describe(path: str) -> H5Facts:
         for p, (shape, dtype) in meta.datasets.items():
             where = meta.storage.get(p)
             out[p] = H5Dataset(tuple(shape), np.dtype(dtype), where)
-        return H5Facts(out, "metadata scan")
+        return H5Facts(out, "the pure-Python metadata scan")
     found = run_isolated(_child_describe, path, member, member=member)
     out = {}
-    for p, (shape, dtype) in found.items():
-        out[p] = H5Dataset(tuple(int(d) for d in shape), np.dtype(dtype), None)
-    return H5Facts(out, "libhdf5 (isolated)")
+    for p, (shape, dtype, why) in found.items():
+        out[p] = H5Dataset(tuple(int(d) for d in shape), None if dtype is None else np.dtype(dtype), None, why)
+    return H5Facts(out, "libhdf5 in an isolated child")
 
 
 def read_contiguous(path: str, ds: H5Dataset, key: str) -> np.ndarray:
@@ -158,15 +160,60 @@ def check_storage(dset, *, member: str) -> None:  # type: ignore[no-untyped-def]
                                   f"{' (filtered)' if filters else ''}: unwritten or missing data", member=member)
 
 
+def check_link(group, name: str, *, member: str) -> None:  # type: ignore[no-untyped-def]
+    """(child) Refuse a soft or external link by its path, without following it (as ``io.h5`` does for archives)."""
+    import h5py
+
+    try:
+        link = group.get(name, getlink=True)
+    except Exception as exc:  # corrupt link messages
+        raise CorruptArchiveError(f"cannot read HDF5 link {name!r} ({exc.__class__.__name__}: {exc})"[:400],
+                                  member=member) from None
+    if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
+        kind = "external link" if isinstance(link, h5py.ExternalLink) else "soft link"
+        raise UnsafeArchiveError(f"HDF5 {kind} at {group.name.rstrip('/')}/{name} is not allowed", member=member)
+
+
 def _child_describe(path: str, member: str) -> dict[str, list[Any]]:
+    """(child) ``{path: [shape, dtype str or None, why not numeric]}`` for every dataset, walked by hard links only.
+
+    Links, virtual datasets, external storage and filters are refused wherever they are; a non-numeric dataset (a
+    NeXus title string) is listed without its dtype and refused only if the scan uses it as a key."""
+    import h5py
+
     f = _open(path, member)
     try:
         out: dict[str, list[Any]] = {}
-        for count, (p, dset) in enumerate(walk_datasets(f, member=member)):  # links, virtual, external, dtypes
-            if count >= MAX_OBJECTS:
-                raise ArchiveLimitError(f"more than {MAX_OBJECTS} datasets; a scan holds a handful", member=member)
-            check_storage(dset, member=member)
-            out[p] = [[int(d) for d in dset.shape], dset.dtype.str]
+        stack, objects = [f], 0
+        while stack:
+            group = stack.pop()
+            try:
+                names = list(group.keys())
+            except Exception as exc:
+                raise CorruptArchiveError(f"cannot list HDF5 group {group.name} ({exc})"[:400], member=member) from None
+            for name in names:
+                objects += 1
+                if objects > MAX_OBJECTS:
+                    raise ArchiveLimitError(f"more than {MAX_OBJECTS} HDF5 objects; a scan holds a handful",
+                                            member=member)
+                check_link(group, name, member=member)  # soft and external links refused, never followed
+                try:
+                    node = group[name]
+                except Exception as exc:
+                    raise CorruptArchiveError(f"cannot open HDF5 object {group.name}/{name} ({exc})"[:400],
+                                              member=member) from None
+                if isinstance(node, h5py.Group):
+                    stack.append(node)
+                elif isinstance(node, h5py.Dataset):
+                    try:
+                        check_dataset(node, member=member)  # virtual, external storage, dtype
+                    except FormatError as exc:
+                        if "non-numeric" not in exc.reason:
+                            raise
+                        out[node.name] = [[int(d) for d in node.shape], None, exc.reason]
+                        continue
+                    check_storage(node, member=member)
+                    out[node.name] = [[int(d) for d in node.shape], node.dtype.str, None]
         return out
     finally:
         f.close()

@@ -260,10 +260,14 @@ def _h5_compound(tmp: Path) -> Path:
     return _h5(tmp, d)
 
 
-def _h5_string(tmp: Path) -> Path:
-    path = _h5(tmp, base())
+def _h5_string_key(tmp: Path) -> Path:
+    """A NeXus-style title string beside the scan (tolerated), and a string mapped... as xcoords (refused)."""
+    d = base()
+    d.pop("xcoords")
+    path = _h5(tmp, d)
     with h5py.File(path, "a") as f:
         f["title"] = "scan 1"
+        f.create_dataset("xcoords", data=np.array([b"1.0"] * M))
     return path
 
 
@@ -316,5 +320,5 @@ CASES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "h5: NaN coordinates": (_h5_edit(_nan("ycoords", (0,))), "first at index 0"),
     "h5: mismatched lengths": (_h5_edit(_set("xcoords", lambda d: d["xcoords"][:5])), "expected shape (12,)"),
     "h5: compound coordinates": (_h5_compound, "xcoords"),
-    "h5: string dataset": (_h5_string, "non-numeric dtype"),
+    "h5: string coordinates": (_h5_string_key, "non-numeric dtype"),
 }

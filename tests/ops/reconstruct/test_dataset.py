@@ -81,6 +81,40 @@ def test_hdf5_soft_link_is_refused(tmp_path: Path, scan: dict[str, np.ndarray]) 
         open_dataset(str(path), N)
 
 
+def test_hdf5_unused_string_dataset_is_tolerated_chunked_data_read_in_the_child(
+        tmp_path: Path, scan: dict[str, np.ndarray]) -> None:
+    """A NeXus-style title string beside gzip-chunked patterns: the metadata comes from the isolated libhdf5 child
+    (the pure scan does not read chunked layouts), the patterns from child reads, and the string is never read."""
+    path = tmp_path / "s.h5"
+    with h5py.File(path, "w") as f:
+        f["title"] = "scan 1"
+        f.create_dataset("diffraction", data=np.ascontiguousarray(np.moveaxis(scan["diffraction"], 0, -1)),
+                         chunks=(64, 64, 3), compression="gzip", shuffle=True)
+        for k in ("xcoords", "ycoords", "probeGuess"):
+            f[k] = scan[k]
+    ds = open_dataset(str(path), N)
+    try:
+        assert "isolated" in ds.patterns.description and "libhdf5" in " ".join(ds.notes)
+        assert np.array_equal(ds.patterns.take(np.arange(12)), scan["diffraction"])
+        assert np.array_equal(ds.patterns.take(np.array([9, 2, 2])), scan["diffraction"][[9, 2, 2]])
+    finally:
+        ds.close()
+
+
+def test_hdf5_contiguous_patterns_are_mapped_without_libhdf5(tmp_path: Path, scan: dict[str, np.ndarray]) -> None:
+    path = tmp_path / "s.h5"
+    with h5py.File(path, "w") as f:
+        for k in ("diffraction", "xcoords", "ycoords", "probeGuess"):
+            f[k] = scan[k]
+    ds = open_dataset(str(path), N)
+    try:
+        assert "mapped" in ds.patterns.description and "metadata scan" in " ".join(ds.notes)
+        assert np.array_equal(ds.patterns.take(np.array([11, 0, 5])), scan["diffraction"][[11, 0, 5]])
+        assert np.array_equal(ds.probe, scan["probeGuess"].astype(np.complex64))
+    finally:
+        ds.close()
+
+
 BAD = {
     "missing diffraction": (lambda d: d.pop("diffraction"), "diffraction"),
     "missing xcoords": (lambda d: d.pop("xcoords"), "xcoords"),
