@@ -286,8 +286,12 @@ def _open_h5(path: str, N: int, keys: Mapping[str, str] | None, require_probe: b
         nbytes = int(np.prod(d.shape, dtype=np.int64)) * d.dtype.itemsize
         if nbytes > max_small:
             raise FormatError(f"{nbytes} bytes exceeds the {max_small}-byte bound for this key", field=k)
-        out = read_contiguous(path, d, k) if d.storage is not None else read_isolated(path, "/" + k.lstrip("/"),
-                                                                                       ("all",), key=k)
+        if d.preloaded is not None:
+            out = d.preloaded
+        elif d.storage is not None:
+            out = read_contiguous(path, d, k)
+        else:
+            out = read_isolated(path, "/" + k.lstrip("/"), ("all",), key=k)
         if out.shape != d.shape or out.dtype != d.dtype:
             raise CorruptArchiveError(f"read {out.dtype}{list(out.shape)}, the metadata says {d.dtype}{list(d.shape)}",
                                       field=k)

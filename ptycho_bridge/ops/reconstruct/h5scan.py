@@ -39,6 +39,8 @@ ALLOWED_FILTERS = {1: "deflate", 2: "shuffle", 3: "fletcher32", 6: "scaleoffset"
 FILTER_NAMES = {4: "szip", 5: "nbit", 32001: "blosc", 32004: "lz4", 32008: "bitshuffle", 32015: "zstd",
                 32017: "sz", 32013: "zfp", 307: "bzip2"}
 MAX_OBJECTS = 4096  # datasets + groups a scan file may hold (a scan has a handful)
+PRELOAD_BYTES = 1 << 20  # small datasets the describing child returns with the listing
+PRELOAD_TOTAL = 16 << 20
 MAX_FILTER_RATIO = 1100  # deflate cannot exceed ~1032:1; a larger declared/stored ratio is unbacked data
 
 
@@ -50,6 +52,7 @@ class H5Dataset:
     dtype: np.dtype | None  # None: not numeric (refused if used as a key; ``refusal`` says why)
     storage: tuple[int, int] | None  # (file offset, nbytes) of contiguous, written data; None: read via libhdf5
     refusal: str | None = None
+    preloaded: np.ndarray | None = None  # a small dataset the describing child read already (no second fork)
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,12 @@ def describe(path: str) -> H5Facts:
         return H5Facts(out, "the pure-Python metadata scan")
     found = run_isolated(_child_describe, path, member, member=member)
     out = {}
-    for p, (shape, dtype, why) in found.items():
-        out[p] = H5Dataset(tuple(int(d) for d in shape), None if dtype is None else np.dtype(dtype), None, why)
+    for p, (shape, dtype, why) in found["datasets"].items():
+        arr = found["arrays"].get(p)
+        dt = None if dtype is None else np.dtype(dtype)
+        if not (isinstance(arr, np.ndarray) and dt is not None and arr.dtype == dt and arr.shape == tuple(shape)):
+            arr = None  # not preloaded, or not what the listing says: read it again (and get its error) on use
+        out[p] = H5Dataset(tuple(int(d) for d in shape), dt, None, why, arr)
     return H5Facts(out, "libhdf5 in an isolated child")
 
 
@@ -174,16 +181,21 @@ def check_link(group, name: str, *, member: str) -> None:  # type: ignore[no-unt
         raise UnsafeArchiveError(f"HDF5 {kind} at {group.name.rstrip('/')}/{name} is not allowed", member=member)
 
 
-def _child_describe(path: str, member: str) -> dict[str, list[Any]]:
-    """(child) ``{path: [shape, dtype str or None, why not numeric]}`` for every dataset, walked by hard links only.
+def _child_describe(path: str, member: str) -> dict[str, Any]:
+    """(child) ``{"datasets": {path: [shape, dtype str or None, why not numeric]}, "arrays": {path: array}}``.
 
-    Links, virtual datasets, external storage and filters are refused wherever they are; a non-numeric dataset (a
-    NeXus title string) is listed without its dtype and refused only if the scan uses it as a key."""
+    Every dataset, walked by hard links only. Links, virtual datasets, external storage and filters are refused
+    wherever they are; a non-numeric dataset (a NeXus title string) is listed without its dtype and refused only if
+    the scan uses it as a key. Small numeric datasets (coordinates, probe: up to :data:`PRELOAD_BYTES` each,
+    :data:`PRELOAD_TOTAL` together) are read here too, saving a fork per key; one that fails to read is left out
+    and read (and refused) on use."""
     import h5py
 
     f = _open(path, member)
     try:
         out: dict[str, list[Any]] = {}
+        arrays: dict[str, Any] = {}
+        budget = PRELOAD_TOTAL
         stack, objects = [f], 0
         while stack:
             group = stack.pop()
@@ -214,7 +226,14 @@ def _child_describe(path: str, member: str) -> dict[str, list[Any]]:
                         continue
                     check_storage(node, member=member)
                     out[node.name] = [[int(d) for d in node.shape], node.dtype.str, None]
-        return out
+                    nbytes = int(np.prod(node.shape, dtype=np.int64)) * node.dtype.itemsize
+                    if nbytes <= min(PRELOAD_BYTES, budget):
+                        try:
+                            arrays[node.name] = np.asarray(node[()])
+                            budget -= nbytes
+                        except Exception:  # noqa: BLE001 - read again on use, where the error names the key
+                            pass
+        return {"datasets": out, "arrays": arrays}
     finally:
         f.close()
 

@@ -160,3 +160,19 @@ def test_not_a_dataset(tmp_path: Path) -> None:
     path.write_bytes(b"hello")
     with pytest.raises(FormatError, match="neither"):
         open_dataset(str(path), N)
+
+
+def test_deflated_member_read_backwards_is_spooled_once(tmp_path: Path, scan: dict[str, np.ndarray]) -> None:
+    """Going backwards used to re-inflate the member from its start for every block (quadratic second pass)."""
+    ds = open_dataset(write(tmp_path / "s.npz", scan, compressed=True), N)
+    try:
+        src = ds.patterns
+        assert np.array_equal(src.take(np.arange(8, 12)), scan["diffraction"][8:12])  # forward: streamed
+        assert src._mapped is None  # type: ignore[attr-defined]
+        for lo in (4, 0, 6):  # backwards, three times: one spool, then maps
+            assert np.array_equal(src.take(np.arange(lo, lo + 3)), scan["diffraction"][lo:lo + 3])
+        assert src._mapped is not None and src._stream is None  # type: ignore[attr-defined]
+        spool = src._mapped.path  # type: ignore[attr-defined]
+    finally:
+        ds.close()
+    assert not Path(spool).exists()
