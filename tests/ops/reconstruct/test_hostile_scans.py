@@ -94,3 +94,15 @@ def test_cli_one_error_line_nothing_written_bounded(archive: Path, tmp_path: Pat
         assert "Traceback" not in r["stderr"] + r["stdout"]
         assert r["written"] == [] and r["seconds"] < CASE_SECONDS, (name, r)
     assert list(spool.iterdir()) == []  # no spool or temporary file left behind
+
+
+@pytest.mark.parametrize("content", [b"not a zip at all", b"PK\x03\x04" + b"\0" * 40])
+def test_compare_file_that_is_no_zip_is_one_named_error(tmp_path: Path, content: bytes) -> None:
+    """``--compare OTHER.npz`` is user input too: zipfile's BadZipFile (not an OSError) used to escape."""
+    from ptycho_bridge.ops.reconstruct.compare import load_object
+
+    other = tmp_path / "other.npz"
+    other.write_bytes(content)
+    with pytest.raises(ArchiveError) as info:
+        load_object(other)
+    assert info.value.member == "other.npz" and "unreadable .npz" in str(info.value)
