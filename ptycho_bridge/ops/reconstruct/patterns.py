@@ -23,7 +23,7 @@ from typing import Any
 from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import CorruptArchiveError, OptionError
-from ptycho_bridge.ops.reconstruct.h5scan import read_isolated
+from ptycho_bridge.ops.reconstruct.h5scan import BlockReader
 from ptycho_bridge.ops.reconstruct.npzfile import MemberStream, NpzMember, spool_member
 
 
@@ -166,11 +166,11 @@ class StreamPatterns(PatternSource):
 
 
 class H5Patterns(PatternSource):
-    """An HDF5 dataset read by libhdf5 in a forked child, one block per ``take`` (:mod:`.h5scan`).
+    """An HDF5 dataset read by libhdf5 in an isolated child (:class:`.h5scan.BlockReader`), one block per ``take``.
 
     Why not h5py here: the scan file is untrusted and libhdf5 crashes on crafted chunk B-trees; the child turns a
-    crash, a loop or a blow-up into one error naming the file, and re-checks the dataset before every read. A
-    sorted contiguous index run is read as one slice, anything else as a point selection."""
+    crash, a loop or a blow-up into one error naming the file. The child starts at the first ``take`` and lives until
+    ``close``. A sorted contiguous index run is read as one slice, anything else as a point selection."""
 
     def __init__(self, path: str, dataset: str, storage_shape: tuple[int, int, int], dtype: np.dtype,
                  pattern_first: bool, description: str, key: str) -> None:
@@ -179,6 +179,7 @@ class H5Patterns(PatternSource):
         self.pattern_first, self.transpose, self.description = pattern_first, False, description
         self.count = storage_shape[0] if pattern_first else storage_shape[2]
         self.N = storage_shape[1] if pattern_first else storage_shape[0]
+        self._reader: BlockReader | None = None
 
     def _read_sorted(self, uniq: np.ndarray) -> np.ndarray:
         lo, hi = int(uniq[0]), int(uniq[-1]) + 1
@@ -189,8 +190,18 @@ class H5Patterns(PatternSource):
             sel, want = ("range", lo, hi), (uniq.size, self.N, self.N)
         else:
             sel, want = ("points", uniq), (uniq.size, self.N, self.N)
-        out = read_isolated(self.path, self.dataset, sel, key=self.key)
+        if self._reader is None:
+            self._reader = BlockReader(self.path, self.dataset, self.key)
+        out = self._reader.read(sel)
         if out.shape != want or out.dtype != self.dtype:  # the file changed, or the parsers disagree
             raise CorruptArchiveError(f"libhdf5 returned {out.dtype}{list(out.shape)} for a block of "
                                       f"{self.dtype}{list(want)}", member=os.path.basename(self.path), field=self.key)
         return out
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def __getstate__(self) -> dict[str, Any]:  # a copy sent elsewhere (a Dask worker) starts its own reader
+        return {**self.__dict__, "_reader": None}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import h5py
@@ -97,8 +98,12 @@ def test_hdf5_unused_string_dataset_is_tolerated_chunked_data_read_in_the_child(
         assert "isolated" in ds.patterns.description and "libhdf5" in " ".join(ds.notes)
         assert np.array_equal(ds.patterns.take(np.arange(12)), scan["diffraction"])
         assert np.array_equal(ds.patterns.take(np.array([9, 2, 2])), scan["diffraction"][[9, 2, 2]])
+        child = ds.patterns._reader._worker._pid  # type: ignore[attr-defined]  # one reader child for every block
+        assert child is not None and child != os.getpid()
     finally:
         ds.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # stopped and reaped by close()
 
 
 def test_hdf5_contiguous_patterns_are_mapped_without_libhdf5(tmp_path: Path, scan: dict[str, np.ndarray]) -> None:

@@ -1,0 +1,83 @@
+"""``IsolatedWorker`` (issue 23): one long-lived child per untrusted file, with run_isolated's guarantees per call."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from ptycho_bridge.errors import CorruptArchiveError, FormatError
+from ptycho_bridge.io.h5_isolated import IsolatedWorker
+
+
+def _setup(scale: float) -> dict:
+    return {"scale": scale, "pid": os.getpid()}
+
+
+def _handler(state: dict, op: str, arr: np.ndarray) -> object:
+    if op == "scale":
+        return arr * state["scale"]
+    if op == "pid":
+        return state["pid"]
+    if op == "segv":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if op == "spin":
+        while True:
+            pass
+    raise FormatError("bad op", member="scan.h5", field=op)
+
+
+def _bad_setup() -> None:
+    raise FormatError("cannot open", member="scan.h5", field="setup")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_calls_share_one_child_and_return_arrays() -> None:
+    w = IsolatedWorker(_setup, (2.0,), _handler, member="scan.h5")
+    try:
+        a = np.arange(12, dtype=">f4").reshape(3, 4)
+        got = w.call("scale", a)
+        np.testing.assert_array_equal(got, a * 2)
+        pid = w.call("pid", a)
+        assert pid != os.getpid() and w.call("pid", a) == pid and _alive(pid)  # one child for every call
+        with pytest.raises(FormatError, match=r"scan\.h5 \[nope\]: bad op"):
+            w.call("nope", a)
+        assert w.call("pid", a) == pid  # an ArchiveError does not end the child
+    finally:
+        w.close()
+    assert not _alive(pid)  # killed and reaped by close()
+
+
+def test_crash_and_timeout_are_one_error_then_every_call_repeats_it() -> None:
+    w = IsolatedWorker(_setup, (1.0,), _handler, member="scan.h5")
+    x = np.zeros(2)
+    with pytest.raises(CorruptArchiveError, match=r"scan\.h5: libhdf5 crashed \(SIGSEGV\)"):
+        w.call("segv", x)
+    with pytest.raises(CorruptArchiveError, match="SIGSEGV"):
+        w.call("pid", x)
+    w.close()
+    w = IsolatedWorker(_setup, (1.0,), _handler, member="scan.h5", timeout=0.5)
+    pid = w.call("pid", x)
+    with pytest.raises(CorruptArchiveError, match=r"within 0\.5 s"):
+        w.call("spin", x)
+    assert not _alive(pid)  # killed and reaped on timeout
+    with pytest.raises(CorruptArchiveError, match="within"):
+        w.call("pid", x)
+    w.close()
+
+
+def test_setup_error_is_every_call_s_error() -> None:
+    w = IsolatedWorker(_bad_setup, (), _handler, member="scan.h5")
+    for _ in range(2):
+        with pytest.raises(FormatError, match=r"\[setup\]: cannot open"):
+            w.call("pid", np.zeros(1))
+    w.close()
