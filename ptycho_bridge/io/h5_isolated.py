@@ -102,10 +102,12 @@ def run_isolated(fn: Callable[..., Any], *args: Any, member: str, timeout: float
     return doc["ok"]
 
 
-def _limit_child() -> None:
+def _limit_child(cpu: bool = True) -> None:
+    """No core dumps, the address-space cap, and (``cpu``) :data:`CPU_S` of CPU for the child's whole life."""
     faulthandler.disable()  # a crash here is reported by the parent as one line, not a C traceback
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_CPU, (CPU_S, CPU_S + 1))
+    if cpu:
+        resource.setrlimit(resource.RLIMIT_CPU, (CPU_S, CPU_S + 1))
     try:
         with open("/proc/self/statm", "rb") as fh:
             vm = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
@@ -292,7 +294,7 @@ class IsolatedWorker:
             os.close(resp_r)
             status = 0
             try:
-                _limit_child()
+                _limit_child(cpu=False)  # the CPU limit is set per call, in _serve
                 self._serve(req_r, resp_w)
             except BaseException:
                 status = 70
@@ -315,8 +317,11 @@ class IsolatedWorker:
             if frame is None:
                 return
             used = resource.getrusage(resource.RUSAGE_SELF)
-            soft = int(used.ru_utime + used.ru_stime) + CPU_S
-            resource.setrlimit(resource.RLIMIT_CPU, (soft, resource.getrlimit(resource.RLIMIT_CPU)[1]))
+            soft = int(used.ru_utime + used.ru_stime) + 1 + CPU_S  # CPU_S more seconds for this call
+            hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+            if hard != resource.RLIM_INFINITY:
+                soft = min(soft, hard)
+            resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
             if failure is not None:
                 payload = _encode({"error": failure})
             else:

@@ -26,6 +26,13 @@ def _handler(state: dict, op: str, arr: np.ndarray) -> object:
     if op == "spin":
         while True:
             pass
+    if op == "burn":  # 0.7 s of CPU
+        import time
+
+        end = time.process_time() + 0.7
+        while time.process_time() < end:
+            pass
+        return 1
     raise FormatError("bad op", member="scan.h5", field=op)
 
 
@@ -81,3 +88,18 @@ def test_setup_error_is_every_call_s_error() -> None:
         with pytest.raises(FormatError, match=r"\[setup\]: cannot open"):
             w.call("pid", np.zeros(1))
     w.close()
+
+
+def test_cpu_limit_is_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each call gets CPU_S seconds: calls may add up past it; one call spinning past it is killed (SIGXCPU)."""
+    import ptycho_bridge.io.h5_isolated as iso
+
+    monkeypatch.setattr(iso, "CPU_S", 1)
+    w = IsolatedWorker(_setup, (1.0,), _handler, member="scan.h5", timeout=30)
+    x = np.zeros(1)
+    try:
+        assert [w.call("burn", x) for _ in range(3)] == [1, 1, 1]  # 2.1 s of CPU in all
+        with pytest.raises(CorruptArchiveError, match="CPU limit"):
+            w.call("spin", x)
+    finally:
+        w.close()

@@ -10,8 +10,8 @@ dropping a size-1 channel axis; Fortran-ordered arrays are read as their reverse
 
 Back ends: ``MappedPatterns`` (np.memmap of a byte range, mapped per call and unmapped right after, so
 resident pages never accumulate — whole-file maps would count the whole file in RSS),
-``StreamPatterns`` (deflated ``.npz`` member: forward-only decompression for increasing indices; the first
-backward step spools the member once to a temporary file and switches to a map), ``H5Patterns`` (libhdf5 in a forked
+``StreamPatterns`` (deflated ``.npz`` member: forward-only decompression for increasing indices, restarted once
+for a second pass; a second backward step spools the member once to a temporary file and switches to a map), ``H5Patterns`` (libhdf5 in a forked
 child, per block: chunked or filtered HDF5 data; contiguous HDF5 data found by the metadata scan is mapped).
 """
 
@@ -139,11 +139,14 @@ class StreamPatterns(PatternSource):
         if self._stream is None:
             self._stream = MemberStream(self.path, self.member)
         if int(uniq[0]) * per < self._stream.pos:
-            # going backwards (neighbour groups at gridsize > 1): re-inflating from the start for every such block
+            # going backwards. Once (the second pass starting over, in file order at gridsize 1): stream again.
+            # Twice (neighbour groups at gridsize > 1, scattered): re-inflating from the start for every such block
             # made the second pass quadratic (2,000 patterns in blocks of 64: 21 s instead of 0.02 s; a 50k scan
-            # would take hours). One decompression into a spool, then maps, keeps it linear.
+            # would take hours), so the member is spooled once and mapped from then on.
             self.restarts += 1
-            return self._spool()._read_sorted(uniq)
+            if self.restarts > 1:
+                return self._spool()._read_sorted(uniq)
+            self._stream.reopen()
         out = np.empty((uniq.size, self.N, self.N), self.dtype)
         done = 0
         while done < uniq.size:  # bounded blocks: sparse indices never pull the whole range into memory
