@@ -18,7 +18,10 @@ scan_index         no          ``(M,)`` integer; ignored (upstream replaces it w
 ``shape[1:] == (N,N)`` is pattern-first (preferred when both match), ``shape[:2] == (N,N)`` pattern-last.
 (Upstream decides by ``shape[0] < shape[2]``, which misreads an ``(M,N,N)`` stack with ``M < N``.)
 Every problem raises a :class:`~ptycho_bridge.errors.FormatError` (or another ``ArchiveError``) whose
-member is the dataset file and whose field is the key, so the CLI prints one ``error:`` line. Pattern finiteness needs the
+member is the dataset file and whose field is the key, so the CLI prints one ``error:`` line. A scan is untrusted
+input (docs/security.md, "Scans"): ``.npz`` members are bounded before inflating (:mod:`.npzfile`), HDF5 is never
+parsed by libhdf5 in this process (:mod:`.h5scan`), and every small key's shape is checked from its header before
+any key is read. Pattern finiteness needs the
 data, so it is checked by the first streaming pass (:func:`normalise.pattern_energies`).
 """
 
