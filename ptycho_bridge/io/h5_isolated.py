@@ -244,6 +244,7 @@ class IsolatedWorker:
         self._req = self._resp = -1
         self._dead: CorruptArchiveError | None = None
         self._state: Any = None  # in-process mode only (ISOLATE_ENV)
+        self._owner = os.getpid()  # the process whose child _pid is (a forked copy must not signal it)
         self._lock = threading.Lock()
 
     # -- parent side ----------------------------------------------------------------------------------------
@@ -254,6 +255,8 @@ class IsolatedWorker:
                 if self._state is None:
                     self._state = self.setup(*self.setup_args)
                 return self.handler(self._state, *args)
+            if self._pid is not None and self._owner != os.getpid():
+                self._forget()  # a forked copy of this worker (a Dask process worker): the child is the parent's
             if self._dead is not None:
                 raise self._dead
             if self._pid is None:
@@ -302,7 +305,7 @@ class IsolatedWorker:
                 os._exit(status)
         os.close(req_r)
         os.close(resp_w)
-        self._pid, self._req, self._resp = pid, req_w, resp_r
+        self._pid, self._req, self._resp, self._owner = pid, req_w, resp_r, os.getpid()
 
     def _serve(self, req: int, resp: int) -> None:  # pragma: no cover - runs in the child
         try:
@@ -376,7 +379,21 @@ class IsolatedWorker:
                                    f"{os.WEXITSTATUS(status) if os.WIFEXITED(status) else '?'}); refused",
                                    member=self.member)
 
+    def _forget(self) -> None:
+        """Drop the pipes without touching the child: in a forked copy, the child belongs to the original."""
+        for fd in (self._req, self._resp):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._req = self._resp = -1
+        self._pid = None
+
     def _stop(self) -> None:
+        if self._pid is not None and self._owner != os.getpid():
+            self._forget()
+            return
         for fd in (self._req, self._resp):
             if fd >= 0:
                 try:

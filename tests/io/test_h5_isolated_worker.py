@@ -103,3 +103,31 @@ def test_cpu_limit_is_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
             w.call("spin", x)
     finally:
         w.close()
+
+
+def test_a_forked_copy_never_signals_the_original_s_child() -> None:
+    """A process forked while a worker is open (a Dask process worker) gets its own child; closing its copy (or
+    garbage-collecting it) leaves the original's child running."""
+    w = IsolatedWorker(_setup, (1.0,), _handler, member="scan.h5")
+    x = np.zeros(1)
+    try:
+        pid = w.call("pid", x)
+        r, wfd = os.pipe()
+        fork = os.fork()
+        if fork == 0:  # pragma: no cover - the forked copy
+            code = 1
+            try:
+                other = w.call("pid", x)
+                w.close()
+                code = 0 if other != pid else 2
+            finally:
+                os.write(wfd, bytes([code]))
+                os._exit(0)
+        os.close(wfd)
+        got = os.read(r, 1)
+        os.close(r)
+        os.waitpid(fork, 0)
+        assert got == b"\x00"  # the copy started its own child and closed it
+        assert _alive(pid) and w.call("pid", x) == pid  # the original's child is untouched
+    finally:
+        w.close()
