@@ -277,16 +277,16 @@ def _open_h5(path: str, N: int, keys: Mapping[str, str] | None, require_probe: b
     facts = describe(path)  # refuses links, virtual/external storage, filters outside the allow-list, unbacked data
     names = {p.lstrip("/") for p in facts.datasets}
 
-    def info(k: str) -> H5Dataset:
+    def info(k: str) -> tuple[H5Dataset, np.dtype]:
         d = facts.datasets["/" + k.lstrip("/")]
         if d.dtype is None:  # listed by the child, never read: a string or compound dataset used as a key
             raise FormatError(d.refusal or "non-numeric dtype", field=k)
         check_dtype(k, d.dtype)
-        return d
+        return d, d.dtype
 
     def get(k: str) -> np.ndarray:
-        d = info(k)
-        nbytes = int(np.prod(d.shape, dtype=np.int64)) * d.dtype.itemsize
+        d, dt = info(k)
+        nbytes = int(np.prod(d.shape, dtype=np.int64)) * dt.itemsize
         if nbytes > max_small:
             raise FormatError(f"{nbytes} bytes exceeds the {max_small}-byte bound for this key", field=k)
         if d.preloaded is not None:
@@ -303,22 +303,22 @@ def _open_h5(path: str, N: int, keys: Mapping[str, str] | None, require_probe: b
     dk = _resolve(names, keys, "diffraction")
     if dk is None:
         raise FormatError("required dataset missing (expected 'diff3d' or 'diffraction')", field="diffraction")
-    d = info(dk)
-    _real_numeric(dk, d.dtype)
+    d, dt = info(dk)
+    _real_numeric(dk, dt)
     storage, first, _ = _layout(dk, d.shape, False, N)
     count = storage[0] if first else storage[2]
     if not 1 <= count <= MAX_PATTERNS:
         raise FormatError(f"{count} patterns; expected 1..{MAX_PATTERNS}", field=dk)
     desc = f"{member}:{dk} {d.shape} {d.dtype}"
     if d.storage is not None:  # contiguous data located by the metadata scan: mapped, no libhdf5 at all
-        src: PatternSource = MappedPatterns(path, d.storage[0], storage, d.dtype, first, False,
+        src: PatternSource = MappedPatterns(path, d.storage[0], storage, dt, first, False,
                                             desc + " (hdf5, mapped)")
     else:
-        src = H5Patterns(path, "/" + dk.lstrip("/"), storage, d.dtype, first, desc + " (hdf5, isolated libhdf5)", dk)
+        src = H5Patterns(path, "/" + dk.lstrip("/"), storage, dt, first, desc + " (hdf5, isolated libhdf5)", dk)
     ds = ScanDataset(path, "hdf5", src, np.empty(0), np.empty(0), keys_used={"diffraction": dk})
     ds.notes.append(f"HDF5 metadata read by {facts.source}")
     try:
-        return _finish(ds, get, lambda k: info(k).shape, lambda k: info(k).dtype, names, keys, require_probe, N)
+        return _finish(ds, get, lambda k: info(k)[0].shape, lambda k: info(k)[1], names, keys, require_probe, N)
     except BaseException:
         ds.close()
         raise

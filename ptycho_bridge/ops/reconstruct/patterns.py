@@ -83,7 +83,7 @@ class MappedPatterns(PatternSource):
             span = np.empty((hi - lo, self.N, self.N), self.dtype)
             with open(self.path, "rb", buffering=0) as fh:
                 fh.seek(self.offset + lo * per)
-                got = fh.readinto(memoryview(span).cast("B"))
+                got = fh.readinto(span.data.cast("B"))
             if got != span.nbytes:
                 raise CorruptArchiveError(f"file ended {span.nbytes - got} bytes early while reading patterns",
                                           member=os.path.basename(self.path))
