@@ -22,6 +22,13 @@ replaced, and the case it was on is saved.
     python scripts/fuzz.py --seconds 60                  # quick run
     python scripts/fuzz.py --seconds 900 --jobs 2 --seed 7 --findings fuzz-findings
     python scripts/fuzz.py --replay fuzz-findings/<id>/case.zip
+    python scripts/fuzz.py --mode scans --cases 20000 --jobs 2 --seed 23   # the scan readers (issue 23)
+
+``--mode scans`` fuzzes the reconstruct scan readers instead: seeds are the bundled sample scan as a stored and a
+deflated ``.npz`` and as a contiguous and a chunked (gzip + shuffle + fletcher32) HDF5 file; targets are each whole
+file and the ``.npy`` members inside the ``.npz`` files (re-zipped, so CRCs stay valid). A case runs
+``open_dataset`` (metadata, small keys), the first pass over every pattern, an out-of-order ``take`` and the
+``objectGuess`` read: only ``ArchiveError`` subclasses may escape.
 
 Fixtures come from ``../shared/fixtures/upstream`` (``--fixtures`` to change); the bridge-2 seed is
 the bundled sample archive.
@@ -43,6 +50,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,11 +79,11 @@ def zip_members(data: bytes | Path) -> dict[str, bytes]:
         return {i.filename: zf.read(i) for i in zf.infolist()}
 
 
-def zip_bytes(members: dict[str, bytes]) -> bytes:
+def zip_bytes(members: dict[str, bytes], method: int = zipfile.ZIP_STORED) -> bytes:
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+    with zipfile.ZipFile(buf, "w", method) as zf:
         for name, data in members.items():
-            zf.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), data)
+            zf.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), data, method)
     return buf.getvalue()
 
 
@@ -170,6 +178,89 @@ def rebuild(bases: dict[str, dict[str, bytes]], target: Target, mutated: bytes) 
         mutated = zip_bytes(inner)
     members[target.path[0]] = mutated
     return zip_bytes(members)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scan mode (issue 23): the reconstruct dataset readers
+# ---------------------------------------------------------------------------------------------------
+SCAN_M = 8  # patterns per seed scan: small files, so a case costs milliseconds
+SCAN_KEYS = ("diffraction", "xcoords", "ycoords", "probeGuess", "objectGuess")
+
+
+def load_scan_bases() -> dict[str, bytes]:
+    """Seed scans (whole files): the sample scan as stored/deflated .npz and contiguous/chunked HDF5."""
+    import h5py
+    import numpy as np
+
+    from ptycho_bridge.ops.sample import sample_dataset
+
+    full = sample_dataset()
+    d = {k: full[k][:SCAN_M] if k in ("diffraction", "xcoords", "ycoords") else full[k] for k in SCAN_KEYS}
+    bases: dict[str, bytes] = {}
+    for name, save in (("npz", np.savez), ("npzd", np.savez_compressed)):
+        buf = io.BytesIO()
+        save(buf, **d)
+        bases[name] = buf.getvalue()
+    for name, kw in (("h5", {}), ("h5c", {"chunks": (2, 64, 64), "compression": "gzip", "shuffle": True,
+                                          "fletcher32": True})):
+        buf = io.BytesIO()
+        with h5py.File(buf, "w") as f:
+            for k, v in d.items():
+                f.create_dataset(k, data=v, **(kw if k == "diffraction" else {}))
+        bases[name] = buf.getvalue()
+    return bases
+
+
+def make_scan_targets() -> list[Target]:
+    npz = [Target(b, p, "scan.npz") for b in ("npz", "npzd") for p in ((), ("diffraction.npy",), ("xcoords.npy",),
+                                                                          ("probeGuess.npy",))]
+    return npz + [Target("h5", (), "scan.h5"), Target("h5c", (), "scan.h5")]
+
+
+def scan_seed_of(bases: dict[str, bytes], target: Target) -> bytes:
+    return zip_members(bases[target.base])[target.path[0]] if target.path else bases[target.base]
+
+
+def scan_rebuild(bases: dict[str, bytes], target: Target, mutated: bytes) -> bytes:
+    if not target.path:
+        return mutated
+    members = zip_members(bases[target.base])
+    members[target.path[0]] = mutated
+    return zip_bytes(members, zipfile.ZIP_DEFLATED if target.base == "npzd" else zipfile.ZIP_STORED)
+
+
+def run_scan_case(path: Path) -> tuple[str, BaseException] | None:
+    """None when the scan readers behaved (a dataset, or an ArchiveError); else (stage, exception).
+
+    Warnings are errors here: on the CLI a warning would print a second stderr line beside the ``error:`` line."""
+    import numpy as np
+
+    from ptycho_bridge.errors import ArchiveError
+    from ptycho_bridge.ops.reconstruct.dataset import open_dataset
+    from ptycho_bridge.ops.reconstruct.normalise import pattern_energies
+
+    signal.setitimer(signal.ITIMER_REAL, CASE_TIMEOUT_S)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ds = open_dataset(str(path), 64)
+            try:
+                pattern_energies(ds.patterns, np.arange(ds.count), chunk=3)
+                got = ds.patterns.take(np.array([ds.count - 1, 0, 0]))
+                if got.shape != (3, 64, 64) or got.dtype != np.float32:
+                    return "take", AssertionError(f"take returned {got.dtype}{got.shape}")
+                ds.object_guess()
+            finally:
+                ds.close()
+    except ArchiveError:
+        pass
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return "open_dataset", exc
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -281,7 +372,7 @@ def save_finding(findings: Path, key: str, stage: str, exc: BaseException, case:
     if folder.exists():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(case, folder / ("case" + (".ckpt" if target.file_name.endswith(".ckpt") else ".zip")))
+    shutil.copyfile(case, folder / ("case" + Path(target.file_name).suffix))
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     (folder / "traceback.txt").write_text(f"key: {key}\nstage: {stage}\ntarget: {target.name}\nmutations: {log}\n\n{text}")
     return folder
@@ -294,9 +385,10 @@ def worker(index: int, args: dict[str, Any], out: mp.Queue[dict[str, Any]]) -> N
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
     signal.signal(signal.SIGALRM, _on_alarm)
     rng = random.Random(args["seed"] * 1000 + index)
-    bases = load_bases(Path(args["fixtures"]))
-    targets = make_targets(bases)
-    seeds = {t: seed_of(bases, t) for t in targets}
+    scans = args.get("mode") == "scans"
+    bases: Any = load_scan_bases() if scans else load_bases(Path(args["fixtures"]))
+    targets = make_scan_targets() if scans else make_targets(bases)
+    seeds = {t: (scan_seed_of if scans else seed_of)(bases, t) for t in targets}
     donors = [s for s in seeds.values() if len(s) < 1 << 20]
     findings = Path(args["findings"])
     scratch = Path(args["scratch"]) / f"worker-{index}"
@@ -309,10 +401,10 @@ def worker(index: int, args: dict[str, Any], out: mp.Queue[dict[str, Any]]) -> N
         target = rng.choice(targets)
         mutated, log = mutate(rng, seeds[target], donors)
         case = scratch / target.file_name
-        case.write_bytes(rebuild(bases, target, mutated))
+        case.write_bytes((scan_rebuild if scans else rebuild)(bases, target, mutated))
         (scratch / "current.json").write_text(json.dumps({"target": target.name, "mutations": log}))
         began = time.monotonic()
-        result = run_case(case)
+        result = run_scan_case(case) if scans else run_case(case)
         took = time.monotonic() - began
         stats["max_case_s"] = max(stats.get("max_case_s", 0.0), took)
         if took > SLOW_S:
@@ -349,7 +441,7 @@ def run(args: argparse.Namespace) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="ptycho-fuzz-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
     per_worker = -(-args.cases // args.jobs)
     shared = {"seed": args.seed, "fixtures": str(args.fixtures), "findings": str(findings), "scratch": str(scratch),
-              "deadline": time.time() + args.seconds, "cases": per_worker}
+              "deadline": time.time() + args.seconds, "cases": per_worker, "mode": args.mode}
     ctx = mp.get_context("fork")
     queue: mp.Queue[dict[str, Any]] = ctx.Queue()
     start = time.monotonic()
@@ -413,7 +505,7 @@ def run(args: argparse.Namespace) -> int:
         for t, n in r["per_target"].items():
             per_target[t] = per_target.get(t, 0) + n
     summary = {
-        "cases": total, "seconds": round(elapsed, 1), "cases_per_s": round(total / elapsed, 1) if elapsed else 0.0,
+        "mode": args.mode, "cases": total, "seconds": round(elapsed, 1), "cases_per_s": round(total / elapsed, 1) if elapsed else 0.0,
         "jobs": args.jobs, "seed": args.seed, "unique_findings": len(merged), "crashed_workers": crashes, "hangs": hangs,
         "findings": merged, "per_target": dict(sorted(per_target.items())),
         "max_case_s": round(max((r.get("max_case_s", 0.0) for r in results), default=0.0), 2),
@@ -423,7 +515,8 @@ def run(args: argparse.Namespace) -> int:
                      for k in sorted({k for r in results for k in r.get("mutators", {})})},
     }
     (findings / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"{total:,} cases in {elapsed:.0f} s = {summary['cases_per_s']} cases/s ({args.jobs} job(s), seed {args.seed})")
+    print(f"{total:,} cases in {elapsed:.0f} s = {summary['cases_per_s']} cases/s ({args.jobs} job(s), seed {args.seed}, "
+          f"mode {args.mode})")
     print(f"unique findings: {len(merged)}; hangs: {len(hangs)}; crashed workers: {len(crashes)}; "
           f"slowest case {summary['max_case_s']} s ({summary['slow_cases']} over {SLOW_S:.0f} s); "
           f"peak worker RSS {summary['peak_rss_mb']} MB; details in {findings / 'summary.json'}")
@@ -436,7 +529,8 @@ def run(args: argparse.Namespace) -> int:
 def replay(path: Path) -> int:
     """Run one saved case and print what happens (exit 1 when it is still a finding)."""
     signal.signal(signal.SIGALRM, _on_alarm)
-    result = run_case(path)
+    scan = path.suffix in (".npz", ".h5")
+    result = run_scan_case(path) if scan else run_case(path)
     if result is None:
         print(f"{path}: readers behave (only ArchiveError / a clean validate report)")
         return 0
@@ -454,11 +548,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="worker processes")
     parser.add_argument("--findings", default="fuzz-findings", help="folder for reproducers and summary.json")
     parser.add_argument("--fixtures", type=Path, default=DEFAULT_FIXTURES)
-    parser.add_argument("--replay", type=Path, help="run one saved case instead of fuzzing")
+    parser.add_argument("--replay", type=Path, help="run one saved case instead of fuzzing (case.npz / case.h5: a scan)")
+    parser.add_argument("--mode", choices=("archives", "scans"), default="archives",
+                        help="archives: the archive readers (default); scans: the reconstruct scan readers")
     args = parser.parse_args(argv)
     if args.replay:
         return replay(args.replay)
-    if not args.fixtures.is_dir():
+    if args.mode == "archives" and not args.fixtures.is_dir():
         parser.error(f"fixtures not found: {args.fixtures}")
     return run(args)
 

@@ -14,6 +14,10 @@ from ptycho_bridge.formats.detect import read_archive
 from ptycho_bridge.ops.report import inspect_report
 
 
+# inspect exits 0 on archives validate refuses (NaN weights, checksum mismatches): say so, on stderr, so --json and
+# --jsonl stdout stay one machine-readable document and the tables stay unchanged
+METADATA_ONLY = "note: metadata only: run `validate` to check tensors and checksums"
+
 # what each upstream torch network variant is, for people
 VARIANT_TEXT = {
     "main": "main network (upstream PtychoPINN main's ptycho_torch: save_torch_bundle, load_inference_bundle_torch)",
@@ -44,6 +48,7 @@ def command(archives: tuple[Path, ...], as_json: bool, as_jsonl: bool, tensors: 
             emit_json(report)
             return
         _print_inspect(report)
+        click.echo(METADATA_ONLY, err=True)
         return
     if as_json:
         raise click.UsageError("--json prints one archive's report; use --jsonl for several archives")
@@ -56,6 +61,8 @@ def command(archives: tuple[Path, ...], as_json: bool, as_jsonl: bool, tensors: 
             batch.emit_line(report)
         else:
             _print_inspect(report)
+    if not as_jsonl and failed < len(paths):
+        click.echo(METADATA_ONLY, err=True)
     batch.verdict(len(paths) - failed, failed, ("read", "failed"))
     sys.exit(1 if failed else 0)
 

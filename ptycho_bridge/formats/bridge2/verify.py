@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from ptycho_bridge.errors import ChecksumError, CorruptArchiveError, FormatError
+from ptycho_bridge.formats.base import read_json
 from ptycho_bridge.formats.bridge2.layout import PARAMS_GROUP, TENSOR_GROUP, tensor_sha256
 from ptycho_bridge.io.h5 import get_dataset, open_h5, read_array, walk_datasets
 from ptycho_bridge.io.h5_isolated import run_isolated
@@ -35,6 +36,7 @@ def verify_checksums(zf: SafeZip, manifest: dict[str, Any]) -> list[str]:
         checked.append(name)
         if name in weights_members:
             weights_data[name] = data
+    declared = params_datasets(zf) if "params.json" in manifest["members"] else {}
     for model, entry in manifest["models"].items():
         if "weights" not in entry:  # a torch-sentinel placeholder: its member is covered above
             continue
@@ -47,6 +49,12 @@ def verify_checksums(zf: SafeZip, manifest: dict[str, Any]) -> list[str]:
         extra = set(found["names"]) - set(entry["tensors"])
         if extra:
             raise FormatError(f"tensors not indexed in manifest.json: {sorted(extra)}", member=label)
+        undeclared = sorted(set(found["all"]) - {f"/{TENSOR_GROUP}/{t}" for t in entry["tensors"]}
+                            - declared.get(entry["weights"], set()))
+        if undeclared:
+            raise FormatError(f"datasets declared by neither manifest.json nor params.json: {undeclared[:8]}"
+                              f"{' …' if len(undeclared) > 8 else ''} (every bridge-2 dataset carries a checksum or "
+                              "is a params.json array)", member=label)
         for tname, meta in entry["tensors"].items():
             actual, digest = found["tensors"][tname]
             if "offset" in meta and actual != meta["offset"]:
@@ -56,6 +64,32 @@ def verify_checksums(zf: SafeZip, manifest: dict[str, Any]) -> list[str]:
                 raise ChecksumError(f"tensor {tname!r} sha256 does not match manifest.json", member=label)
             checked.append(f"{model}:{tname}")
     return checked
+
+
+def params_datasets(zf: SafeZip) -> dict[str, set[str]]:
+    """weights member -> the HDF5 datasets ``params.json`` references (``{"$array": {member, dataset, ...}}``).
+
+    Why: an HDF5 dataset nobody declares has no checksum and is read by no reader, yet the format promises a
+    checksum for every array it carries; ``validate`` refuses it by name instead of passing bytes it cannot vouch
+    for (``migrate``/``convert`` rebuild ``weights.h5`` from the declared tensors, so they never carry it over)."""
+    out: dict[str, set[str]] = {}
+    try:
+        doc = read_json(zf, "params.json")
+    except FormatError:
+        return out  # the member checksum above already vouched for it; the reader reports a parse error itself
+    stack: list[Any] = [doc]
+    steps = 0
+    while stack and steps < 1_000_000:  # bounded walk (params.json is at most 32 MiB)
+        steps += 1
+        node = stack.pop()
+        if isinstance(node, dict):
+            ref = node.get("$array")
+            if isinstance(ref, dict) and isinstance(ref.get("member"), str) and isinstance(ref.get("dataset"), str):
+                out.setdefault(ref["member"], set()).add("/" + ref["dataset"].lstrip("/"))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return out
 
 
 def check_scan_agrees(image: bytes, libhdf5: dict[str, list[Any]], *, label: str) -> None:
@@ -134,6 +168,6 @@ def _tensor_facts(image: bytes, names: list[str], label: str) -> dict[str, Any]:
             except Exception as exc:
                 raise CorruptArchiveError(f"tensor {tname!r}: cannot read HDF5 data offset ({exc})", member=label) from None
             tensors[tname] = [None if offset is None else int(offset), tensor_sha256(read_array(dset, member=label))]
-        return {"names": present, "tensors": tensors, "params": params}
+        return {"names": present, "tensors": tensors, "params": params, "all": [p for p, _ in walked]}
     finally:
         f.close()

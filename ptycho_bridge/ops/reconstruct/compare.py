@@ -10,6 +10,7 @@ has no ×1000 border). ``OTHER`` is read at zip level like a dataset (no pickle,
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from ptycho_bridge.lazy import numpy as np
 from ptycho_bridge.errors import ArchiveError, CorruptArchiveError, FormatError
 from ptycho_bridge.ops.parity import DEFAULT_RTOL, compare
 from ptycho_bridge.ops.reconstruct.dataset import MAX_SMALL_BYTES, named
-from ptycho_bridge.ops.reconstruct.npzfile import check_dtype, read_member, scan_npz
+from ptycho_bridge.ops.reconstruct.npzfile import INFLATE_ERRORS, check_dtype, read_member, scan_npz
 
 OBJECT_KEY = "object"
 
@@ -28,8 +29,10 @@ def load_object(path: str | Path) -> np.ndarray:
     try:
         try:
             members = scan_npz(str(path))
-        except (OSError, EOFError, NotImplementedError, ValueError) as exc:
-            raise CorruptArchiveError(f"unreadable .npz: {exc}") from None
+        except ArchiveError:
+            raise
+        except (*INFLATE_ERRORS, struct.error, OverflowError) as exc:  # BadZipFile too (not an OSError)
+            raise CorruptArchiveError(f"unreadable .npz: {exc.__class__.__name__}: {exc}"[:300]) from None
         if OBJECT_KEY not in members:
             raise FormatError(f"required key missing (keys: {sorted(members)})", field=OBJECT_KEY)
         m = members[OBJECT_KEY]

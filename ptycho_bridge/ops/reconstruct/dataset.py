@@ -18,22 +18,25 @@ scan_index         no          ``(M,)`` integer; ignored (upstream replaces it w
 ``shape[1:] == (N,N)`` is pattern-first (preferred when both match), ``shape[:2] == (N,N)`` pattern-last.
 (Upstream decides by ``shape[0] < shape[2]``, which misreads an ``(M,N,N)`` stack with ``M < N``.)
 Every problem raises a :class:`~ptycho_bridge.errors.FormatError` (or another ``ArchiveError``) whose
-member is the dataset file and whose field is the key, so the CLI prints one ``error:`` line. Pattern finiteness needs the
+member is the dataset file and whose field is the key, so the CLI prints one ``error:`` line. A scan is untrusted
+input (docs/security.md, "Scans"): ``.npz`` members are bounded before inflating (:mod:`.npzfile`), HDF5 is never
+parsed by libhdf5 in this process (:mod:`.h5scan`), and every small key's shape is checked from its header before
+any key is read. Pattern finiteness needs the
 data, so it is checked by the first streaming pass (:func:`normalise.pattern_energies`).
 """
 
 from __future__ import annotations
 
 import os
-import zipfile
+import struct
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ArchiveError, CorruptArchiveError, FormatError
-from ptycho_bridge.io.h5 import get_dataset, walk_datasets
-from ptycho_bridge.ops.reconstruct.npzfile import NpzMember, check_dtype, read_member, scan_npz
+from ptycho_bridge.ops.reconstruct.h5scan import H5Dataset, describe, read_contiguous, read_isolated
+from ptycho_bridge.ops.reconstruct.npzfile import INFLATE_ERRORS, NpzMember, check_dtype, read_member, scan_npz
 from ptycho_bridge.ops.reconstruct.patterns import H5Patterns, MappedPatterns, PatternSource, StreamPatterns
 
 CANONICAL = ("diffraction", "xcoords", "ycoords", "xcoords_start", "ycoords_start", "probeGuess",
@@ -108,31 +111,47 @@ def _real_numeric(key: str, dtype: np.dtype) -> None:
         raise FormatError(f"dtype {dtype} is not a real numeric type (expected float or integer)", field=key)
 
 
+def _coords_header(key: str, shape: tuple[int, ...], dtype: np.dtype, M: int) -> None:
+    """Shape and dtype of a coordinate array from its header, before any byte of it is read."""
+    if not (shape == (M,) or shape == (M, 1)):
+        raise FormatError(f"expected shape ({M},) (one coordinate per pattern), got {shape}", field=key)
+    _real_numeric(key, dtype)
+
+
+def _probe_header(key: str, shape: tuple[int, ...], dtype: np.dtype, N: int) -> None:
+    if not (shape == (N, N) or shape == (N, N, 1)):
+        raise FormatError(f"expected shape ({N},{N}) (or ({N},{N},1)), got {shape}", field=key)
+    check_dtype(key, dtype)
+    if dtype.kind not in "fciu":
+        raise FormatError(f"dtype {dtype} is not numeric", field=key)
+
+
+def non_finite(key: str, a: np.ndarray) -> None:
+    """Refuse non-finite values, saying how many and where the first one is (index, or pattern and pixel)."""
+    with np.errstate(all="ignore"):
+        bad = ~np.isfinite(a)
+    count = int(np.count_nonzero(bad))
+    if count:
+        first = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad.ravel())), a.shape))
+        where = f"index {first[0]}" if len(first) == 1 else f"position {first}"
+        raise FormatError(f"contains {count} non-finite value{'s' if count > 1 else ''} (NaN/Inf; first at {where})",
+                          field=key)
+
+
 def _coords(key: str, a: np.ndarray, M: int) -> np.ndarray:
     a = np.asarray(a)
-    if a.ndim == 2 and a.shape[1] == 1:
-        a = a[:, 0]
-    if a.ndim != 1 or a.shape[0] != M:
-        raise FormatError(f"expected shape ({M},) (one coordinate per pattern), got {a.shape}", field=key)
-    _real_numeric(key, a.dtype)
-    out = a.astype(np.float64)
-    if not np.all(np.isfinite(out)):
-        raise FormatError(f"contains non-finite values (first at index {int(np.argmin(np.isfinite(out)))})", field=key)
-    return out
+    _coords_header(key, a.shape, a.dtype, M)
+    non_finite(key, a)  # before any cast: a signalling NaN would raise the FP "invalid" flag (a warning line)
+    return a.reshape(M).astype(np.float64)
 
 
 def _probe(key: str, a: np.ndarray, N: int) -> np.ndarray:
     a = np.asarray(a)
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[..., 0]
-    if a.shape != (N, N):
-        raise FormatError(f"expected shape ({N},{N}) (or ({N},{N},1)), got {a.shape}", field=key)
-    check_dtype(key, a.dtype)
-    if a.dtype.kind not in "fciu":
-        raise FormatError(f"dtype {a.dtype} is not numeric", field=key)
-    if not np.all(np.isfinite(a)):
-        raise FormatError("contains non-finite values", field=key)
-    return a.astype(np.complex64)
+    _probe_header(key, a.shape, a.dtype, N)
+    a = a.reshape(N, N)
+    non_finite(key, a)
+    with np.errstate(all="ignore"):  # finite complex128 beyond complex64's range: inf, as np.asarray would give
+        return a.astype(np.complex64)
 
 
 def _resolve(names: set[str], keys: Mapping[str, str] | None, canon: str) -> str | None:
@@ -177,6 +196,15 @@ def _finish(ds: ScanDataset, get: Any, shape_of: Any, dtype_of: Any, names: set[
         if k is None:
             raise FormatError(f"required key missing (expected a ({M},) coordinate array)", field=canon)
         ds.keys_used[canon] = k
+    # every small key's shape and dtype from its header first: nothing is read (or allocated) for a scan whose
+    # coordinate, start or probe arrays contradict the pattern count M or the model's N
+    for canon in ("xcoords", "ycoords", "xcoords_start", "ycoords_start"):
+        k = ds.keys_used.get(canon) or _resolve(names, keys, canon)
+        if k is not None:
+            _coords_header(k, tuple(shape_of(k)), dtype_of(k), M)
+    k = _resolve(names, keys, "probeGuess")
+    if k is not None:
+        _probe_header(k, tuple(shape_of(k)), dtype_of(k), N)
     ds.x = _coords(ds.keys_used["xcoords"], get(ds.keys_used["xcoords"]), M)
     ds.y = _coords(ds.keys_used["ycoords"], get(ds.keys_used["ycoords"]), M)
     for canon in ("xcoords_start", "ycoords_start"):
@@ -215,8 +243,10 @@ def _open_npz(path: str, N: int, keys: Mapping[str, str] | None, require_probe: 
               max_small: int) -> ScanDataset:
     try:
         members = scan_npz(path)
-    except (OSError, EOFError, NotImplementedError, zipfile.BadZipFile) as exc:
-        raise CorruptArchiveError(f"unreadable .npz: {exc}") from None
+    except ArchiveError:
+        raise
+    except (*INFLATE_ERRORS, struct.error, OverflowError) as exc:  # zipfile on a hostile central directory
+        raise CorruptArchiveError(f"unreadable .npz: {exc.__class__.__name__}: {exc}"[:300]) from None
     names = set(members)
     dk = _resolve(names, keys, "diffraction")
     if dk is None:
@@ -242,44 +272,53 @@ def _open_npz(path: str, N: int, keys: Mapping[str, str] | None, require_probe: 
 
 
 def _open_h5(path: str, N: int, keys: Mapping[str, str] | None, require_probe: bool, max_small: int) -> ScanDataset:
-    import h5py
-
+    """An HDF5 scan: metadata from the pure scan or the isolated child; no libhdf5 call in this process (h5scan)."""
     member = os.path.basename(path)
+    facts = describe(path)  # refuses links, virtual/external storage, filters outside the allow-list, unbacked data
+    names = {p.lstrip("/") for p in facts.datasets}
+
+    def info(k: str) -> tuple[H5Dataset, np.dtype]:
+        d = facts.datasets["/" + k.lstrip("/")]
+        if d.dtype is None:  # listed by the child, never read: a string or compound dataset used as a key
+            raise FormatError(d.refusal or "non-numeric dtype", field=k)
+        check_dtype(k, d.dtype)
+        return d, d.dtype
+
+    def get(k: str) -> np.ndarray:
+        d, dt = info(k)
+        nbytes = int(np.prod(d.shape, dtype=np.int64)) * dt.itemsize
+        if nbytes > max_small:
+            raise FormatError(f"{nbytes} bytes exceeds the {max_small}-byte bound for this key", field=k)
+        if d.preloaded is not None:
+            out = d.preloaded
+        elif d.storage is not None:
+            out = read_contiguous(path, d, k)
+        else:
+            out = read_isolated(path, "/" + k.lstrip("/"), ("all",), key=k)
+        if out.shape != d.shape or out.dtype != d.dtype:
+            raise CorruptArchiveError(f"read {out.dtype}{list(out.shape)}, the metadata says {d.dtype}{list(d.shape)}",
+                                      field=k)
+        return out
+
+    dk = _resolve(names, keys, "diffraction")
+    if dk is None:
+        raise FormatError("required dataset missing (expected 'diff3d' or 'diffraction')", field="diffraction")
+    d, dt = info(dk)
+    _real_numeric(dk, dt)
+    storage, first, _ = _layout(dk, d.shape, False, N)
+    count = storage[0] if first else storage[2]
+    if not 1 <= count <= MAX_PATTERNS:
+        raise FormatError(f"{count} patterns; expected 1..{MAX_PATTERNS}", field=dk)
+    desc = f"{member}:{dk} {d.shape} {d.dtype}"
+    if d.storage is not None:  # contiguous data located by the metadata scan: mapped, no libhdf5 at all
+        src: PatternSource = MappedPatterns(path, d.storage[0], storage, dt, first, False,
+                                            desc + " (hdf5, mapped)")
+    else:
+        src = H5Patterns(path, "/" + dk.lstrip("/"), storage, dt, first, desc + " (hdf5, isolated libhdf5)", dk)
+    ds = ScanDataset(path, "hdf5", src, np.empty(0), np.empty(0), keys_used={"diffraction": dk})
+    ds.notes.append(f"HDF5 metadata read by {facts.source}")
     try:
-        f = h5py.File(path, "r")
-    except Exception as exc:  # h5py raises OSError/ValueError variants for corrupt files
-        raise CorruptArchiveError(f"not a readable HDF5 file ({exc.__class__.__name__}: {exc})", member=member) from None
-    try:
-        names = {name.lstrip("/") for name, _ in walk_datasets(f, member=member)}  # hard links only
-
-        def dset(k: str) -> Any:
-            d = get_dataset(f, k, member=member)  # refuses links, virtual and external storage
-            check_dtype(k, np.dtype(d.dtype))
-            return d
-
-        def get(k: str) -> np.ndarray:
-            d = dset(k)
-            nbytes = int(np.prod(d.shape, dtype=np.int64)) * d.dtype.itemsize
-            if nbytes > max_small:
-                raise FormatError(f"{nbytes} bytes exceeds the {max_small}-byte bound for this key", field=k)
-            try:
-                return np.asarray(d[()])
-            except Exception as exc:  # truncated file: h5py raises OSError variants
-                raise CorruptArchiveError(f"cannot read ({exc})", field=k) from None
-
-        dk = _resolve(names, keys, "diffraction")
-        if dk is None:
-            raise FormatError("required dataset missing (expected 'diff3d' or 'diffraction')", field="diffraction")
-        d = dset(dk)
-        _real_numeric(dk, np.dtype(d.dtype))
-        storage, first, _ = _layout(dk, tuple(int(s) for s in d.shape), False, N)
-        count = storage[0] if first else storage[2]
-        if not 1 <= count <= MAX_PATTERNS:
-            raise FormatError(f"{count} patterns; expected 1..{MAX_PATTERNS}", field=dk)
-        src = H5Patterns(f, d, storage, first, f"{member}:{dk} {d.shape} {d.dtype} (hdf5)")
-        ds = ScanDataset(path, "hdf5", src, np.empty(0), np.empty(0), keys_used={"diffraction": dk})
-        return _finish(ds, get, lambda k: tuple(dset(k).shape), lambda k: np.dtype(dset(k).dtype), names, keys,
-                       require_probe, N)
+        return _finish(ds, get, lambda k: info(k)[0].shape, lambda k: info(k)[1], names, keys, require_probe, N)
     except BaseException:
-        f.close()
+        ds.close()
         raise

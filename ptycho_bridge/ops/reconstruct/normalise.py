@@ -47,10 +47,16 @@ def pattern_energies(source: PatternSource, indices: np.ndarray, *, chunk: int =
     for start in range(0, uniq.size, chunk):
         sel = uniq[start:start + chunk]
         p = source.take(sel)
-        e = np.sum(np.square(p.astype(np.float64)), axis=(1, 2))
+        with np.errstate(all="ignore"):  # signalling NaNs and overflows are found just below, as one error
+            e = np.sum(np.square(p.astype(np.float64)), axis=(1, 2))
         bad = ~np.isfinite(e)
-        if bad.any():
-            raise FormatError(f"pattern {int(sel[np.argmax(bad)])} contains non-finite values", field=key)
+        if bad.any():  # how many and where: the first bad pattern, its first bad pixel, the count in this chunk
+            i = int(np.argmax(bad))
+            pix = ~np.isfinite(p[i])
+            r, c = divmod(int(np.argmax(pix)), p.shape[2])
+            raise FormatError(f"pattern {int(sel[i])} contains non-finite values ({int(pix.sum())} in it, first at "
+                              f"pixel ({r}, {c}); {int(np.count_nonzero(~np.isfinite(p)))} in patterns "
+                              f"{int(sel[0])}..{int(sel[-1])} read so far)", field=key)
         out[start:start + sel.size] = e
         if progress is not None:
             progress(min(start + chunk, uniq.size), uniq.size)

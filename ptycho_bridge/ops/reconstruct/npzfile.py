@@ -12,7 +12,11 @@ and the array bytes are reached without loading them:
 - **deflated** members: decompressed as a stream, chunk by chunk (``ZipExtFile.read``), or spooled once
   to a temporary file that is then memory-mapped (needed for random access).
 
-Every declared size is checked against the zip's declared uncompressed size before anything is read.
+Every declared size is checked against the zip's declared uncompressed size before anything is read, and a
+deflated member may not claim more than :data:`MAX_RATIO` times its compressed size (more than deflate can
+produce: a 1 kB member claiming 100 GB is refused before inflating a byte). Decompression failures (truncated or
+corrupt deflate streams, CRC mismatches) surface as :class:`CorruptArchiveError` naming the key, wherever they
+happen (header parse, small-key read, pattern stream, spool).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import shutil
 import struct
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -31,6 +36,10 @@ from ptycho_bridge.errors import CorruptArchiveError, FormatError, UnsafeArchive
 
 MAX_NPY_HEADER = 10_000  # numpy's own default bound for header parsing
 MAX_MEMBERS = 4096  # a scan dataset has a handful of keys; a zip with thousands of members is refused
+MAX_RATIO = 1100  # deflate's ceiling is ~1032:1; a larger claim is a lie (or a bomb)
+RATIO_FLOOR = 1 << 16  # members smaller than this are not ratio-checked (tiny headers compress oddly)
+# what zipfile / zlib raise on a truncated, corrupt or lying deflate stream
+INFLATE_ERRORS = (EOFError, zlib.error, zipfile.BadZipFile, OSError, ValueError, NotImplementedError)
 _LOCAL_HEADER_SIG = b"PK\x03\x04"
 _NPY_MAGIC = b"\x93NUMPY"
 
@@ -69,8 +78,11 @@ def _parse_header(fp: BinaryIO, key: str) -> tuple[tuple[int, ...], bool, np.dty
             shape, fortran, dtype = fmt.read_array_header_2_0(fp, max_header_size=MAX_NPY_HEADER)
         else:
             raise FormatError(f"npy format version {major}.{minor} is not supported (1.0 and 2.0 are)", field=key)
-    except ValueError as exc:
-        raise FormatError(f"unreadable .npy header: {exc}", field=key) from None
+    except FormatError:
+        raise
+    except Exception as exc:  # numpy's header parsing (literal_eval, tokenize) raises ValueError, SyntaxError,
+        # tokenize.TokenError, TypeError ... on a hostile header; the header is at most MAX_NPY_HEADER bytes
+        raise FormatError(f"unreadable .npy header ({exc.__class__.__name__}: {exc})"[:300], field=key) from None
     check_dtype(key, dtype)
     if any((not isinstance(d, int)) or d < 0 for d in shape):
         raise FormatError(f"invalid shape {shape}", field=key)
@@ -98,12 +110,27 @@ def scan_npz(path: str) -> dict[str, NpzMember]:
             if not info.filename.endswith(".npy") or info.is_dir():
                 continue
             key = info.filename[: -len(".npy")]
+            if key in members:
+                raise FormatError("duplicate zip member (two arrays under one key)", field=key)
             if info.flag_bits & 0x1:
                 raise UnsafeArchiveError("encrypted zip members are refused", field=key)
             if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
                 raise FormatError(f"zip compression method {info.compress_type} is not supported", field=key)
-            with zf.open(info) as fp:
-                shape, fortran, dtype, hlen = _parse_header(fp, key)
+            if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+                raise CorruptArchiveError(f"stored member declares {info.file_size} bytes but holds "
+                                          f"{info.compress_size}", field=key)
+            if info.file_size > RATIO_FLOOR and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+                raise UnsafeArchiveError(f"member claims {info.file_size} bytes from {info.compress_size} compressed "
+                                         f"(over {MAX_RATIO}:1, more than deflate produces); refused before "
+                                         "inflating", field=key)
+            if info.header_offset + info.compress_size > file_size:
+                raise CorruptArchiveError("member data runs past the end of the file", field=key)
+            try:
+                with zf.open(info) as fp:
+                    shape, fortran, dtype, hlen = _parse_header(fp, key)
+            except INFLATE_ERRORS as exc:
+                raise CorruptArchiveError(f"cannot read the .npy header ({exc.__class__.__name__}: {exc})"[:300],
+                                          field=key) from None
             count = int(np.prod(shape, dtype=np.int64)) if shape else 1
             nbytes = count * dtype.itemsize
             if hlen + nbytes != info.file_size:
@@ -129,9 +156,12 @@ def read_member(path: str, m: NpzMember, max_bytes: int) -> np.ndarray:
     """Read a whole (small) member; refuses members larger than ``max_bytes``."""
     if m.nbytes > max_bytes:
         raise FormatError(f"{m.nbytes} bytes exceeds the {max_bytes}-byte bound for this key", field=m.key)
-    with zipfile.ZipFile(path) as zf, zf.open(m.name) as fp:
-        fp.read(m.header_len)
-        buf = fp.read(m.nbytes)
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open(m.name) as fp:
+            fp.read(m.header_len)
+            buf = fp.read(m.nbytes)
+    except INFLATE_ERRORS as exc:
+        raise CorruptArchiveError(f"cannot read ({exc.__class__.__name__}: {exc})"[:300], field=m.key) from None
     if len(buf) != m.nbytes:
         raise CorruptArchiveError("member is truncated", field=m.key)
     return np.frombuffer(buf, dtype=m.dtype).reshape(m.shape, order="F" if m.fortran_order else "C").copy()
@@ -151,16 +181,23 @@ class MemberStream:
 
     def reopen(self) -> None:
         self.close()
-        self._zf = zipfile.ZipFile(self.path)
-        self._fp = self._zf.open(self.m.name)
-        self._fp.read(self.m.header_len)
+        try:
+            self._zf = zipfile.ZipFile(self.path)
+            self._fp = self._zf.open(self.m.name)
+            self._fp.read(self.m.header_len)
+        except INFLATE_ERRORS as exc:
+            self.close()
+            raise CorruptArchiveError(f"cannot reopen ({exc.__class__.__name__}: {exc})"[:300], field=self.m.key) from None
         self.pos = 0
         self.reopens += 1
 
     def read(self, nbytes: int) -> bytes:
         if self._fp is None:
             raise CorruptArchiveError("stream is closed", field=self.m.key)
-        buf = self._fp.read(nbytes)
+        try:
+            buf = self._fp.read(nbytes)
+        except INFLATE_ERRORS as exc:  # truncated or corrupt deflate data, CRC mismatch at the end
+            raise CorruptArchiveError(f"cannot inflate ({exc.__class__.__name__}: {exc})"[:300], field=self.m.key) from None
         if len(buf) != nbytes:
             raise CorruptArchiveError("member is truncated", field=self.m.key)
         self.pos += nbytes

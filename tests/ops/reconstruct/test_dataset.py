@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import h5py
@@ -81,6 +82,44 @@ def test_hdf5_soft_link_is_refused(tmp_path: Path, scan: dict[str, np.ndarray]) 
         open_dataset(str(path), N)
 
 
+def test_hdf5_unused_string_dataset_is_tolerated_chunked_data_read_in_the_child(
+        tmp_path: Path, scan: dict[str, np.ndarray]) -> None:
+    """A NeXus-style title string beside gzip-chunked patterns: the metadata comes from the isolated libhdf5 child
+    (the pure scan does not read chunked layouts), the patterns from child reads, and the string is never read."""
+    path = tmp_path / "s.h5"
+    with h5py.File(path, "w") as f:
+        f["title"] = "scan 1"
+        f.create_dataset("diffraction", data=np.ascontiguousarray(np.moveaxis(scan["diffraction"], 0, -1)),
+                         chunks=(64, 64, 3), compression="gzip", shuffle=True)
+        for k in ("xcoords", "ycoords", "probeGuess"):
+            f[k] = scan[k]
+    ds = open_dataset(str(path), N)
+    try:
+        assert "isolated" in ds.patterns.description and "libhdf5" in " ".join(ds.notes)
+        assert np.array_equal(ds.patterns.take(np.arange(12)), scan["diffraction"])
+        assert np.array_equal(ds.patterns.take(np.array([9, 2, 2])), scan["diffraction"][[9, 2, 2]])
+        child = ds.patterns._reader._worker._pid  # type: ignore[attr-defined]  # one reader child for every block
+        assert child is not None and child != os.getpid()
+    finally:
+        ds.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # stopped and reaped by close()
+
+
+def test_hdf5_contiguous_patterns_are_mapped_without_libhdf5(tmp_path: Path, scan: dict[str, np.ndarray]) -> None:
+    path = tmp_path / "s.h5"
+    with h5py.File(path, "w") as f:
+        for k in ("diffraction", "xcoords", "ycoords", "probeGuess"):
+            f[k] = scan[k]
+    ds = open_dataset(str(path), N)
+    try:
+        assert "mapped" in ds.patterns.description and "metadata scan" in " ".join(ds.notes)
+        assert np.array_equal(ds.patterns.take(np.array([11, 0, 5])), scan["diffraction"][[11, 0, 5]])
+        assert np.array_equal(ds.probe, scan["probeGuess"].astype(np.complex64))
+    finally:
+        ds.close()
+
+
 BAD = {
     "missing diffraction": (lambda d: d.pop("diffraction"), "diffraction"),
     "missing xcoords": (lambda d: d.pop("xcoords"), "xcoords"),
@@ -126,3 +165,21 @@ def test_not_a_dataset(tmp_path: Path) -> None:
     path.write_bytes(b"hello")
     with pytest.raises(FormatError, match="neither"):
         open_dataset(str(path), N)
+
+
+def test_deflated_member_read_backwards_is_spooled_once(tmp_path: Path, scan: dict[str, np.ndarray]) -> None:
+    """Going backwards used to re-inflate the member from its start for every block (quadratic second pass)."""
+    ds = open_dataset(write(tmp_path / "s.npz", scan, compressed=True), N)
+    try:
+        src = ds.patterns
+        assert np.array_equal(src.take(np.arange(8, 12)), scan["diffraction"][8:12])  # forward: streamed
+        assert src._mapped is None  # type: ignore[attr-defined]
+        assert np.array_equal(src.take(np.arange(0, 3)), scan["diffraction"][0:3])  # a second pass: streamed again
+        assert src._mapped is None  # type: ignore[attr-defined]
+        for lo in (1, 0, 6):  # backwards again, three times: one spool, then maps
+            assert np.array_equal(src.take(np.arange(lo, lo + 3)), scan["diffraction"][lo:lo + 3])
+        assert src._mapped is not None and src._stream is None  # type: ignore[attr-defined]
+        spool = src._mapped.path  # type: ignore[attr-defined]
+    finally:
+        ds.close()
+    assert not Path(spool).exists()
