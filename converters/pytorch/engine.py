@@ -3,11 +3,11 @@
 Why a separate, light module: the registry reads ``NAME``/``REQUIRES``/``refusals`` without importing
 torch; torch is imported only when :func:`build` runs (the module itself is
 :mod:`converters.pytorch.network`). Thread setup and the inference speed settings live here, with the
-framework: the module's weights and every input are in **channels-last** memory (oneDNN's native NHWC
-convolutions, and nearest upsampling without the NCHW ``copy_`` that was ~45 % of an eager batch), and
-the forward runs under ``torch.inference_mode`` (no autograd bookkeeping at all). Measured on 2 shared
-cores, tf_N64_gs1 at batch 64: 17-26 -> 33 patterns/s (docs/performance.md). ``torch.jit`` freezing
-(+ ``optimize_for_inference``) was ~10 % faster again but took 6 s to build; ``torch.compile`` needs a
+framework: the forward runs under ``torch.inference_mode`` (no autograd bookkeeping at all). Channels-last
+memory (oneDNN's native NHWC convolutions) was 1.3-1.9x faster on 2 shared cores but is **not used**: its
+convolutions moved a Keras-saved network's output 1.48e-5·max|ref| from the Keras reference
+(tests/api/test_save.py, bound 1e-5·max) — parity first (docs/performance.md). ``torch.jit`` freezing
+(+ ``optimize_for_inference``) was ~10 % faster but took 6 s to build; ``torch.compile`` needs a
 C++ toolchain at run time — neither is used.
 """
 
@@ -23,7 +23,7 @@ from ptycho_bridge.spec.network import NetworkSpec
 
 NAME = "torch"
 REQUIRES = ("torch",)
-DESCRIPTION = "PyTorch eager module (converters/pytorch/network.py), channels-last, inference mode"
+DESCRIPTION = "PyTorch eager module (converters/pytorch/network.py), inference mode"
 
 
 def refusals(spec: NetworkSpec) -> list[Refusal]:
@@ -40,11 +40,11 @@ def build(spec: NetworkSpec, tensors: Mapping[str, np.ndarray], threads: int | N
     if threads is not None:
         torch.set_num_threads(int(threads))
     module = build_module(spec, tensors).eval()
-    return module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # (missing from the stubs)
+    return module
 
 
 def run(handle: Any, x_norm: np.ndarray) -> np.ndarray:
-    """Canonical ``x_norm`` float32 ``[B, C, N, N]`` → complex64 ``[B, Cout, N, N]`` (channels-last, inference mode)."""
+    """Canonical ``x_norm`` float32 ``[B, C, N, N]`` → complex64 ``[B, Cout, N, N]`` (inference mode)."""
     import torch
 
     spec = handle.spec
@@ -55,5 +55,5 @@ def run(handle: Any, x_norm: np.ndarray) -> np.ndarray:
     if x.shape[0] == 0:
         return np.zeros((0, spec.channels_out, spec.N, spec.N), np.complex64)
     with torch.inference_mode():
-        out = handle(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
+        out = handle(torch.from_numpy(x))
         return np.ascontiguousarray(out.numpy()).astype(np.complex64, copy=False)

@@ -5,7 +5,7 @@ reconstructing a 100-pattern scan (about 0.6 s of a 2 s run on 2 cores, most of 
 graph depends only on the network and its weights, so a second run of the same archive reads the bytes
 back and hands them to ONNX Runtime without importing ``onnx`` at all.
 
-Key: sha256 over the ptycho-bridge version, the graph builder's options (opset, no reassembly stage), the
+Key: sha256 over the ptycho-bridge version, the graph builder's source files, the graph builder's options (opset, no reassembly stage), the
 spec's JSON and every canonical tensor (name, dtype, shape, bytes) — the content the graph is built from,
 so two archives with the same weights share an entry and a changed tensor never hits a stale one.
 
@@ -82,10 +82,28 @@ def enabled_by_env() -> bool:
     return os.environ.get(ENV_OFF, "") in ("", "0")
 
 
-def graph_key(spec: NetworkSpec, tensors: Mapping[str, np.ndarray], options: Mapping[str, Any]) -> str:
-    """sha256 (hex) of everything the graph is built from: version, options, spec JSON, every tensor."""
+_BUILDER_MODULES = ("export.py", "network.py", "graph.py", "layout.py", "reassembly.py")
+
+
+def builder_fingerprint() -> str:
+    """sha256 of the graph builder's own source (``converters/onnx``): a development checkout whose exporter
+    changed without a version bump must not hit graphs the old exporter built. Files that cannot be read (a
+    zipped install) count as empty; the version still keys the entry then."""
     h = hashlib.sha256()
-    head = {"version": __version__, "options": dict(options), "spec": spec.to_dict()}
+    folder = Path(__file__).resolve().parents[2] / "converters" / "onnx"  # installed beside ptycho_bridge
+    for name in _BUILDER_MODULES:
+        try:
+            h.update((folder / name).read_bytes())
+        except OSError:
+            pass
+    return h.hexdigest()
+
+
+def graph_key(spec: NetworkSpec, tensors: Mapping[str, np.ndarray], options: Mapping[str, Any]) -> str:
+    """sha256 (hex) of everything the graph is built from: version, builder source, options, spec JSON, tensors."""
+    h = hashlib.sha256()
+    head = {"version": __version__, "builder": builder_fingerprint(), "options": dict(options),
+            "spec": spec.to_dict()}
     h.update(json.dumps(head, sort_keys=True, default=str).encode())
     for name in sorted(tensors):
         a = np.ascontiguousarray(tensors[name])
