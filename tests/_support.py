@@ -141,3 +141,12 @@ def torch_twin_of_tf_spec(**kw: Any) -> Any:
                      "pad_object": True, "amp_activation": "sigmoid", **kw})
     return NetworkSpec(**{**src.to_dict(), "outer_width": src.latent_width, "outer_tensors": True,
                           "channels_in": src.channels if src.object_big else 1})
+
+
+def legacy_only(archive: Path, out: Path) -> Path:
+    """A copy of a bridge-2 ``archive`` without its neutral members: what upstream's loaders see."""
+    with zipfile.ZipFile(archive) as src, zipfile.ZipFile(out, "w") as dst:
+        for name in src.namelist():
+            if name not in ("manifest.json", "params.json") and not name.endswith("/weights.h5"):
+                dst.writestr(name, src.read(name))
+    return out

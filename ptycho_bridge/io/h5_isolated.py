@@ -391,17 +391,10 @@ class IsolatedWorker:
         self._pid = None
 
     def _stop(self) -> None:
-        if self._pid is not None and self._owner != os.getpid():
-            self._forget()
-            return
-        for fd in (self._req, self._resp):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self._req = self._resp = -1
-        if self._pid is not None:
+        pid, owned = self._pid, self._owner == os.getpid()
+        self._forget()  # closes the pipes; a forked copy leaves the child to the original
+        if pid is not None and owned:
+            self._pid = pid
             try:
                 os.kill(self._pid, signal.SIGKILL)
                 os.waitpid(self._pid, 0)

@@ -34,6 +34,7 @@ from ptycho_bridge.spec.network import (
     tf_padded_size,
     tf_spec,
 )
+from tests._support import legacy_only
 
 CONVERTIBLE_TF = ("tf_N64_gs1", "tf_N64_gs2")
 TOL = 1e-5  # × max|golden| of the region
@@ -55,15 +56,6 @@ def _assert_tensors_identical(got: BridgeArchive, want: BridgeArchive) -> None:
     assert sorted(a) == sorted(b)
     for name in b:
         assert a[name].dtype == b[name].dtype and np.array_equal(a[name], b[name]), name
-
-
-def _legacy_only(archive: Path, out: Path) -> Path:
-    """A copy of ``archive`` without the bridge-2 members: what upstream's loaders see."""
-    with zipfile.ZipFile(archive) as src, zipfile.ZipFile(out, "w") as dst:
-        for name in src.namelist():
-            if name not in ("manifest.json", "params.json") and not name.endswith("/weights.h5"):
-                dst.writestr(name, src.read(name))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +120,7 @@ def test_torch_legacy_members_alone_describe_the_same_network(
 ) -> None:
     """What upstream's torch loader reads (manifest.dill, model.pth, params.dill, metadata) agrees with the manifest."""
     arch = read_archive(converted[case]["torch"])
-    legacy = read_archive(_legacy_only(converted[case]["torch"], tmp_path / "legacy.zip"))
+    legacy = read_archive(legacy_only(converted[case]["torch"], tmp_path / "legacy.zip"))
     assert legacy.era == "torch-bundle-2" and legacy.warnings == [] and legacy.primary.warnings == []
     assert legacy.primary.spec == NetworkSpec(**{**arch.primary.spec.to_dict(), "padded_size": None})
     _assert_tensors_identical(legacy, arch)
@@ -197,7 +189,7 @@ def test_torch_without_cbam_converts_to_tf_exactly(converted: dict[str, dict[str
 def test_tf_legacy_members_alone_read_as_the_original_tf_archive(
     converted: dict[str, dict[str, Path]], tmp_path: Path, case: str
 ) -> None:
-    legacy = read_archive(_legacy_only(converted[case]["tf"], tmp_path / "legacy.zip"))
+    legacy = read_archive(legacy_only(converted[case]["tf"], tmp_path / "legacy.zip"))
     original = read_archive(converted[case]["source"])
     assert legacy.era == "tf-modelmanager-1" and legacy.primary.spec == original.primary.spec
     _assert_tensors_identical(legacy, original)
@@ -347,14 +339,14 @@ def test_torch_bundle_without_probe_gets_a_recorded_placeholder_probe_for_tf(
     converted: dict[str, dict[str, Path]], tmp_path: Path
 ) -> None:
     """A plain torch bundle carries no probe; upstream's TF factory needs params['probe'] to build its models."""
-    bundle = _legacy_only(converted["tf_N64_gs1"]["torch"], tmp_path / "bundle.zip")
+    bundle = legacy_only(converted["tf_N64_gs1"]["torch"], tmp_path / "bundle.zip")
     source = read_archive(bundle)
     assert source.era == "torch-bundle-2" and "probe" not in source.params
     out = convert_archive(bundle, "tensorflow", tmp_path / "tf.zip")
     result = read_archive(out)
     assert any("placeholder probe" in c for c in result.manifest["conversion"]["choices"])
     assert "probe" not in result.params  # params.json keeps the source parameters unchanged
-    legacy = read_archive(_legacy_only(out, tmp_path / "tf-legacy.zip"))
+    legacy = read_archive(legacy_only(out, tmp_path / "tf-legacy.zip"))
     probe = legacy.params["probe"]
     N = result.primary.spec.N
     assert probe.dtype == np.complex64 and probe.shape == (N, N, 1) and np.all(probe == 1)

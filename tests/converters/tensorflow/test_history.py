@@ -33,7 +33,7 @@ from ptycho_bridge.spec import reassembly
 from ptycho_bridge.spec.conventions import golden_canonical_input
 from ptycho_bridge.spec.history import today_form
 from ptycho_bridge.spec.network import NetworkSpec, tf_padded_size, tf_spec
-from tests._support import HISTORY_DIR
+from tests._support import HISTORY_DIR, legacy_only
 from tests.numpy_reference import random_tensors, reference
 
 CB46 = HISTORY_DIR / "keras_cb46e91_N64_gs2_amp1"
@@ -327,10 +327,7 @@ def test_polar_variant_converts_to_torch_with_the_widened_head(tmp_path: Path) -
     converted = read_archive(out)
     assert converted.backend == "pytorch" and converted.primary.spec.amp_channels == 1
     assert any("widened" in c for c in converted.manifest["conversion"]["choices"])
-    with zipfile.ZipFile(out) as zf:  # what upstream's torch loader reads: the legacy members alone
-        legacy = {n: zf.read(n) for n in zf.namelist()
-                  if n not in ("manifest.json", "params.json") and not n.endswith("/weights.h5")}
-    bundle = read_archive(_plain_zip(legacy, tmp_path / "bundle.zip"))
+    bundle = read_archive(legacy_only(out, tmp_path / "bundle.zip"))  # what upstream's torch loader reads
     assert bundle.era == "torch-bundle-2" and bundle.primary.spec.amp_channels is None
     x = np.random.default_rng(21).uniform(0, 1.5, (2, 4, 64, 64)).astype(np.float32)
     _assert_close(_engine_out("torch", bundle.primary.spec, dict(bundle.primary.tensors), x),

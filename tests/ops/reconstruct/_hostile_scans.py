@@ -10,7 +10,7 @@ import io
 import struct
 import zipfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import h5py
 import numpy as np
@@ -162,24 +162,25 @@ def _h5_link(kind: str) -> Callable[[Path], Path]:
     return build
 
 
-def _h5_virtual(tmp: Path) -> Path:
+def _h5_replacing(tmp: Path, key: str, make: Callable[[Any], None]) -> Path:
+    """The base scan with dataset ``key`` created by ``make(h5py.File)`` instead of written plainly."""
     d = base()
-    d.pop("diffraction")
+    d.pop(key)
     path = _h5(tmp, d)
+    with h5py.File(path, "a") as f:
+        make(f)
+    return path
+
+
+def _h5_virtual(tmp: Path) -> Path:
     layout = h5py.VirtualLayout(shape=(M, 64, 64), dtype="f4")
     layout[:] = h5py.VirtualSource("/etc/passwd", "/diffraction", shape=(M, 64, 64))
-    with h5py.File(path, "a") as f:
-        f.create_virtual_dataset("diffraction", layout)
-    return path
+    return _h5_replacing(tmp, "diffraction", lambda f: f.create_virtual_dataset("diffraction", layout))
 
 
 def _h5_external_storage(tmp: Path) -> Path:
-    d = base()
-    d.pop("diffraction")
-    path = _h5(tmp, d)
-    with h5py.File(path, "a") as f:
-        f.create_dataset("diffraction", shape=(M, 64, 64), dtype="f4", external=[("/etc/passwd", 0, h5py.h5f.UNLIMITED)])
-    return path
+    return _h5_replacing(tmp, "diffraction", lambda f: f.create_dataset(
+        "diffraction", shape=(M, 64, 64), dtype="f4", external=[("/etc/passwd", 0, h5py.h5f.UNLIMITED)]))
 
 
 def _h5_unknown_filter(tmp: Path) -> Path:
@@ -189,22 +190,14 @@ def _h5_unknown_filter(tmp: Path) -> Path:
 
 def _h5_unwritten_huge(tmp: Path) -> Path:
     """A tiny file declaring 10^6 chunked patterns (16 GB) of which none was written: libhdf5 would fill them in."""
-    d = base()
-    d.pop("diffraction")
-    path = _h5(tmp, d)
-    with h5py.File(path, "a") as f:
-        f.create_dataset("diffraction", shape=(1_000_000, 64, 64), dtype="f4", chunks=(1, 64, 64))
-    return path
+    return _h5_replacing(tmp, "diffraction", lambda f: f.create_dataset(
+        "diffraction", shape=(1_000_000, 64, 64), dtype="f4", chunks=(1, 64, 64)))
 
 
 def _h5_huge_coords(tmp: Path) -> Path:
     """xcoords declares 2^31 float64 values (16 GiB), never written."""
-    d = base()
-    d.pop("xcoords")
-    path = _h5(tmp, d)
-    with h5py.File(path, "a") as f:
-        f.create_dataset("xcoords", shape=(1 << 31,), dtype="f8", chunks=(1 << 16,))
-    return path
+    return _h5_replacing(tmp, "xcoords", lambda f: f.create_dataset(
+        "xcoords", shape=(1 << 31,), dtype="f8", chunks=(1 << 16,)))
 
 
 def _h5_truncated(tmp: Path) -> Path:

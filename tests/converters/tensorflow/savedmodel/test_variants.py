@@ -28,6 +28,7 @@ from ptycho_bridge.ops.migrate import migrate
 from ptycho_bridge.ops.report import inspect_report, validate_path
 from ptycho_bridge.spec.conventions import tf_scale_divisor
 from ptycho_bridge.spec.network import NetworkSpec, tf_padded_size, tf_spec
+from tests._support import legacy_only
 from tests.converters.tensorflow.savedmodel.hostile_build import FIXTURE_ZIP, members
 from tests.converters.tensorflow.savedmodel.variant_build import savedmodel_archive
 from tests.numpy_reference import random_tensors, reference
@@ -135,15 +136,6 @@ def migrated(built: dict, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
     return src, out
 
 
-def _legacy_only(archive: Path, out: Path) -> Path:
-    """The migrated archive without its bridge-2 members: what upstream's loaders see."""
-    with zipfile.ZipFile(archive) as src, zipfile.ZipFile(out, "w") as dst:
-        for name in src.namelist():
-            if name not in ("manifest.json", "params.json") and not name.endswith("/weights.h5"):
-                dst.writestr(name, src.read(name))
-    return out
-
-
 def test_migrate_keeps_the_variant_and_widens_the_legacy_head(migrated: tuple[Path, Path], tmp_path: Path) -> None:
     src_path, out = migrated
     assert validate_path(out)["valid"] is True
@@ -154,7 +146,7 @@ def test_migrate_keeps_the_variant_and_widens_the_legacy_head(migrated: tuple[Pa
     report = diff_archives(src, mig)
     assert report["equivalent"], report
 
-    legacy = read_archive(_legacy_only(out, tmp_path / "legacy.zip"))
+    legacy = read_archive(legacy_only(out, tmp_path / "legacy.zip"))
     assert legacy.era == "tf-modelmanager-1"
     legacy_spec = _spec_of(legacy)
     assert legacy_spec.amp_channels is None
