@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job on the bundled sample: install the core package with the ONNX engine and the reconstruct
-# extra (no TensorFlow, no PyTorch), write the deterministic sample archive and its small simulated scan,
-# inspect and validate the archive, then reconstruct the scan into ./demo-output/reconstruction/.
+# extra (no TensorFlow, no PyTorch), write the trained sample archive and a held-out simulated scan (a Siemens
+# star the model never saw in training), inspect and validate the archive, then reconstruct the scan into
+# ./demo-output/reconstruction/ (comparison.png: the reconstruction beside the true object; the SSIM, PSNR and
+# FRC figures are printed and kept in reconstruct.json under "quality").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -13,4 +15,5 @@ mkdir -p "$out"
 .venv/bin/ptycho-bridge inspect "$out/sample/wts.h5.zip"
 .venv/bin/ptycho-bridge validate "$out/sample/wts.h5.zip"
 .venv/bin/ptycho-bridge reconstruct "$out/sample/wts.h5.zip" "$out/sample/dataset.npz" -o "$out/reconstruction" --force
-echo "demo output in ./$out/ (reconstruction: ./$out/reconstruction/amplitude.png, phase.png, object.npz)"
+echo "demo output in ./$out/ (reconstruction beside the true object: ./$out/reconstruction/comparison.png;" \
+     "amplitude.png, phase.png, object.npz, reconstruct.json)"

@@ -29,7 +29,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "parity": ("ptycho_bridge.cli.parity", "Check that engines (and, with OTHER, two archives) give the same object on one input."),
     "reconstruct": ("ptycho_bridge.cli.reconstruct", "Reconstruct a scan DATASET with ARCHIVE's model and stitch the object image into OUTDIR."),
     "run": ("ptycho_bridge.cli.run", "Run ARCHIVE's network on --input with one engine; write the object to OUT."),
-    "sample": ("ptycho_bridge.cli.sample", "Write a small deterministic bridge-2 demo archive (no external data needed)."),
+    "sample": ("ptycho_bridge.cli.sample", "Write the trained demo archive and a held-out simulated scan (no external data needed)."),
     "schema": ("ptycho_bridge.cli.schema", "Print one of the JSON Schemas shipped with ptycho-bridge."),
     "validate": ("ptycho_bridge.cli.validate", "Check archives: container bounds, schemas, structure, tensor specs and (bridge-2) checksums."),
 }

@@ -7,7 +7,9 @@ rule: the extra's packages are checked first (one ``error:`` line naming the pip
 pipeline before any work; the output folder is built aside and renamed at the end. ``--compare``
 writes the outputs, then exits 1 when the objects differ beyond parity's tolerance. ``--scheduler`` /
 ``--workers`` (the ``distributed`` extra) run the same pipeline on a Dask cluster
-(:mod:`ptycho_bridge.ops.reconstruct.distributed`); the dashboard link goes to stderr.
+(:mod:`ptycho_bridge.ops.reconstruct.distributed`); the dashboard link goes to stderr. Image-quality figures
+(``quality``: SSIM/PSNR/FRC, :mod:`ptycho_bridge.ops.reconstruct.quality`) are computed against ``--compare``'s
+object, else against the dataset's ``objectGuess``, and printed on stderr.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ptycho_bridge.io.atomic import atomic_write, refuse_existing
 from ptycho_bridge.ops.engines import ENGINE_NAMES
 from ptycho_bridge.ops.extras import require
 from ptycho_bridge.ops.plots import require_plotting
-from ptycho_bridge.ops.reconstruct.compare import compare_objects
+from ptycho_bridge.ops.reconstruct.compare import compare_objects, quality_for
 from ptycho_bridge.ops.reconstruct.dataset import CANONICAL
 from ptycho_bridge.ops.reconstruct.distributed import cluster_client, local_threads
 from ptycho_bridge.ops.reconstruct.outputs import (
@@ -38,9 +40,10 @@ from ptycho_bridge.ops.reconstruct.outputs import (
     write_outputs,
 )
 from ptycho_bridge.ops.reconstruct.pipeline import reconstruct
+from ptycho_bridge.ops.reconstruct.quality import summary
 from ptycho_bridge.ops.reconstruct.stitch import DEFAULT_MAX_CANVAS
 
-EXTRA_PACKAGES = ("scipy", "tifffile")  # matplotlib only for --plot (the PNGs are drawn by ops/reconstruct/png.py)
+EXTRA_PACKAGES = ("scipy", "tifffile", "skimage")  # matplotlib only for --plot (the PNGs are drawn by ops/reconstruct/png.py)
 EXTRA_HINT = 'pip install "ptycho-bridge[reconstruct]"'
 
 
@@ -164,7 +167,7 @@ def command(archive: Path, dataset: Path, outdir: Path, engine: str, n_groups: i
                 result = reconstruct(archive, dataset, engine, progress=progress, client=client, threads=threads,
                                      **args)
         result.info["distributed"]["local_cluster"] = workers is not None
-    comparison, plot_png = None, None
+    comparison, plot_png, other = None, None, None
     if compare_path is not None:
         comparison, other = compare_objects(result.object, compare_path)
         comparison["plot"] = None
@@ -175,7 +178,9 @@ def command(archive: Path, dataset: Path, outdir: Path, engine: str, n_groups: i
             comparison["plot"] = str(plot_path)
     argv = {"n_groups_requested": n_groups, "subsample": subsample, "batch_size": batch_size, "crop": crop,
             "max_canvas": max_canvas, "keys": keys, "block_groups": result.info["block_groups"]}
-    report = build_report(result, formats=fmt, comparison=comparison, argv=argv)
+    quality = quality_for(result.object, other=other, other_path=compare_path, object_guess=result.object_guess,
+                          com_xy=result.canvas["com_xy"])
+    report = build_report(result, formats=fmt, comparison=comparison, argv=argv, quality=quality)
     write_outputs(outdir, result, report, formats=fmt, force=force)
     if plot_png is not None and plot_path is not None:
         with atomic_write(plot_path, force=force) as fh:
@@ -186,6 +191,8 @@ def command(archive: Path, dataset: Path, outdir: Path, engine: str, n_groups: i
     click.echo(f"reconstructed {groups.size} patterns in {groups.shape[0]} groups with {result.info['engine']} in "
                f"{time.perf_counter() - t0:.1f} s: {result.canvas['size']}x{result.canvas['size']} px object -> "
                f"{outdir}", err=True)
+    if quality is not None:
+        click.echo(f"quality vs {quality['reference']['source']}: {summary(quality)}", err=True)
     if comparison is not None and not comparison["ok"]:
         worst = comparison["regions"]["object"]["worst_ratio"]
         raise BridgeError(f"object differs from {compare_path} beyond parity's tolerance "

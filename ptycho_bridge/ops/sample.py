@@ -1,26 +1,37 @@
-"""A small deterministic demo archive, so the README's first command needs no external data.
+"""The demo archives and scans, so the README's first command needs no external data.
 
-Why: the upstream fixtures live outside the repository (``../shared``) and must never be copied in;
-``ptycho-bridge sample`` writes a real bridge-2 archive (N=64, gridsize 1, n_filters_scale 1, TF
-network layout) with seeded He-normal weights and a seeded probe, identical on every machine.
+Why: the upstream fixtures live outside the repository (``../shared``) and must never be copied in.
+``ptycho-bridge sample`` writes, by default, the **trained** sample model (package data in
+``ptycho_bridge/data/sample-trained/``: a torch archive trained by ``scripts/train_sample_model.py``, with its
+``training.json`` and loss curve) and a held-out simulated scan of another object
+(:func:`ptycho_bridge.ops.simulate.held_out_scan`), so the demo shows a real reconstruction. With
+``--untrained`` it writes what it wrote before (tests rely on it): a bridge-2 archive (N=64, gridsize 1,
+n_filters_scale 1, TF network layout) with seeded He-normal weights and a seeded probe, and its small scan,
+identical on every machine.
 """
 
 from __future__ import annotations
 
 import math
+import hashlib
+import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.formats.bridge2.write import ModelToWrite, write_archive
+from ptycho_bridge.errors import ChecksumError
 from ptycho_bridge.io.atomic import atomic_write
+from ptycho_bridge.ops.simulate import held_out_scan
 from ptycho_bridge.spec.network import expected_tensors, tf_padded_size, tf_spec
 
 SAMPLE_SEED = 20261128
 DATASET_NAME = "dataset.npz"
 DATASET_SIDE = 8  # 8 x 8 = 64 scan positions
 DATASET_STEP = 6.0  # px between positions (patches of the stitch crop, 20 px, overlap)
+TRAINED_DIR = ("data", "sample-trained")  # package data, below ptycho_bridge/
 
 
 def sample_params(N: int = 64, gridsize: int = 1) -> dict[str, Any]:
@@ -93,4 +104,40 @@ def write_sample_dataset(path: str | Path, *, force: bool = False) -> Path:
     target = Path(path)
     with atomic_write(target, force=force) as fh:
         np.savez(fh, **sample_dataset())
+    return target
+
+
+# -- the trained sample (package data) ------------------------------------------------------------
+def _trained_file(name: str) -> Any:
+    return resources.files("ptycho_bridge").joinpath(*TRAINED_DIR, name)
+
+
+def trained_record() -> dict[str, Any]:
+    """``training.json`` of the bundled trained model: seed, data, steps, wall time, loss curve, sha256."""
+    return json.loads(_trained_file("training.json").read_text(encoding="utf-8"))
+
+
+def trained_archive_bytes() -> bytes:
+    """The bundled trained archive, checked against the sha256 its training record holds."""
+    data = _trained_file("wts.h5.zip").read_bytes()
+    want = trained_record()["archive_sha256"]
+    if hashlib.sha256(data).hexdigest() != want:
+        raise ChecksumError("the bundled trained sample differs from its training record (reinstall the package)",
+                            member="ptycho_bridge/data/sample-trained/wts.h5.zip", field="archive_sha256")
+    return data
+
+
+def write_trained_sample(path: str | Path, *, force: bool = False) -> Path:
+    """Copy the bundled trained archive to ``path`` (atomically)."""
+    target = Path(path)
+    with atomic_write(target, force=force) as fh:
+        fh.write(trained_archive_bytes())
+    return target
+
+
+def write_held_out_dataset(path: str | Path, *, force: bool = False) -> Path:
+    """Write the held-out scan (:func:`~ptycho_bridge.ops.simulate.held_out_scan`) as an uncompressed ``.npz``."""
+    target = Path(path)
+    with atomic_write(target, force=force) as fh:
+        np.savez(fh, **held_out_scan().as_dataset())
     return target

@@ -42,6 +42,10 @@ def test_fixture_scan_with_compare_against_upstream(tmp_path: Path) -> None:
     assert schema_errors("reconstruct-report", report) == []
     assert report["comparison"]["ok"] and report["groups"] == {"count": 15, "per_group": 4, "patterns_used": report["groups"]["patterns_used"]}
     assert report["choices"]["centring_batch"] == 32 and len(report["archive"]["sha256"]) == 64
+    # quality against --compare's object (upstream's own stitch of the same scan): equal to parity's tolerance
+    assert report["quality"]["reference"] == {"source": "compare", "path": str(stitched)}
+    assert report["quality"]["amplitude"]["ssim"] > 0.9999 and report["quality"]["frc"]["crossing_ring"] is None
+    assert "quality vs compare: amplitude SSIM 1.000" in res.stderr
     with np.load(out / "object.npz", allow_pickle=False) as z:
         assert set(z.files) == {"object", "amplitude", "phase", "groups", "global_offsets", "local_offsets",
                                 "norm_scale", "intensity_scale"}
@@ -68,7 +72,7 @@ def test_sample_scan_reconstructs_and_outdir_rules(sample: Path, tmp_path: Path)
     res = invoke(*args)
     assert res.exit_code == 0, res.output
     report = json.loads((out / "reconstruct.json").read_text())
-    assert report["groups"]["count"] == 64 and "comparison.png" in report["files"]
+    assert report["groups"]["count"] == 144 and "comparison.png" in report["files"]  # the held-out scan (12 x 12)
     again = invoke(*args)
     assert again.exit_code == 1 and again.stderr.strip().startswith("error:") and "--force" in again.stderr
     forced = invoke(*args, "--force")

@@ -5,6 +5,9 @@ tolerance ``parity`` applies to per-patch outputs (``|a − r| <= 1e-5·max|r| +
 :func:`ptycho_bridge.ops.parity.compare`), here over one region, the whole canvas (a stitched object
 has no ×1000 border). ``OTHER`` is read at zip level like a dataset (no pickle, bounded): key
 ``object`` as ``(P, P)`` or upstream's ``(P, P, 1)`` (``stitched.npz``).
+
+:func:`quality_for` picks the reference of the image-quality figures (:mod:`.quality`): ``OTHER``'s object when
+``--compare`` is given, else the dataset's ``objectGuess``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from ptycho_bridge.errors import ArchiveError, CorruptArchiveError, FormatError
 from ptycho_bridge.ops.parity import DEFAULT_RTOL, compare
 from ptycho_bridge.ops.reconstruct.dataset import MAX_SMALL_BYTES, named
 from ptycho_bridge.ops.reconstruct.npzfile import INFLATE_ERRORS, check_dtype, read_member, scan_npz
+from ptycho_bridge.ops.reconstruct.quality import quality_report, reference_on_canvas
 
 OBJECT_KEY = "object"
 
@@ -58,3 +62,15 @@ def compare_objects(ours: np.ndarray, other_path: str | Path, *, rtol: float = D
     verdict = compare(ours[None, None], ref[None, None], rtol=rtol, atol=atol, regions={"object": whole})
     verdict["reference"] = str(other_path)
     return verdict, ref
+
+
+def quality_for(obj: np.ndarray, *, other: np.ndarray | None = None, other_path: str | Path | None = None,
+                object_guess: np.ndarray | None = None, com_xy: Any = None) -> dict[str, Any] | None:
+    """The ``quality`` key of the report: against ``--compare``'s object when given, else the dataset's
+    ``objectGuess`` (sampled onto our canvas); None when there is no reference."""
+    if other is not None:
+        return quality_report(obj, other, source="compare", path=str(other_path) if other_path else None)
+    if object_guess is not None and com_xy is not None:
+        ref = reference_on_canvas(object_guess, obj.shape[0], com_xy)
+        return quality_report(obj, ref, source="objectGuess", path=None)
+    return None

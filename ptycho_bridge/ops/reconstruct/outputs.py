@@ -154,8 +154,9 @@ def _umask() -> int:
 
 
 def build_report(result: ReconstructionResult, *, formats: Iterable[str], comparison: dict[str, Any] | None,
-                 argv: dict[str, Any]) -> dict[str, Any]:
-    """The ``reconstruct.json`` document (schema ``reconstruct-report``); ``files`` is filled in on write."""
+                 argv: dict[str, Any], quality: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``reconstruct.json`` document (schema ``reconstruct-report``); ``files`` is filled in on write.
+    ``quality``: the image-quality figures (``compare.quality_for``), null without a reference."""
     info = result.info
     report = {
         "tool": "ptycho-bridge", "version": __version__, "command": "reconstruct",
@@ -177,6 +178,7 @@ def build_report(result: ReconstructionResult, *, formats: Iterable[str], compar
                    "com_xy": result.canvas["com_xy"], "max_canvas": result.canvas["max_canvas"]},
         "timings": {k: round(float(v), 6) for k, v in result.timings.items()},
         "comparison": comparison,
+        "quality": quality,
         "notes": list(result.notes),
         "files": [],
     }
