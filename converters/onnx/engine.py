@@ -50,10 +50,11 @@ def build(spec: NetworkSpec, tensors: Mapping[str, np.ndarray], threads: int | N
     return make_session(graph_source(export) if graph_source is not None else export(), threads=threads)
 
 
-# samples per ONNX Runtime call inside :func:`run`: a few samples' activations stay in the CPU cache, where a
-# 64-sample call streams them from memory. Measured on 2 shared cores, 5 interleaved rounds, 64 samples
-# as 64/16/1 calls: tf_N128_gs1 +8..+24 %, tf_N64_gs1 +10 %, tf_N64_gs2 +5..+11 % (docs/performance.md).
-MICRO_BATCH = 4
+# samples per ONNX Runtime call inside :func:`run`. On a quiet 2-core box (ceiling mode, 7 rounds, same run)
+# 16-sample calls gave the most patterns/s: tf_N64_gs1 619 (64-sample calls 608, 4-sample calls 529),
+# tf_N64_gs2 2,294 (2,222 / 1,981), tf_N128_gs1 252 (242 / 246); 4-sample calls had looked best only on a
+# loaded box. 16 also keeps ONNX Runtime's arena at a quarter of a 64-sample call's (docs/performance.md).
+MICRO_BATCH = 16
 
 
 def run(handle: Any, x_norm: np.ndarray) -> np.ndarray:
