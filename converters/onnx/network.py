@@ -22,6 +22,7 @@ from ptycho_bridge.spec.network import (
     CBAM_SPATIAL_KERNEL,
     NetworkSpec,
 )
+from ptycho_bridge.spec.history import shares_amp_head
 from ptycho_bridge.spec.reassembly import centre_mask
 
 # torch.nn.BatchNorm2d's default epsilon (TF specs never carry batch norm).
@@ -184,7 +185,7 @@ class Network:
             imag = g.op("Mul", [amp, g.op("Sin", [phase], "phase.sin")], "object.imag")
         else:  # upstream's .keras-era CombineComplexLayer before 2026-01-26: tf.complex(amp, phase)
             shape = g.op("Shape", [phase], "phase.shape")
-            real = g.op("Expand", [amp, shape], "object.real") if spec.head_channels("amp") != spec.channels_out else amp
+            real = g.op("Expand", [amp, shape], "object.real") if shares_amp_head(spec) else amp
             imag = phase
         real = g.unsqueeze(real, [-1], "object.real_ri")
         imag = g.unsqueeze(imag, [-1], "object.imag_ri")

@@ -161,8 +161,8 @@ class _Factory:
     upstream constructs them; explicit names (``amp``, ``phi``, ``amp_padded`` …) take none.
     """
 
-    def __init__(self, spec: NetworkSpec, padded_size: int, shared_object_id: int) -> None:
-        self.centring = True  # ReassemblePatchesLayer form: today's (centring) or the earlier one
+    def __init__(self, spec: NetworkSpec, padded_size: int, shared_object_id: int, centring: bool = True) -> None:
+        self.centring = centring  # ReassemblePatchesLayer form: today's (centring) or the earlier one
         self.spec = spec
         self.padded_size = padded_size
         self.sid = shared_object_id
@@ -400,8 +400,8 @@ def keras_config(
             f"model {model_name!r}: only {SUPPORTED_MODELS} can be written as TF-era members", field="model", value=model_name
         )
     check_tf_expressible(spec)
-    factory = _Factory(spec, resolve_padded_size(spec, padded_size, what="the Keras config", strict=True), shared_object_id)
-    factory.centring = reassembly_centring
+    factory = _Factory(spec, resolve_padded_size(spec, padded_size, what="the Keras config", strict=True), shared_object_id,
+                       centring=reassembly_centring)
     factory.auto_name("Functional")  # upstream builds the autoencoder Model first: it is "functional"
     model_keras_name = factory.auto_name("Functional")
     inputs, outputs = factory.diffraction_to_obj()

@@ -39,7 +39,7 @@ from ptycho_bridge.io.atomic import refuse_existing
 from ptycho_bridge.model import BridgeArchive, primary_name
 from ptycho_bridge.ops.diff import diff_archives
 from ptycho_bridge.ops.report import finite_problems, validate_path
-from ptycho_bridge.spec.history import today_form
+from ptycho_bridge.spec.history import shares_amp_head, today_form
 
 LEGACY_ERAS = ("tf-modelmanager-1", "tf-savedmodel-1", "torch-bundle-2", "torch-json-1", "lightning-ckpt")
 # eras whose legacy members are rewritten in the current upstream layout instead of kept byte-for-byte
@@ -125,7 +125,7 @@ def needs_upgrade(arch: BridgeArchive) -> bool:
     if arch.era in UPGRADED_ERAS:
         return True
     spec = arch.primary.spec if arch.backend == "tensorflow" and arch.era == "tf-modelmanager-1" else None
-    return spec is not None and spec.use_polar and today_form(spec, {})[0] != spec
+    return spec is not None and spec.use_polar and shares_amp_head(spec)
 
 
 def _unloadable_note(arch: BridgeArchive) -> list[str]:

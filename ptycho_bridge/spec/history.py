@@ -27,6 +27,7 @@ from ptycho_bridge.lazy import numpy as np
 from ptycho_bridge.spec.network import NetworkSpec
 
 AMP_HEAD_CHANGE = ("c03673d", "2026-02-10")  # upstream commit and date that widened the amplitude heads
+POLAR_FIX_DATE = "2026-01-26"  # upstream fixed CombineComplexLayer to amp·exp(i·phase) (and recorded use_polar)
 OUTER_MASK_CHANGE = ("a6e1019", "2024-08-20")  # upstream masked the outer branch to the border from here on
 # the convs whose output channels are the amplitude head's (canonical names, OIHW: output axis 0)
 AMP_HEAD_CONVS = ("amp.conv1", "amp.conv2")
@@ -44,7 +45,9 @@ class Variant:
         return {"key": self.key, "text": self.text, "upstream": self.upstream}
 
 
-POLAR_FIX_DATE = "2026-01-26"  # upstream fixed CombineComplexLayer to amp·exp(i·phase) (and recorded use_polar)
+def shares_amp_head(spec: NetworkSpec) -> bool:
+    """Whether ``spec``'s amplitude head is narrower than its phase head (broadcast across the patches)."""
+    return spec.amp_channels is not None and spec.amp_channels != spec.channels_out
 
 
 def variant_notes(spec: NetworkSpec, backend: str | None = None, *, reassembly_centring: bool = True) -> list[Variant]:
@@ -53,7 +56,7 @@ def variant_notes(spec: NetworkSpec, backend: str | None = None, *, reassembly_c
     ``reassembly_centring`` is the model's :attr:`~ptycho_bridge.model.ModelEntry.reassembly_centring`.
     """
     out: list[Variant] = []
-    if spec.amp_channels is not None and spec.amp_channels != spec.channels_out:
+    if shares_amp_head(spec):
         commit, date = AMP_HEAD_CHANGE
         source = ("upstream torchapi-devel's decoder_last_amp_channels=1" if backend == "pytorch"
                   else f"upstream before {commit}, {date}")
@@ -81,8 +84,9 @@ def today_form(spec: NetworkSpec, tensors: Mapping[str, np.ndarray]) -> tuple[Ne
     A one-channel amplitude head becomes a ``channels_out``-channel head whose channels are copies of it
     (bit-identical per channel); everything else is returned as given. ``notes`` says what was changed.
     """
-    if spec.amp_channels is None or spec.amp_channels == spec.channels_out:
+    if not shares_amp_head(spec):
         return spec, dict(tensors), []
+    assert spec.amp_channels is not None  # shares_amp_head
     reps = spec.channels_out // spec.amp_channels
     out = dict(tensors)
     for prefix in AMP_HEAD_CONVS:
