@@ -30,6 +30,7 @@ from ptycho_bridge.errors import OutputExistsError
 from ptycho_bridge.ops.plots import Image, save_grid
 from ptycho_bridge.ops.reconstruct.png import Panel, figure_png
 from ptycho_bridge.ops.reconstruct.pipeline import ReconstructionResult
+from ptycho_bridge.ops.reconstruct.quality import canvas_axes, covered_box
 from ptycho_bridge.schema import validate
 
 FORMATS = ("png", "npz", "tiff")
@@ -52,20 +53,10 @@ def save_image(path: Path, image: np.ndarray, *, title: str, cmap: str, label: s
     Path(path).write_bytes(figure_png([Panel(image, cmap, f"{title} ({label})")]))
 
 
-def covered_box(obj: np.ndarray) -> tuple[slice, slice]:
-    """Rows/cols of the canvas that some patch covers (uncovered pixels are exactly 0)."""
-    rows = np.flatnonzero(np.any(obj != 0, axis=1))
-    cols = np.flatnonzero(np.any(obj != 0, axis=0))
-    if rows.size == 0:
-        return slice(0, obj.shape[0]), slice(0, obj.shape[1])
-    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
-
-
 def guess_on_canvas(guess: np.ndarray, size: int, com_xy: Iterable[float]) -> np.ndarray:
-    """``objectGuess`` resampled (nearest pixel) onto our canvas: canvas (r, c) = object(r − P/2 + com_y, c − P/2 + com_x)."""
-    cx, cy = (float(v) for v in com_xy)
-    r = np.rint(np.arange(size) - size / 2 + cy).astype(np.int64)
-    c = np.rint(np.arange(size) - size / 2 + cx).astype(np.int64)
+    """``objectGuess`` resampled (nearest pixel) onto our canvas (:func:`.quality.canvas_axes`)."""
+    rows, cols = canvas_axes(size, com_xy)
+    r, c = np.rint(rows).astype(np.int64), np.rint(cols).astype(np.int64)
     out = np.zeros((size, size), np.complex64)
     rv, cv = (r >= 0) & (r < guess.shape[0]), (c >= 0) & (c < guess.shape[1])
     out[np.ix_(rv, cv)] = guess[np.ix_(r[rv], c[cv])]
@@ -75,7 +66,7 @@ def guess_on_canvas(guess: np.ndarray, size: int, com_xy: Iterable[float]) -> np
 def save_comparison(path: Path, obj: np.ndarray, guess: np.ndarray, com_xy: Iterable[float]) -> None:
     """Amplitude and phase of ours beside ``objectGuess``, both cropped to the scanned (covered) area."""
     ref = guess_on_canvas(guess, obj.shape[0], com_xy)
-    rows, cols = covered_box(obj)
+    rows, cols = covered_box(obj) or (slice(0, obj.shape[0]), slice(0, obj.shape[1]))
     where = f" (canvas rows {rows.start}:{rows.stop}, cols {cols.start}:{cols.stop})"
     panels = [Panel(img[rows, cols], cmap, title + where) for img, title, cmap in (
         (np.abs(obj), "reconstruction amplitude", "gray"), (np.abs(ref), "objectGuess amplitude", "gray"),

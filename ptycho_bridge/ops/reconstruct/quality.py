@@ -32,45 +32,53 @@ from ptycho_bridge.errors import FormatError
 MAX_PIXELS = 4096 * 4096  # quality is skipped (with a note) beyond this compared area
 FRC_THRESHOLD = "half-bit"
 EDGE_MARGIN = 3  # px trimmed from each side of the covered box
+SSIM_WINDOW = 7  # structural_similarity's default win_size: the smallest region SSIM is defined on
+
+
+def canvas_axes(size: int, com_xy: Iterable[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Where our canvas' rows and columns fall in the dataset's pixel frame (``objectGuess``'s), as float64.
+
+    canvas (r, c) = object(r − P/2 + com_y, c − P/2 + com_x): upstream's placement (docs/user-guide.md); the
+    one definition behind the quality reference and the comparison image.
+    """
+    cx, cy = (float(v) for v in com_xy)
+    return np.arange(size, dtype=np.float64) - size / 2 + cy, np.arange(size, dtype=np.float64) - size / 2 + cx
 
 
 def reference_on_canvas(reference: np.ndarray, size: int, com_xy: Iterable[float]) -> np.ndarray:
-    """An object in the dataset's pixel frame (``objectGuess``) sampled bilinearly onto our canvas.
-
-    canvas (r, c) = object(r − P/2 + com_y, c − P/2 + com_x) (upstream's placement, docs/user-guide.md);
-    outside the object the result is 0.
-    """
+    """An object in the dataset's pixel frame (``objectGuess``) sampled bilinearly onto our canvas
+    (:func:`canvas_axes`); outside the object the result is 0."""
     from scipy.ndimage import map_coordinates
 
-    cx, cy = (float(v) for v in com_xy)
-    rows = np.arange(size, dtype=np.float64) - size / 2 + cy
-    cols = np.arange(size, dtype=np.float64) - size / 2 + cx
-    rr, cc = np.meshgrid(rows, cols, indexing="ij")
-    ref = np.asarray(reference)
-    out = np.empty((size, size), np.complex128)
-    for part, dst in ((ref.real, "real"), (ref.imag, "imag")):
-        sampled = map_coordinates(np.asarray(part, np.float64), [rr, cc], order=1, mode="constant", cval=0.0)
-        if dst == "real":
-            out.real = sampled
-        else:
-            out.imag = sampled
-    return out.astype(np.complex64)
+    rr, cc = np.meshgrid(*canvas_axes(size, com_xy), indexing="ij")
+    sampled = map_coordinates(np.asarray(reference, np.complex128), [rr, cc], order=1, mode="constant", cval=0.0)
+    return sampled.astype(np.complex64)
 
 
-def covered_region(obj: np.ndarray, margin: int = EDGE_MARGIN) -> tuple[slice, slice]:
-    """Rows/cols of the canvas some patch covers (uncovered pixels are exactly 0), less ``margin`` px per side
-    (jittered positions leave the outermost rows only partly covered), never less than 1 px."""
+def covered_box(obj: np.ndarray) -> tuple[slice, slice] | None:
+    """Rows/cols of the canvas that some patch covers (uncovered pixels are exactly 0); None if none is."""
     rows = np.flatnonzero(np.any(obj != 0, axis=1))
     cols = np.flatnonzero(np.any(obj != 0, axis=0))
     if rows.size == 0:
+        return None
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
+def covered_region(obj: np.ndarray, margin: int = EDGE_MARGIN) -> tuple[slice, slice]:
+    """:func:`covered_box` less ``margin`` px per side (jittered positions leave the outermost rows only partly
+    covered), never less than 1 px."""
+    box = covered_box(obj)
+    if box is None:
         raise FormatError("the reconstruction is zero everywhere; no region to compare", field="object")
+    return _less_margin(box, margin)
 
-    def span(idx: np.ndarray) -> slice:
-        lo, hi = int(idx[0]), int(idx[-1]) + 1
-        m = max(0, min(margin, (hi - lo - 1) // 2))
-        return slice(lo + m, hi - m)
 
-    return span(rows), span(cols)
+def _less_margin(box: tuple[slice, slice], margin: int) -> tuple[slice, slice]:
+    def shrink(span: slice) -> slice:
+        m = max(0, min(margin, (span.stop - span.start - 1) // 2))
+        return slice(span.start + m, span.stop - m)
+
+    return shrink(box[0]), shrink(box[1])
 
 
 def align(ours: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, complex]:
@@ -99,8 +107,9 @@ def frc(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
     rings = n // 2 + 1
     keep = ring < rings
     ring = ring[keep]
-    num = np.bincount(ring, (fa * np.conj(fb)).ravel()[keep].real, minlength=rings)
-    num_i = np.bincount(ring, (fa * np.conj(fb)).ravel()[keep].imag, minlength=rings)
+    cross = (fa * np.conj(fb)).ravel()[keep]
+    num = np.bincount(ring, cross.real, minlength=rings)
+    num_i = np.bincount(ring, cross.imag, minlength=rings)
     pa = np.bincount(ring, (np.abs(fa) ** 2).ravel()[keep], minlength=rings)
     pb = np.bincount(ring, (np.abs(fb) ** 2).ravel()[keep], minlength=rings)
     count = np.bincount(ring, minlength=rings)
@@ -131,10 +140,11 @@ def image_quality(ours: np.ndarray, reference: np.ndarray, *, region: tuple[slic
                           field="object")
     rows, cols = region if region is not None else covered_region(ours)
     o, r = ours[rows, cols], reference[rows, cols]
-    if min(o.shape) < 7:
-        raise FormatError(f"the compared region {list(o.shape)} is smaller than SSIM's 7-px window", field="object")
+    if min(o.shape) < SSIM_WINDOW:
+        raise FormatError(f"the compared region {list(o.shape)} is smaller than SSIM's {SSIM_WINDOW}-px window",
+                          field="object")
     aligned, c = align(o, r)
-    r64 = r.astype(np.complex128)
+    r64 = r.astype(np.complex128)  # align's own copy of r is not returned
     return {
         "region": {"rows": [rows.start, rows.stop], "cols": [cols.start, cols.stop]},
         "alignment": {"scale": round(abs(c), 8), "phase_rad": round(math.atan2(c.imag, c.real), 8)},
@@ -145,14 +155,24 @@ def image_quality(ours: np.ndarray, reference: np.ndarray, *, region: tuple[slic
 
 
 def quality_report(ours: np.ndarray, reference: np.ndarray, *, source: str, path: str | None) -> dict[str, Any]:
-    """The ``quality`` key: the figures plus where the reference came from (or a note why none were computed)."""
-    region = covered_region(ours)
-    area = (region[0].stop - region[0].start) * (region[1].stop - region[1].start)
+    """The ``quality`` key: the figures plus where the reference came from, or a note why none were computed.
+
+    Why a note and not an error: the figures are an addition to a finished reconstruction (its object is
+    already stitched); a reconstruction they cannot be computed for is still written and reported.
+    """
     out: dict[str, Any] = {"reference": {"source": source, "path": path}}
-    if area > MAX_PIXELS:
-        out["note"] = f"not computed: the covered region has {area} pixels (bound {MAX_PIXELS})"
+    box = covered_box(ours)
+    if box is None:
+        out["note"] = "not computed: the reconstruction is zero everywhere"
         return out
-    out.update(image_quality(ours, reference, region=region))
+    region = _less_margin(box, EDGE_MARGIN)
+    height, width = (region[0].stop - region[0].start), (region[1].stop - region[1].start)
+    if height * width > MAX_PIXELS:
+        out["note"] = f"not computed: the covered region has {height * width} pixels (bound {MAX_PIXELS})"
+    elif min(height, width) < SSIM_WINDOW:
+        out["note"] = f"not computed: the covered region {height}×{width} is smaller than SSIM's {SSIM_WINDOW}-px window"
+    else:
+        out.update(image_quality(ours, reference, region=region))
     return out
 
 

@@ -13,6 +13,7 @@ from ptycho_bridge.ops.reconstruct.quality import (
     frc,
     half_bit,
     image_quality,
+    quality_report,
     reference_on_canvas,
     summary,
 )
@@ -100,3 +101,18 @@ def test_region_and_refusals() -> None:
         image_quality(obj, obj, region=(slice(0, 5), slice(0, 50)))
     q = image_quality(obj * _object(50), _object(50))
     assert "amplitude SSIM" in summary(q) and "FRC (half-bit)" in summary(q)
+
+
+def test_report_notes_what_it_cannot_compute() -> None:
+    # the figures are an addition to a finished reconstruction: a zero or tiny one is noted, not refused
+    ref = _object(50)
+    zero = quality_report(np.zeros((50, 50), np.complex64), ref, source="objectGuess", path=None)
+    assert zero == {"reference": {"source": "objectGuess", "path": None},
+                    "note": "not computed: the reconstruction is zero everywhere"}
+    tiny = np.zeros((50, 50), np.complex64)
+    tiny[20:32, 10:40] = 1  # 12 rows, less 3 px per side: 6 < SSIM's 7-px window
+    q = quality_report(tiny, ref, source="compare", path="other.npz")
+    assert q["note"] == "not computed: the covered region 6×24 is smaller than SSIM's 7-px window"
+    assert "amplitude" not in q and summary(q) == q["note"]
+    tiny[20:33] = tiny[20]  # 13 rows → 7: computed
+    assert quality_report(tiny, ref, source="compare", path=None)["region"] == {"rows": [23, 30], "cols": [13, 37]}
