@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import sys
 import tempfile
@@ -71,13 +72,10 @@ def main() -> int:
         probe = torch.from_numpy(simulate.trained_probe(64))
         denom = torch.from_numpy(centre_mask(64) + NORM_EPSILON)
         xb = torch.from_numpy(np.abs(np.random.default_rng(0).standard_normal((16, 1, 64, 64))).astype(np.float32))
-        scale = 1e9 ** 0.5 / 32
+        scale = math.sqrt(simulate.NPHOTONS) / (64 / 2)  # the script's intensity_scale
 
         def step() -> None:
-            loss = train.poisson_nll(train.physics(module(xb), probe, denom, scale), (scale * xb) ** 2)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            train.train_step(module, opt, xb, probe, denom, scale)
 
         def infer() -> None:
             with torch.no_grad():

@@ -68,6 +68,16 @@ def poisson_nll(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     return (pred - true * torch.log(pred + 1e-6)).mean()
 
 
+def train_step(module: torch.nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor, probe: torch.Tensor,
+               denom: torch.Tensor, scale: float) -> float:
+    """One Adam step on the Poisson NLL of the physics-predicted intensities of batch ``xb``; the loss."""
+    loss = poisson_nll(physics(module(xb), probe, denom, scale), (scale * xb) ** 2)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return float(loss.item())
+
+
 def save_curve(path: Path, steps: list[int], losses: list[float], title: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -121,12 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             order, pos = rng.permutation(len(x_all)), 0
         xb = x_all[order[pos:pos + batch]]
         pos += batch
-        pred = physics(module(xb), probe, denom, intensity_scale)
-        loss = poisson_nll(pred, (intensity_scale * xb) ** 2)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        window.append(loss.item())
+        window.append(train_step(module, opt, xb, probe, denom, intensity_scale))
         if step % 25 == 0 or step == args.steps:
             curve_steps.append(step)
             curve.append(float(np.mean(window)))
