@@ -24,7 +24,7 @@ from ptycho_bridge.lazy import numpy as np
 from ptycho_bridge.formats.bridge2.write import ModelToWrite, write_archive
 from ptycho_bridge.errors import ChecksumError
 from ptycho_bridge.io.atomic import atomic_write
-from ptycho_bridge.ops.simulate import held_out_scan
+from ptycho_bridge.ops.simulate import far_field, held_out_scan
 from ptycho_bridge.spec.network import expected_tensors, tf_padded_size, tf_spec
 
 SAMPLE_SEED = 20261128
@@ -91,20 +91,24 @@ def sample_dataset(N: int = 64) -> dict[str, np.ndarray]:
     k = np.arange(DATASET_SIDE * DATASET_SIDE)
     x = margin + DATASET_STEP * (k % DATASET_SIDE) + rng.uniform(-1, 1, k.size)
     y = margin + DATASET_STEP * (k // DATASET_SIDE) + rng.uniform(-1, 1, k.size)
-    patterns = np.empty((k.size, N, N), np.float32)
-    for i, (cx, cy) in enumerate(zip(np.rint(x).astype(int), np.rint(y).astype(int))):
-        patch = obj[cy - N // 2:cy + N // 2, cx - N // 2:cx + N // 2]
-        patterns[i] = np.abs(np.fft.fftshift(np.fft.fft2(probe * patch))) / N
+    patches = np.stack([obj[cy - N // 2:cy + N // 2, cx - N // 2:cx + N // 2]
+                        for cx, cy in zip(np.rint(x).astype(int), np.rint(y).astype(int))])
+    patterns = far_field(probe, patches).astype(np.float32)
     return {"diffraction": patterns, "xcoords": x, "ycoords": y, "xcoords_start": x.copy(), "ycoords_start": y.copy(),
             "probeGuess": probe.astype(np.complex64), "objectGuess": obj}
 
 
-def write_sample_dataset(path: str | Path, *, force: bool = False) -> Path:
-    """Write :func:`sample_dataset` as an uncompressed ``.npz`` (atomically)."""
+def _write_npz(path: str | Path, arrays: dict[str, np.ndarray], *, force: bool) -> Path:
+    """``arrays`` as an uncompressed ``.npz`` at ``path`` (atomically)."""
     target = Path(path)
     with atomic_write(target, force=force) as fh:
-        np.savez(fh, **sample_dataset())
+        np.savez(fh, **arrays)
     return target
+
+
+def write_sample_dataset(path: str | Path, *, force: bool = False) -> Path:
+    """Write :func:`sample_dataset` as an uncompressed ``.npz`` (atomically)."""
+    return _write_npz(path, sample_dataset(), force=force)
 
 
 # -- the trained sample (package data) ------------------------------------------------------------
@@ -137,7 +141,4 @@ def write_trained_sample(path: str | Path, *, force: bool = False) -> Path:
 
 def write_held_out_dataset(path: str | Path, *, force: bool = False) -> Path:
     """Write the held-out scan (:func:`~ptycho_bridge.ops.simulate.held_out_scan`) as an uncompressed ``.npz``."""
-    target = Path(path)
-    with atomic_write(target, force=force) as fh:
-        np.savez(fh, **held_out_scan().as_dataset())
-    return target
+    return _write_npz(path, held_out_scan().as_dataset(), force=force)
