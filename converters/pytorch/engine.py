@@ -39,21 +39,11 @@ def build(spec: NetworkSpec, tensors: Mapping[str, np.ndarray], threads: int | N
 
     if threads is not None:
         torch.set_num_threads(int(threads))
-    module = build_module(spec, tensors).eval()
-    return module
+    return build_module(spec, tensors)
 
 
 def run(handle: Any, x_norm: np.ndarray) -> np.ndarray:
     """Canonical ``x_norm`` float32 ``[B, C, N, N]`` → complex64 ``[B, Cout, N, N]`` (inference mode)."""
-    import torch
+    from converters.pytorch.network import run as run_module
 
-    spec = handle.spec
-    x = np.ascontiguousarray(np.asarray(x_norm, dtype=np.float32))
-    want = (spec.channels_in, spec.N, spec.N)
-    if x.ndim != 4 or tuple(x.shape[1:]) != want:
-        raise ValueError(f"x_norm must be float32 [B, {want[0]}, {want[1]}, {want[2]}], got shape {list(x.shape)}")
-    if x.shape[0] == 0:
-        return np.zeros((0, spec.channels_out, spec.N, spec.N), np.complex64)
-    with torch.inference_mode():
-        out = handle(torch.from_numpy(x))
-        return np.ascontiguousarray(out.numpy()).astype(np.complex64, copy=False)
+    return run_module(handle, x_norm)

@@ -254,7 +254,8 @@ def run(module: PtychoPinnCnn, x_norm: np.ndarray, *, batch_size: int | None = N
     """Run the core on the canonical input; complex64 ``[B, Cout, N, N]``.
 
     ``batch_size`` splits the batch into chunks (the result depends on chunking only at
-    accumulation-order level). Runs under ``torch.no_grad()`` in eval mode, float32, CPU.
+    accumulation-order level). Runs under ``torch.inference_mode()`` (no autograd bookkeeping at all) in
+    eval mode, float32, CPU.
     """
     spec = module.spec
     x = np.asarray(x_norm, dtype=np.float32)
@@ -266,13 +267,14 @@ def run(module: PtychoPinnCnn, x_norm: np.ndarray, *, batch_size: int | None = N
     module.eval()
     step = x.shape[0] if batch_size is None else batch_size
     outs = []
-    with torch.no_grad():
+    with torch.inference_mode():
         for start in range(0, x.shape[0], max(step, 1)):
             chunk = torch.from_numpy(np.ascontiguousarray(x[start : start + step]))
             outs.append(module(chunk).numpy())
     if not outs:
         return np.zeros((0, spec.channels_out, spec.N, spec.N), dtype=np.complex64)
-    return np.concatenate(outs, axis=0).astype(np.complex64, copy=False)
+    whole = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=0)  # one chunk: no copy
+    return np.ascontiguousarray(whole).astype(np.complex64, copy=False)
 
 
 def canonical_from_state_dict(sd: Mapping[str, Any]) -> dict[str, np.ndarray]:
