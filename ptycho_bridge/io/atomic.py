@@ -39,7 +39,7 @@ def refuse_existing(path: str | os.PathLike[str], *, force: bool) -> None:
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], *, force: bool = False,
-                 check: Callable[[Path], None] | None = None) -> Iterator[IO[bytes]]:
+                 check: Callable[[Path], None] | None = None, private: bool = False) -> Iterator[IO[bytes]]:
     """Yield a binary file; on success it atomically becomes ``path``; on error nothing is left.
 
     ``check(temp_path)`` runs on the complete, fsynced temporary file before the rename; if it raises,
@@ -48,6 +48,8 @@ def atomic_write(path: str | os.PathLike[str], *, force: bool = False,
 
     Without ``force`` the commit is a hard link, which fails if ``path`` appeared meanwhile, so a
     file created by someone else during the write is never clobbered either.
+
+    ``private`` keeps the file 0600 (a cache of the user's weights); otherwise it is readable as the umask allows.
     """
     target = Path(path)
     refuse_existing(target, force=force)
@@ -55,7 +57,8 @@ def atomic_write(path: str | os.PathLike[str], *, force: bool = False,
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     tmp = Path(tmp_name)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; an archive is read by other users (Ptychodus)
+        if not private:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; an archive is read by other users (Ptychodus)
         with os.fdopen(fd, "w+b") as fh:
             yield fh
             fh.flush()

@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any, Callable, Mapping
 from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge import __version__
+from ptycho_bridge.io.atomic import atomic_write
 from ptycho_bridge.spec.network import NetworkSpec
 
 ENV_DIR = "PTYCHO_BRIDGE_CACHE_DIR"
@@ -141,14 +141,8 @@ def lookup(folder: Path, key: str, max_bytes: int) -> tuple[bytes | None, str]:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, force=True, private=True) as fh:
+        fh.write(data)
 
 
 def store(folder: Path, key: str, data: bytes, meta: Mapping[str, Any]) -> Path:

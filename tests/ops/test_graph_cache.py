@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,16 @@ def test_a_hit_imports_neither_onnx_nor_matplotlib(tmp_path: Path) -> None:
     outs = [subprocess.run([sys.executable, "-c", code, str(tmp_path / f"out{i}")], env=env, capture_output=True,
                            text=True, check=True).stdout.splitlines()[-1] for i in range(2)]
     assert outs == ["miss True False", "hit False False"]
+
+
+def test_entries_are_private_files(tmp_path: Path) -> None:
+    # the graphs hold the user's weights: 0600 files in a 0700 folder, whatever the umask
+    folder = tmp_path / "cache"
+    old = os.umask(0o022)
+    try:
+        graph = graph_cache.store(folder, "k" * 64, b"graph bytes", {"what": "test"})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE(graph.stat().st_mode) == 0o600
+    assert stat.S_IMODE((folder / ("k" * 64 + ".json")).stat().st_mode) == 0o600
