@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 from ptycho_bridge.lazy import numpy as np
@@ -200,6 +200,8 @@ def encode_png(rgb: np.ndarray, text: Mapping[str, str] | None = None) -> bytes:
 def figure_png(panels: Sequence[Panel], cols: int = 1, *, title: str = "") -> bytes:
     """The PNG of ``panels`` in a grid; titles, colour maps, ranges and scales go into ``tEXt``."""
     text = {"Software": "ptycho-bridge", "Title": title or "; ".join(p.title for p in panels)}
+    # each panel's range resolved once (a finite min/max pass over the data), for the text and the drawing
+    panels = [replace(p, vmin=lo, vmax=hi) for p in panels for lo, hi in [p.limits()]]
     for k, p in enumerate(panels):
         lo, hi = p.limits()
         _, up, stride = _view(np.asarray(p.data))
