@@ -136,7 +136,8 @@ def translate_bilinear(images: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 
 # -- the stage -------------------------------------------------------------------------------------
-def _pad_width(N: int, padded_size: int) -> int:
+def pad_width(N: int, padded_size: int) -> int:
+    """``(padded_size − N) // 2``, the canvas border per side, after checking ``padded_size`` (ValueError)."""
     try:
         check_padded_size(N, padded_size)
     except SpecError as exc:
@@ -179,7 +180,7 @@ def reassemble(
             "which this reference does not reproduce; split the batch"
         )
     off = centre_offsets(flat) if centre else flat
-    pad = _pad_width(N, padded_size)
+    pad = pad_width(N, padded_size)
     P = N + 2 * pad
     widths = ((0, 0), (pad, pad), (pad, pad))
     patches = z.reshape(B * C, N, N)

@@ -38,8 +38,14 @@ from __future__ import annotations
 
 from ptycho_bridge.lazy import numpy as np
 
-from ptycho_bridge.spec.network import check_padded_size
-from ptycho_bridge.spec.reassembly import NORM_EPSILON, centre_mask, centre_offsets, reassemble, tf_positions_to_flat
+from ptycho_bridge.spec.reassembly import (
+    NORM_EPSILON,
+    centre_mask,
+    centre_offsets,
+    pad_width,
+    reassemble,
+    tf_positions_to_flat,
+)
 
 BLOCK_PATCHES = 8  # patches per block of the window merge (3 images x N² float32 each: 48 KiB at N = 64)
 
@@ -65,8 +71,7 @@ def group_merge(obj: np.ndarray, positions_tf: np.ndarray, *, N: int, padded_siz
     if object_big:
         flat = tf_positions_to_flat(positions_tf)
         if flat.shape[0] == z.shape[0] * z.shape[1] and bool(np.isfinite(flat).all()):
-            check_padded_size(N, padded_size)
-            return window_merge(z, centre_offsets(flat) if centre else flat, N=N, pad=(padded_size - N) // 2)
+            return window_merge(z, centre_offsets(flat) if centre else flat, N=N, pad=pad_width(N, padded_size))
     return reassemble(z, positions_tf, N=N, padded_size=padded_size, object_big=object_big,
                       allow_large_batch=True, centre=centre)
 
