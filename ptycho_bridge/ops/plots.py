@@ -54,14 +54,12 @@ def worst_patch(actual: np.ndarray, reference: np.ndarray) -> tuple[int, ...]:
 
 @dataclass
 class Image:
-    """One labelled image of a grid figure (``reconstruct``'s PNGs): pixel axes and a colour bar."""
+    """One image of a grid figure (``reconstruct --plot``'s difference maps): pixel axes and a colour bar."""
 
     data: np.ndarray  # real [H, W]
     title: str
     cmap: str
-    label: str | None = None  # colour-bar label
     symmetric: bool = False  # colour limits ±max|data| (differences)
-    extent: tuple[float, float, float, float] | None = None  # pixel coordinates of a crop
 
 
 def save_grid(path: object, images: Sequence[Image], *, rows: int, cols: int, size: tuple[float, float]) -> None:
@@ -76,12 +74,12 @@ def save_grid(path: object, images: Sequence[Image], *, rows: int, cols: int, si
     for i, img in enumerate(images):
         ax = fig.add_subplot(rows, cols, i + 1)
         lim = (float(np.max(np.abs(img.data))) or 1.0) if img.symmetric else None
-        im = ax.imshow(img.data, cmap=img.cmap, origin="upper", interpolation="nearest", extent=img.extent,
+        im = ax.imshow(img.data, cmap=img.cmap, origin="upper", interpolation="nearest",
                        vmin=-lim if lim else None, vmax=lim)
         ax.set_title(img.title)
         ax.set_xlabel("x (px)")
         ax.set_ylabel("y (px)")
-        fig.colorbar(im, ax=ax, label=img.label)
+        fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(path if hasattr(path, "write") else str(path), format="png")
 

@@ -32,7 +32,7 @@ from ptycho_bridge.formats.detect import read_archive  # noqa: E402
 from ptycho_bridge.spec import reassembly  # noqa: E402
 from tests.numpy_reference import random_tensors, reference  # noqa: E402
 from ptycho_bridge.spec.conventions import golden_canonical_input  # noqa: E402
-from ptycho_bridge.spec.network import NetworkSpec, expected_tensors, tf_spec  # noqa: E402
+from ptycho_bridge.spec.network import NetworkSpec, tf_spec  # noqa: E402
 from tests._support import REPO  # noqa: E402
 
 TF_CASES = ("tf_N64_gs1", "tf_N64_gs2", "tf_N128_gs1")
