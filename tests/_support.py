@@ -35,6 +35,14 @@ TF_CASES = tuple(c for c in CASES if c.startswith("tf_"))
 TORCH_CASES = tuple(c for c in CASES if c.startswith("torch_"))
 
 
+def zip_of(members: Mapping[str, bytes], path: Path, compression: int = zipfile.ZIP_DEFLATED) -> Path:
+    """A plain zip of ``members`` (name → bytes) at ``path``, in the given order."""
+    with zipfile.ZipFile(path, "w", compression) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
 def rewrite_zip(
     src: Path | bytes,
     dst: Path,

@@ -23,7 +23,7 @@ from ptycho_bridge.formats.detect import read_archive
 from ptycho_bridge.io.safepickle import decode, load_inert
 from ptycho_bridge.io.safezip import SafeZip
 from ptycho_bridge.spec.network import NetworkSpec, expected_tensors
-from tests._support import torch_twin_of_tf_spec
+from tests._support import torch_twin_of_tf_spec, zip_of
 
 ATTENTION = ".attention."
 
@@ -38,13 +38,6 @@ def _params(spec: NetworkSpec) -> dict[str, Any]:
             "object.big": spec.object_big, "probe.big": spec.probe_big, "pad_object": True,
             "amp_activation": spec.amp_activation, "nepochs": 3, "batch_size": 8, "intensity_scale.trainable": True,
             "probe": np.ones((spec.N, spec.N, 1), np.complex64), "offset": 4}
-
-
-def _zip(members: dict[str, bytes], path: Path) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return path
 
 
 def _plain(data: bytes) -> Any:
@@ -142,7 +135,7 @@ def test_our_torch_bundle_reader_rebuilds_the_same_network(tmp_path: Path, kw: d
     spec = torch_twin_of_tf_spec(**kw)
     tensors = _random_tensors(spec, seed=3)
     members = torch_legacy_members(spec, tensors, _params(spec), torch_config=None, intensity_scale=5.0)
-    arch = read_archive(_zip(members, tmp_path / "legacy.zip"))
+    arch = read_archive(zip_of(members, tmp_path / "legacy.zip", zipfile.ZIP_STORED))
     assert arch.era == "torch-bundle-2" and arch.intensity_scale == 5.0
     assert arch.primary.spec == NetworkSpec(**{**spec.to_dict(), "padded_size": None})
     assert arch.warnings == [] and arch.primary.warnings == []  # no plain-loader / amp-name disagreement

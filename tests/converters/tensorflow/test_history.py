@@ -33,7 +33,7 @@ from ptycho_bridge.spec import reassembly
 from ptycho_bridge.spec.conventions import golden_canonical_input
 from ptycho_bridge.spec.history import today_form
 from ptycho_bridge.spec.network import NetworkSpec, tf_padded_size, tf_spec
-from tests._support import HISTORY_DIR, legacy_only
+from tests._support import HISTORY_DIR, legacy_only, zip_of
 from tests.numpy_reference import random_tensors, reference
 
 CB46 = HISTORY_DIR / "keras_cb46e91_N64_gs2_amp1"
@@ -66,13 +66,6 @@ def _golden_trimmed(engine: str, arch: Any, golden: Any) -> np.ndarray:
 def _assert_close(got: np.ndarray, ref: np.ndarray, what: str) -> None:
     err = float(np.abs(got - ref).max())
     assert err <= TOL * float(np.abs(ref).max()), f"{what}: max abs err {err:.3g} vs max|ref| {np.abs(ref).max():.3g}"
-
-
-def _plain_zip(members: dict[str, bytes], path: Path) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return path
 
 
 # -- upstream's own archive of the variant ---------------------------------------------------------
@@ -186,7 +179,7 @@ def test_written_variant_reads_back_and_runs_as_the_numpy_reference(N: int, grid
     tensors = random_tensors(spec, seed=N + gridsize)
     members = tf_legacy_members(spec, tensors, {"offset": 4, "max_position_jitter": 10}, 988.2,
                                 reassembly_centring=polar)
-    arch = read_archive(_plain_zip(members, tmp_path / "wts.h5.zip"))
+    arch = read_archive(zip_of(members, tmp_path / "wts.h5.zip"))
     entry = arch.primary
     assert entry.spec == spec and entry.reassembly_centring == polar
     assert all(np.array_equal(entry.tensors[k], v) for k, v in tensors.items())
@@ -219,8 +212,8 @@ def test_polar_variant_migrates_to_what_todays_loader_opens(tmp_path: Path) -> N
     loader: load_model, then set_weights by position), with the same per-patch output."""
     spec = _variant(64, 2, True)
     tensors = random_tensors(spec, seed=11)
-    src = _plain_zip(tf_legacy_members(spec, tensors, {"offset": 4, "max_position_jitter": 10}, 988.2),
-                     tmp_path / "src.zip")
+    src = zip_of(tf_legacy_members(spec, tensors, {"offset": 4, "max_position_jitter": 10}, 988.2),
+                 tmp_path / "src.zip")
     out = tmp_path / "migrated.zip"
     plan, summary = migrate(src, out)
     assert summary is not None and summary["equivalent"]
@@ -229,7 +222,7 @@ def test_polar_variant_migrates_to_what_todays_loader_opens(tmp_path: Path) -> N
     assert read_archive(out).primary.spec.amp_channels == 1  # canonical tensors keep the source's network
     with zipfile.ZipFile(out) as zf:
         legacy = {n: zf.read(n) for n in plan.legacy}
-    legacy_arch = read_archive(_plain_zip(legacy, tmp_path / "legacy.zip"))
+    legacy_arch = read_archive(zip_of(legacy, tmp_path / "legacy.zip"))
     assert legacy_arch.era == "tf-modelmanager-1" and legacy_arch.primary.spec.amp_channels is None
     x = np.random.default_rng(5).uniform(0, 1.5, (2, 4, 64, 64)).astype(np.float32)
     _assert_close(_engine_out("onnx", legacy_arch.primary.spec, dict(legacy_arch.primary.tensors), x),
@@ -285,7 +278,7 @@ def test_head_widths_contradicting_params_are_refused(head: str, filters: int, m
                 layer["config"]["filters"] = filters
 
     with pytest.raises(SpecError, match=message):
-        read_archive(_plain_zip(_with_config(members, edit), tmp_path / "wts.h5.zip"))
+        read_archive(zip_of(_with_config(members, edit), tmp_path / "wts.h5.zip"))
 
 
 def test_unmasked_outer_branch_is_read_from_the_config(tmp_path: Path) -> None:
@@ -305,7 +298,7 @@ def test_unmasked_outer_branch_is_read_from_the_config(tmp_path: Path) -> None:
         config["config"]["layers"] = json.loads(text)
 
     members = _with_config(members, unmask)
-    entry = read_archive(_plain_zip(members, tmp_path / "wts.h5.zip")).primary
+    entry = read_archive(zip_of(members, tmp_path / "wts.h5.zip")).primary
     assert entry.spec == replace(spec, outer_mask=False)
     keys = [v["key"] for v in inspect_report(read_archive(tmp_path / "wts.h5.zip"))["network"]["variants"]]
     assert "outer_unmasked" in keys
@@ -321,8 +314,8 @@ def test_polar_variant_converts_to_torch_with_the_widened_head(tmp_path: Path) -
 
     spec = _variant(64, 2, True)
     tensors = random_tensors(spec, seed=17)
-    src = _plain_zip(tf_legacy_members(spec, tensors, {"offset": 4, "max_position_jitter": 10}, 988.2),
-                     tmp_path / "src.zip")
+    src = zip_of(tf_legacy_members(spec, tensors, {"offset": 4, "max_position_jitter": 10}, 988.2),
+                 tmp_path / "src.zip")
     out = convert_archive(src, "pytorch", tmp_path / "torch.zip")
     converted = read_archive(out)
     assert converted.backend == "pytorch" and converted.primary.spec.amp_channels == 1

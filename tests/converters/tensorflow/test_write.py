@@ -30,7 +30,7 @@ from ptycho_bridge.formats.bridge2.write import ModelToWrite, write_archive
 from ptycho_bridge.formats.detect import read_archive
 from ptycho_bridge.io.safepickle import globals_in, load
 from ptycho_bridge.spec.network import NetworkSpec, tf_padded_size
-from tests._support import TF_CASES
+from tests._support import TF_CASES, zip_of
 from tests.converters.tensorflow.cases import (
     D2O,
     SID,
@@ -53,13 +53,6 @@ def _equal_params(a: dict[str, Any], b: dict[str, Any]) -> None:
             assert isinstance(got, np.ndarray) and got.dtype == value.dtype and np.array_equal(got, value), key
         else:
             assert type(got) is type(value) and got == value, key
-
-
-def _plain_zip(members: dict[str, bytes], path: Path) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return path
 
 
 def _assert_same_model(arch: Any, spec: NetworkSpec, tensors: dict[str, np.ndarray]) -> None:
@@ -158,7 +151,7 @@ def test_manifest_and_custom_objects_are_plain(case: dict[str, Any]) -> None:
 
 def test_legacy_zip_reads_back_identically(case: dict[str, Any], tmp_path: Path) -> None:
     members = ta.tf_legacy_members(case["spec"], case["tensors"], case["arch"].params, case["arch"].intensity_scale)
-    arch = read_archive(_plain_zip(members, tmp_path / "wts.h5.zip"))
+    arch = read_archive(zip_of(members, tmp_path / "wts.h5.zip"))
     assert arch.era == "tf-modelmanager-1" and arch.warnings == []
     _assert_same_model(arch, case["spec"], case["tensors"])
     assert arch.intensity_scale == case["arch"].intensity_scale
@@ -180,7 +173,7 @@ def test_bridge_archive_carries_loadable_legacy_members(case: dict[str, Any], tm
     with zipfile.ZipFile(path) as zf:
         kept = {name: zf.read(name) for name in legacy}
     assert kept == legacy
-    _assert_same_model(read_archive(_plain_zip(kept, tmp_path / "legacy.zip")), case["spec"], case["tensors"])
+    _assert_same_model(read_archive(zip_of(kept, tmp_path / "legacy.zip")), case["spec"], case["tensors"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -191,7 +184,7 @@ def test_variant_members_read_back_identically(variant: str, tmp_path: Path) -> 
     spec = variant_spec(VARIANTS[variant])
     tensors = random_tensors(spec)
     members = ta.tf_legacy_members(spec, tensors, {}, 123.5)
-    arch = read_archive(_plain_zip(members, tmp_path / "wts.h5.zip"))
+    arch = read_archive(zip_of(members, tmp_path / "wts.h5.zip"))
     # PadReconstructionLayer's config does not record padded_size: the reader then has none
     _assert_same_model(arch, spec if spec.object_big else replace(spec, padded_size=None), tensors)
     params = pickle.loads(members[f"{D2O}/params.dill"])
