@@ -47,11 +47,12 @@ def canvas_axes(size: int, com_xy: Iterable[float]) -> tuple[np.ndarray, np.ndar
 
 def reference_on_canvas(reference: np.ndarray, size: int, com_xy: Iterable[float]) -> np.ndarray:
     """An object in the dataset's pixel frame (``objectGuess``) sampled bilinearly onto our canvas
-    (:func:`canvas_axes`); outside the object the result is 0."""
+    (:func:`canvas_axes`); outside the object the result is NaN (undefined: :func:`quality_report` then
+    notes instead of comparing against zeros, which the alignment would match by scaling ours to 0)."""
     from scipy.ndimage import map_coordinates
 
     rr, cc = np.meshgrid(*canvas_axes(size, com_xy), indexing="ij")
-    sampled = map_coordinates(np.asarray(reference, np.complex128), [rr, cc], order=1, mode="constant", cval=0.0)
+    sampled = map_coordinates(np.asarray(reference, np.complex128), [rr, cc], order=1, mode="constant", cval=np.nan)
     return sampled.astype(np.complex64)
 
 
@@ -129,7 +130,8 @@ def _pair(ref: np.ndarray, test: np.ndarray) -> dict[str, float | None]:
 
     span = float(np.ptp(ref)) or float(np.max(np.abs(ref))) or 1.0
     ssim = structural_similarity(ref, test, data_range=span)
-    psnr = peak_signal_noise_ratio(ref, test, data_range=span)
+    with np.errstate(divide="ignore"):  # identical images: PSNR is +inf (reported as null), not a warning
+        psnr = peak_signal_noise_ratio(ref, test, data_range=span)
     return {"ssim": round(float(ssim), 6), "psnr_db": round(float(psnr), 4) if math.isfinite(psnr) else None}
 
 
@@ -171,6 +173,11 @@ def quality_report(ours: np.ndarray, reference: np.ndarray, *, source: str, path
         out["note"] = f"not computed: the covered region has {height * width} pixels (bound {MAX_PIXELS})"
     elif min(height, width) < SSIM_WINDOW:
         out["note"] = f"not computed: the covered region {height}×{width} is smaller than SSIM's {SSIM_WINDOW}-px window"
+    elif undefined := int(np.count_nonzero(~np.isfinite(reference[region]))):
+        out["note"] = (f"not computed: the reference is undefined (non-finite, or outside objectGuess) at {undefined} "
+                       f"of the {height * width} compared pixels")
+    elif not np.isfinite(ours[region]).all():
+        out["note"] = "not computed: the reconstruction has non-finite pixels in the compared region"
     else:
         out.update(image_quality(ours, reference, region=region))
     return out

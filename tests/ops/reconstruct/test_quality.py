@@ -87,6 +87,8 @@ def test_reference_on_canvas_places_and_interpolates() -> None:
     assert np.allclose(on, guess[37 - 20:37 + 20, 41 - 20:41 + 20], atol=1e-6)
     half = reference_on_canvas(guess, 40, (41.5, 37.0))  # half a pixel in x: the mean of the two neighbours
     assert np.allclose(half, 0.5 * (guess[17:57, 21:61] + guess[17:57, 22:62]), atol=1e-6)
+    beyond = reference_on_canvas(guess, 40, (70.0, 37.0))  # canvas cols 50..89 of an 80-col object
+    assert np.isnan(beyond[:, 30:]).all() and np.isfinite(beyond[:, :30]).all()  # undefined, not zero
 
 
 def test_region_and_refusals() -> None:
@@ -116,3 +118,19 @@ def test_report_notes_what_it_cannot_compute() -> None:
     assert "amplitude" not in q and summary(q) == q["note"]
     tiny[20:33] = tiny[20]  # 13 rows → 7: computed
     assert quality_report(tiny, ref, source="compare", path=None)["region"] == {"rows": [23, 30], "cols": [13, 37]}
+
+
+def test_report_notes_an_undefined_reference() -> None:
+    # a zero-filled reference would be matched by scaling ours to 0 (SSIM 1); NaN would give NaN figures in JSON
+    obj = _object(50)
+    ref = obj.copy()
+    ref[25, 25] = np.nan
+    q = quality_report(obj, ref, source="objectGuess", path=None)
+    assert q["note"] == ("not computed: the reference is undefined (non-finite, or outside objectGuess) at 1 of the "
+                         "1936 compared pixels")
+    outside = reference_on_canvas(_object(30), 50, (15.0, 15.0))  # a 30-px objectGuess under a 44-px region
+    assert "outside objectGuess" in quality_report(obj, outside, source="objectGuess", path=None)["note"]
+    ours = obj.copy()
+    ours[10, 10] = np.inf
+    assert quality_report(ours, obj, source="compare", path=None)["note"] == (
+        "not computed: the reconstruction has non-finite pixels in the compared region")
