@@ -30,7 +30,7 @@ from typing import Any
 from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ArchiveLimitError, CorruptArchiveError, FormatError, UnsafeArchiveError
-from ptycho_bridge.io.h5 import check_dataset, get_dataset
+from ptycho_bridge.io.h5 import MAX_FILTER_RATIO, check_dataset, check_link, get_dataset
 from ptycho_bridge.io.h5_isolated import IsolatedWorker, run_isolated
 from ptycho_bridge.io.h5meta import scan
 
@@ -41,7 +41,6 @@ FILTER_NAMES = {4: "szip", 5: "nbit", 32001: "blosc", 32004: "lz4", 32008: "bits
 MAX_OBJECTS = 4096  # datasets + groups a scan file may hold (a scan has a handful)
 PRELOAD_BYTES = 1 << 20  # small datasets the describing child returns with the listing
 PRELOAD_TOTAL = 16 << 20
-MAX_FILTER_RATIO = 1100  # deflate cannot exceed ~1032:1; a larger declared/stored ratio is unbacked data
 
 
 @dataclass(frozen=True)
@@ -167,20 +166,6 @@ def check_storage(dset, *, member: str) -> None:  # type: ignore[no-untyped-def]
                                   f"{' (filtered)' if filters else ''}: unwritten or missing data", member=member)
 
 
-def check_link(group, name: str, *, member: str) -> None:  # type: ignore[no-untyped-def]
-    """(child) Refuse a soft or external link by its path, without following it (as ``io.h5`` does for archives)."""
-    import h5py
-
-    try:
-        link = group.get(name, getlink=True)
-    except Exception as exc:  # corrupt link messages
-        raise CorruptArchiveError(f"cannot read HDF5 link {name!r} ({exc.__class__.__name__}: {exc})"[:400],
-                                  member=member) from None
-    if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
-        kind = "external link" if isinstance(link, h5py.ExternalLink) else "soft link"
-        raise UnsafeArchiveError(f"HDF5 {kind} at {group.name.rstrip('/')}/{name} is not allowed", member=member)
-
-
 def _child_describe(path: str, member: str) -> dict[str, Any]:
     """(child) ``{"datasets": {path: [shape, dtype str or None, why not numeric]}, "arrays": {path: array}}``.
 
@@ -208,7 +193,8 @@ def _child_describe(path: str, member: str) -> dict[str, Any]:
                 if objects > MAX_OBJECTS:
                     raise ArchiveLimitError(f"more than {MAX_OBJECTS} HDF5 objects; a scan holds a handful",
                                             member=member)
-                check_link(group, name, member=member)  # soft and external links refused, never followed
+                # soft and external links refused, never followed (io.h5's check, messages cut as every one here)
+                check_link(group, name, member=member, max_len=400)
                 try:
                     node = group[name]
                 except Exception as exc:
