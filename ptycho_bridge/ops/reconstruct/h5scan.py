@@ -134,7 +134,10 @@ def _open(path: str, member: str):  # type: ignore[no-untyped-def]
 
 
 def check_storage(dset, *, member: str) -> None:  # type: ignore[no-untyped-def]
-    """(child) Refuse filters outside the allow-list by name, and data not backed by stored bytes."""
+    """(child) Refuse filters outside the allow-list by name, and data not backed by stored bytes.
+
+    Runs after :func:`ptycho_bridge.io.h5.check_dataset` (both callers), which refuses virtual datasets and external
+    storage."""
     import h5py
 
     name = dset.name
@@ -148,8 +151,6 @@ def check_storage(dset, *, member: str) -> None:  # type: ignore[no-untyped-def]
     except Exception as exc:  # a corrupt layout or pipeline message
         raise CorruptArchiveError(f"cannot read HDF5 dataset layout {name} ({exc.__class__.__name__}: {exc})"[:400],
                                   member=member) from None
-    if layout == h5py.h5d.VIRTUAL:
-        raise UnsafeArchiveError(f"HDF5 virtual dataset {name} is not allowed", member=member)
     for code in filters:
         if code not in ALLOWED_FILTERS:
             label = FILTER_NAMES.get(code, "unknown")
