@@ -138,8 +138,11 @@ def get_dataset(h5file, path: str, *, member: str):  # type: ignore[no-untyped-d
     return node
 
 
-def check_dataset(dset, *, member: str) -> None:  # type: ignore[no-untyped-def]
-    """Refuse virtual datasets, external raw storage and non-numeric dtypes (corrupt headers: CorruptArchiveError)."""
+def check_dataset(dset, *, member: str, numeric: bool = True) -> None:  # type: ignore[no-untyped-def]
+    """Refuse virtual datasets, external raw storage and non-numeric dtypes (corrupt headers: CorruptArchiveError).
+
+    ``numeric=False`` leaves the dtype to the caller (one that lists a non-numeric dataset instead of refusing it;
+    :func:`non_numeric_reason` is the refusal's text)."""
     try:
         virtual, external, dtype = dset.is_virtual, dset.external, dset.dtype
     except Exception as exc:  # a corrupt layout/type message: h5py raises ValueError/OSError/TypeError variants
@@ -149,8 +152,13 @@ def check_dataset(dset, *, member: str) -> None:  # type: ignore[no-untyped-def]
         raise UnsafeArchiveError(f"HDF5 virtual dataset {dset.name} is not allowed", member=member)
     if external:
         raise UnsafeArchiveError(f"HDF5 dataset {dset.name} uses external storage", member=member)
-    if dtype.kind not in ALLOWED_KINDS:
-        raise FormatError(f"HDF5 dataset {dset.name} has non-numeric dtype {dset.dtype}", member=member)
+    if numeric and dtype.kind not in ALLOWED_KINDS:
+        raise FormatError(non_numeric_reason(dset), member=member)
+
+
+def non_numeric_reason(dset) -> str:  # type: ignore[no-untyped-def]
+    """Why a dataset whose dtype kind is outside :data:`ALLOWED_KINDS` is refused."""
+    return f"HDF5 dataset {dset.name} has non-numeric dtype {dset.dtype}"
 
 
 def check_dataset_size(dset, *, member: str) -> int:  # type: ignore[no-untyped-def]

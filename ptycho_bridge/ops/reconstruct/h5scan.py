@@ -30,7 +30,8 @@ from typing import Any
 from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ArchiveLimitError, CorruptArchiveError, FormatError, UnsafeArchiveError
-from ptycho_bridge.io.h5 import MAX_FILTER_RATIO, check_dataset, check_link, get_dataset
+from ptycho_bridge.io.h5 import (ALLOWED_KINDS, MAX_FILTER_RATIO, check_dataset, check_link, get_dataset,
+                                 non_numeric_reason)
 from ptycho_bridge.io.h5_isolated import IsolatedWorker, run_isolated
 from ptycho_bridge.io.h5meta import scan
 
@@ -204,12 +205,9 @@ def _child_describe(path: str, member: str) -> dict[str, Any]:
                 if isinstance(node, h5py.Group):
                     stack.append(node)
                 elif isinstance(node, h5py.Dataset):
-                    try:
-                        check_dataset(node, member=member)  # virtual, external storage, dtype
-                    except FormatError as exc:
-                        if "non-numeric" not in exc.reason:
-                            raise
-                        out[node.name] = [[int(d) for d in node.shape], None, exc.reason]
+                    check_dataset(node, member=member, numeric=False)  # virtual, external storage: refused here
+                    if node.dtype.kind not in ALLOWED_KINDS:  # listed, refused only if the scan uses it as a key
+                        out[node.name] = [[int(d) for d in node.shape], None, non_numeric_reason(node)]
                         continue
                     check_storage(node, member=member)
                     out[node.name] = [[int(d) for d in node.shape], node.dtype.str, None]
