@@ -40,6 +40,7 @@ from ptycho_bridge.ops.reconstruct.patterns import H5Patterns, MappedPatterns, P
 
 CANONICAL = ("diffraction", "xcoords", "ycoords", "xcoords_start", "ycoords_start", "probeGuess",
              "objectGuess", "scan_index")
+PATTERN_KEYS = ("diff3d", "diffraction")  # upstream's names for the patterns, in its order of preference
 MAX_SMALL_BYTES = 1 << 30  # coords / probe / scan_index read whole: 1 GiB bound
 MAX_PATTERNS = 50_000_000
 
@@ -159,7 +160,7 @@ def _resolve(names: set[str], keys: Mapping[str, str] | None, canon: str) -> str
             raise FormatError(f"mapped key {keys[canon]!r} is not in the file", field=canon)
         return keys[canon]
     if canon == "diffraction":
-        for k in ("diff3d", "diffraction"):
+        for k in PATTERN_KEYS:
             if k in names:
                 return k
         return None
@@ -268,7 +269,10 @@ def _open_npz(path: str, N: int, keys: Mapping[str, str] | None, require_probe: 
 def _open_h5(path: str, N: int, keys: Mapping[str, str] | None, require_probe: bool, max_small: int) -> ScanDataset:
     """An HDF5 scan: metadata from the pure scan or the isolated child; no libhdf5 call in this process (h5scan)."""
     member = os.path.basename(path)
-    facts = describe(path)  # refuses links, virtual/external storage, filters outside the allow-list, unbacked data
+    # refuses links, virtual/external storage, filters outside the allow-list, unbacked data; the patterns are never
+    # preloaded with the listing (H5Patterns reads them through the BlockReader child)
+    patterns = (keys["diffraction"],) if keys and "diffraction" in keys else PATTERN_KEYS
+    facts = describe(path, not_preloaded=patterns)
     names = {p.lstrip("/") for p in facts.datasets}
 
     def info(k: str) -> tuple[H5Dataset, np.dtype]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import mmap
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Collection
 
 from ptycho_bridge.lazy import numpy as np
 
@@ -63,8 +63,11 @@ class H5Facts:
     source: str  # who answered, for the report's notes
 
 
-def describe(path: str) -> H5Facts:
-    """Every dataset of the HDF5 file at ``path``; raises an ``ArchiveError`` naming the file for anything refused."""
+def describe(path: str, *, not_preloaded: Collection[str] = ()) -> H5Facts:
+    """Every dataset of the HDF5 file at ``path``; raises an ``ArchiveError`` naming the file for anything refused.
+
+    ``not_preloaded``: dataset paths the describing child does not read however small (the patterns, which are read
+    block by block through :class:`BlockReader`: transferred once)."""
     member = os.path.basename(path)
     meta = None
     with open(path, "rb") as fh:
@@ -82,7 +85,8 @@ def describe(path: str) -> H5Facts:
             where = meta.storage.get(p)
             out[p] = H5Dataset(tuple(shape), np.dtype(dtype), where)
         return H5Facts(out, "the pure-Python metadata scan")
-    found = run_isolated(_child_describe, path, member, member=member)
+    skip = frozenset("/" + str(p).lstrip("/") for p in not_preloaded)
+    found = run_isolated(_child_describe, path, member, skip, member=member)
     out = {}
     for p, (shape, dtype, why) in found["datasets"].items():
         arr = found["arrays"].get(p)
@@ -168,14 +172,15 @@ def check_storage(dset, *, member: str) -> None:  # type: ignore[no-untyped-def]
                                   f"{' (filtered)' if filters else ''}: unwritten or missing data", member=member)
 
 
-def _child_describe(path: str, member: str) -> dict[str, Any]:
+def _child_describe(path: str, member: str, not_preloaded: frozenset[str] = frozenset()) -> dict[str, Any]:
     """(child) ``{"datasets": {path: [shape, dtype str or None, why not numeric]}, "arrays": {path: array}}``.
 
     Every dataset, walked by hard links only. Links, virtual datasets, external storage and filters are refused
     wherever they are; a non-numeric dataset (a NeXus title string) is listed without its dtype and refused only if
     the scan uses it as a key. Small numeric datasets (coordinates, probe: up to :data:`PRELOAD_BYTES` each,
-    :data:`PRELOAD_TOTAL` together) are read here too, saving a fork per key; one that fails to read is left out
-    and read (and refused) on use."""
+    :data:`PRELOAD_TOTAL` together) are read here too, saving a fork per key, except the paths in ``not_preloaded``
+    (the patterns: read through :class:`BlockReader` anyway); one that fails to read is left out and read (and
+    refused) on use."""
     import h5py
 
     f = _open(path, member)
@@ -212,7 +217,7 @@ def _child_describe(path: str, member: str) -> dict[str, Any]:
                     check_storage(node, member=member)
                     out[node.name] = [[int(d) for d in node.shape], node.dtype.str, None]
                     nbytes = int(np.prod(node.shape, dtype=np.int64)) * node.dtype.itemsize
-                    if nbytes <= min(PRELOAD_BYTES, budget):
+                    if nbytes <= min(PRELOAD_BYTES, budget) and node.name not in not_preloaded:
                         try:
                             arrays[node.name] = np.asarray(node[()])
                             budget -= nbytes
