@@ -287,13 +287,12 @@ def _open_h5(path: str, N: int, keys: Mapping[str, str] | None, require_probe: b
         nbytes = int(np.prod(d.shape, dtype=np.int64)) * dt.itemsize
         if nbytes > max_small:
             raise FormatError(f"{nbytes} bytes exceeds the {max_small}-byte bound for this key", field=k)
-        if d.preloaded is not None:
-            out = d.preloaded
-        elif d.storage is not None:
-            out = read_contiguous(path, d, k)
-        else:
-            out = read_isolated(path, "/" + k.lstrip("/"), ("all",), key=k)
-        if out.shape != d.shape or out.dtype != d.dtype:
+        if d.preloaded is not None:  # describe() kept it only if it has the listed shape and dtype
+            return d.preloaded
+        if d.storage is not None:  # the listed shape and dtype, by construction
+            return read_contiguous(path, d, k)
+        out = read_isolated(path, "/" + k.lstrip("/"), ("all",), key=k)
+        if out.shape != d.shape or out.dtype != d.dtype:  # the file changed since it was described
             raise CorruptArchiveError(f"read {out.dtype}{list(out.shape)}, the metadata says {d.dtype}{list(d.shape)}",
                                       field=k)
         return out

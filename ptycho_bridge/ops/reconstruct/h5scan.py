@@ -16,8 +16,9 @@ readers never run libhdf5 on untrusted bytes in the main process; this module gi
    off in the child too), and data not backed by stored bytes (a tiny file declaring a huge, never-written
    dataset that libhdf5 would fill in). A non-numeric dataset (a NeXus title string) is listed, never read, and
    refused only if the scan uses it as a key.
-3. Pattern blocks and small arrays of such datasets are read by libhdf5 in a child per read (:func:`read_isolated`),
-   which re-checks the dataset (the file may have changed) and returns at most the block asked for.
+3. Pattern blocks of such datasets are read by libhdf5 in one long-lived child per dataset (:class:`BlockReader`), a
+   small array the describing child did not preload in a child of its own (:func:`read_isolated`). Both re-check
+   the dataset (the file may have changed) and return at most what was asked for.
 """
 
 from __future__ import annotations
@@ -112,10 +113,10 @@ def read_contiguous(path: str, ds: H5Dataset, key: str) -> np.ndarray:
 
 
 def read_isolated(path: str, dataset: str, selection: tuple[Any, ...], *, key: str) -> np.ndarray:
-    """``dataset[selection]`` read by libhdf5 in a forked child.
+    """``dataset[selection]`` read by libhdf5 in a forked child of its own (a fork, an open and a check per call).
 
-    ``selection``: ``("all",)``, ``("range", lo, hi)`` or ``("points", indices)`` on the first axis,
-    ``("last", indices)`` on the last axis; a 4-D ``(M, N, N, 1)`` dataset is read without its channel axis."""
+    Used for the small keys (coordinates, probe, objectGuess) the describing child did not preload, with
+    ``("all",)``; pattern blocks go through :class:`BlockReader`. ``selection``: as :func:`_select` takes it."""
     member = os.path.basename(path)
     out = run_isolated(_child_read, path, dataset, selection, member, key, member=member)
     if not isinstance(out, np.ndarray):
@@ -281,7 +282,11 @@ class BlockReader:
 
 
 def _select(d, selection: tuple[Any, ...], member: str, key: str) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """(child) ``d[selection]`` with libhdf5 failures as one CorruptArchiveError naming the key."""
+    """(child) ``d[selection]`` with libhdf5 failures as one CorruptArchiveError naming the key.
+
+    ``selection``: ``("all",)``, ``("range", lo, hi)`` or ``("points", indices)`` on the first axis,
+    ``("last", indices)`` on the last axis; a 4-D ``(M, N, N, 1)`` dataset is read without its channel axis
+    (range and points)."""
     squeeze = d.ndim == 4
     kind = selection[0]
     try:
