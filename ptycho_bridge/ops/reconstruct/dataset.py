@@ -139,16 +139,16 @@ def non_finite(key: str, a: np.ndarray) -> None:
 
 
 def _coords(key: str, a: np.ndarray, M: int) -> np.ndarray:
+    """A coordinate array whose header passed :func:`_coords_header` (the readers return exactly the header's shape
+    and dtype) as finite float64 ``(M,)``."""
     a = np.asarray(a)
-    _coords_header(key, a.shape, a.dtype, M)
     non_finite(key, a)  # before any cast: a signalling NaN would raise the FP "invalid" flag (a warning line)
     return a.reshape(M).astype(np.float64)
 
 
 def _probe(key: str, a: np.ndarray, N: int) -> np.ndarray:
-    a = np.asarray(a)
-    _probe_header(key, a.shape, a.dtype, N)
-    a = a.reshape(N, N)
+    """A probe whose header passed :func:`_probe_header` as finite complex64 ``(N, N)``."""
+    a = np.asarray(a).reshape(N, N)
     non_finite(key, a)
     with np.errstate(all="ignore"):  # finite complex128 beyond complex64's range: inf, as np.asarray would give
         return a.astype(np.complex64)
@@ -191,34 +191,30 @@ def open_dataset(path: str, N: int, *, keys: Mapping[str, str] | None = None, re
 def _finish(ds: ScanDataset, get: Any, shape_of: Any, dtype_of: Any, names: set[str],
             keys: Mapping[str, str] | None, require_probe: bool, N: int) -> ScanDataset:
     M = ds.count
+    used = ds.keys_used
     for canon in ("xcoords", "ycoords"):
         k = _resolve(names, keys, canon)
         if k is None:
             raise FormatError(f"required key missing (expected a ({M},) coordinate array)", field=canon)
-        ds.keys_used[canon] = k
+        used[canon] = k
     # every small key's shape and dtype from its header first: nothing is read (or allocated) for a scan whose
     # coordinate, start or probe arrays contradict the pattern count M or the model's N
-    for canon in ("xcoords", "ycoords", "xcoords_start", "ycoords_start"):
-        k = ds.keys_used.get(canon) or _resolve(names, keys, canon)
-        if k is not None:
+    for canon in ("xcoords", "ycoords", "xcoords_start", "ycoords_start", "probeGuess"):
+        k = used[canon] if canon in used else _resolve(names, keys, canon)
+        if k is None:
+            continue
+        if canon == "probeGuess":
+            _probe_header(k, tuple(shape_of(k)), dtype_of(k), N)
+        else:
             _coords_header(k, tuple(shape_of(k)), dtype_of(k), M)
-    k = _resolve(names, keys, "probeGuess")
-    if k is not None:
-        _probe_header(k, tuple(shape_of(k)), dtype_of(k), N)
-    ds.x = _coords(ds.keys_used["xcoords"], get(ds.keys_used["xcoords"]), M)
-    ds.y = _coords(ds.keys_used["ycoords"], get(ds.keys_used["ycoords"]), M)
-    for canon in ("xcoords_start", "ycoords_start"):
-        k = _resolve(names, keys, canon)
-        if k is not None:
-            ds.keys_used[canon] = k
-            setattr(ds, canon.replace("coords_start", "_start"), _coords(k, get(k), M))
-    k = _resolve(names, keys, "probeGuess")
-    if k is None:
-        if require_probe:
-            raise FormatError(f"required key missing (expected ({N},{N}) complex)", field="probeGuess")
-    else:
-        ds.keys_used["probeGuess"] = k
-        ds.probe = _probe(k, get(k), N)
+        used[canon] = k
+    for canon, attr in (("xcoords", "x"), ("ycoords", "y"), ("xcoords_start", "x_start"), ("ycoords_start", "y_start")):
+        if canon in used:
+            setattr(ds, attr, _coords(used[canon], get(used[canon]), M))
+    if "probeGuess" in used:
+        ds.probe = _probe(used["probeGuess"], get(used["probeGuess"]), N)
+    elif require_probe:
+        raise FormatError(f"required key missing (expected ({N},{N}) complex)", field="probeGuess")
     k = _resolve(names, keys, "objectGuess")
     if k is not None:
         shp, dt = shape_of(k), dtype_of(k)
