@@ -57,9 +57,14 @@ class EraReader(ABC):
         (decoded manifests), so a manifest is decoded once per open; ``None`` reads afresh."""
 
 
-def read_json(zf: SafeZip, name: str) -> Any:
-    """A bounded JSON member, parsed strictly (no NaN literals, no duplicate keys)."""
-    raw = zf.read(name, max_size=MAX_JSON_BYTES)
+def read_json(zf: SafeZip, name: str, *, raw: bytes | None = None) -> Any:
+    """A bounded JSON member, parsed strictly (no NaN literals, no duplicate keys).
+
+    ``raw``: the member's bytes when the caller has read them already (held to the same bound, not read again)."""
+    if raw is None:
+        raw = zf.read(name, max_size=MAX_JSON_BYTES)
+    else:
+        zf.check_size(name, len(raw), MAX_JSON_BYTES)
     where = zf.member_label(name)
 
     def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

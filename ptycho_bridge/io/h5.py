@@ -17,7 +17,7 @@ from ptycho_bridge.errors import ArchiveLimitError, CorruptArchiveError, FormatE
 
 ALLOWED_KINDS = "biufc"  # bool, int, uint, float, complex
 MAX_DATASET_BYTES = 2 * 1024**3  # one dataset, as one zip member (safezip.Limits.max_member_size)
-MAX_FILTER_RATIO = 1100  # deflate cannot exceed ~1032:1
+MAX_FILTER_RATIO = 1100  # deflate cannot exceed ~1032:1; a larger declared/stored ratio is unbacked data
 
 
 def _sizeof_lengths(image: bytes | memoryview) -> int:
@@ -100,13 +100,19 @@ def open_h5(data: bytes | io.BufferedIOBase, *, member: str, checked: bool = Fal
         raise CorruptArchiveError(f"not a readable HDF5 file ({exc.__class__.__name__}: {exc})", member=member) from None
 
 
-def _check_link(group, name: str, member: str) -> None:  # type: ignore[no-untyped-def]
+def check_link(group, name: str, *, member: str,  # type: ignore[no-untyped-def]
+               max_len: int | None = None) -> None:
+    """Refuse a soft or external link ``group[name]`` by its path, without following it.
+
+    ``max_len``: cut the message of an unreadable link to that many characters (the scan reader's bound; archive
+    readers keep the whole message)."""
     import h5py
 
     try:
         link = group.get(name, getlink=True)
     except Exception as exc:  # corrupt link messages: KeyError/OSError/UnicodeDecodeError variants
-        raise CorruptArchiveError(f"cannot read HDF5 link {name!r} ({exc.__class__.__name__}: {exc})", member=member) from None
+        raise CorruptArchiveError(f"cannot read HDF5 link {name!r} ({exc.__class__.__name__}: {exc})"[:max_len],
+                                  member=member) from None
     if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
         kind = "external link" if isinstance(link, h5py.ExternalLink) else "soft link"
         raise UnsafeArchiveError(f"HDF5 {kind} at {group.name.rstrip('/')}/{name} is not allowed", member=member)
@@ -122,7 +128,7 @@ def get_dataset(h5file, path: str, *, member: str):  # type: ignore[no-untyped-d
         for part in parts:
             if part not in node:
                 raise FormatError(f"HDF5 object {path!r} not found", member=member)
-            _check_link(node, part, member)
+            check_link(node, part, member=member)
             node = node[part]
     except (KeyError, OSError, RuntimeError, ValueError) as exc:
         raise CorruptArchiveError(f"cannot read HDF5 object {path!r} ({exc})", member=member) from None
@@ -132,8 +138,11 @@ def get_dataset(h5file, path: str, *, member: str):  # type: ignore[no-untyped-d
     return node
 
 
-def check_dataset(dset, *, member: str) -> None:  # type: ignore[no-untyped-def]
-    """Refuse virtual datasets, external raw storage and non-numeric dtypes (corrupt headers: CorruptArchiveError)."""
+def check_dataset(dset, *, member: str, numeric: bool = True) -> None:  # type: ignore[no-untyped-def]
+    """Refuse virtual datasets, external raw storage and non-numeric dtypes (corrupt headers: CorruptArchiveError).
+
+    ``numeric=False`` leaves the dtype to the caller (one that lists a non-numeric dataset instead of refusing it;
+    :func:`non_numeric_reason` is the refusal's text)."""
     try:
         virtual, external, dtype = dset.is_virtual, dset.external, dset.dtype
     except Exception as exc:  # a corrupt layout/type message: h5py raises ValueError/OSError/TypeError variants
@@ -143,8 +152,13 @@ def check_dataset(dset, *, member: str) -> None:  # type: ignore[no-untyped-def]
         raise UnsafeArchiveError(f"HDF5 virtual dataset {dset.name} is not allowed", member=member)
     if external:
         raise UnsafeArchiveError(f"HDF5 dataset {dset.name} uses external storage", member=member)
-    if dtype.kind not in ALLOWED_KINDS:
-        raise FormatError(f"HDF5 dataset {dset.name} has non-numeric dtype {dset.dtype}", member=member)
+    if numeric and dtype.kind not in ALLOWED_KINDS:
+        raise FormatError(non_numeric_reason(dset), member=member)
+
+
+def non_numeric_reason(dset) -> str:  # type: ignore[no-untyped-def]
+    """Why a dataset whose dtype kind is outside :data:`ALLOWED_KINDS` is refused."""
+    return f"HDF5 dataset {dset.name} has non-numeric dtype {dset.dtype}"
 
 
 def check_dataset_size(dset, *, member: str) -> int:  # type: ignore[no-untyped-def]
@@ -208,7 +222,7 @@ def walk_datasets(h5file, *, member: str) -> Iterator[tuple[str, object]]:  # ty
         except Exception as exc:
             raise CorruptArchiveError(f"cannot list HDF5 group {group.name} ({exc})", member=member) from None
         for name in names:
-            _check_link(group, name, member)
+            check_link(group, name, member=member)
             try:
                 node = group[name]
             except Exception as exc:

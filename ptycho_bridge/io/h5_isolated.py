@@ -68,11 +68,8 @@ def run_isolated(fn: Callable[..., Any], *args: Any, member: str, timeout: float
             _limit_child()
             try:
                 payload = _encode({"ok": fn(*args)})
-            except ArchiveError as exc:
-                payload = _encode({"error": [type(exc).__name__, exc.reason, exc.member, exc.field]})
-            except Exception as exc:  # h5py's many exception types on corrupt metadata
-                payload = _encode({"error": ["CorruptArchiveError",
-                                             f"cannot parse HDF5 ({exc.__class__.__name__}: {exc})"[:500], member, None]})
+            except Exception as exc:  # an ArchiveError, or one of h5py's many exception types on corrupt metadata
+                payload = _encode({"error": _failure(exc, "parse", member)})
             with os.fdopen(wfd, "wb") as out:
                 out.write(payload)
         except BaseException:
@@ -85,14 +82,21 @@ def run_isolated(fn: Callable[..., Any], *args: Any, member: str, timeout: float
     finally:
         os.close(rfd)
     _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        name = signal.Signals(sig).name if sig in signal.valid_signals() else str(sig)
-        why = "hit its CPU limit" if sig == signal.SIGXCPU else f"crashed ({name})"
-        raise CorruptArchiveError(f"libhdf5 {why} while parsing this HDF5 file; refused", member=member)
-    if os.WEXITSTATUS(status) != 0 or not data:
-        raise CorruptArchiveError("libhdf5 failed while parsing this HDF5 file (isolated parser exited "
-                                  f"{os.WEXITSTATUS(status)}); refused", member=member)
+    if os.WIFSIGNALED(status) or os.WEXITSTATUS(status) != 0 or not data:
+        raise _exit_error(status, "parsing", member)
+    return _result(data, member)
+
+
+def _failure(exc: Exception, verb: str, member: str) -> list[Any]:
+    """(child) ``exc`` as the ``"error"`` list sent back: an ArchiveError by class name, anything else (h5py's
+    exception types on corrupt metadata) as a CorruptArchiveError "cannot {verb} HDF5 (...)" naming ``member``."""
+    if isinstance(exc, ArchiveError):
+        return [type(exc).__name__, exc.reason, exc.member, exc.field]
+    return ["CorruptArchiveError", f"cannot {verb} HDF5 ({exc.__class__.__name__}: {exc})"[:500], member, None]
+
+
+def _result(data: bytearray, member: str) -> Any:
+    """(parent) The child's answer: its ``"ok"`` value, or its error raised again (allowlisted classes only)."""
     doc = _decode(data, member)
     if "error" in doc:
         name, reason, err_member, field = doc["error"]
@@ -100,6 +104,21 @@ def run_isolated(fn: Callable[..., Any], *args: Any, member: str, timeout: float
         raise cls(str(reason), member=err_member if isinstance(err_member, str) else member,
                   field=field if isinstance(field, str) else None)
     return doc["ok"]
+
+
+_AGENT = {"parsing": "parser", "reading": "reader"}
+
+
+def _exit_error(status: int, doing: str, member: str) -> CorruptArchiveError:
+    """(parent) A child's end (its wait status) as one line; ``doing``: "parsing" (:func:`run_isolated`) or
+    "reading" (:class:`IsolatedWorker`)."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        name = signal.Signals(sig).name if sig in signal.valid_signals() else str(sig)
+        why = "hit its CPU limit" if sig == signal.SIGXCPU else f"crashed ({name})"
+        return CorruptArchiveError(f"libhdf5 {why} while {doing} this HDF5 file; refused", member=member)
+    return CorruptArchiveError(f"libhdf5 failed while {doing} this HDF5 file (isolated {_AGENT[doing]} exited "
+                               f"{os.WEXITSTATUS(status) if os.WIFEXITED(status) else '?'}); refused", member=member)
 
 
 def _limit_child(cpu: bool = True) -> None:
@@ -271,13 +290,7 @@ class IsolatedWorker:
             except OSError:  # EPIPE: the child is gone
                 self._dead = self._why_dead()
                 raise self._dead from None
-            doc = _decode(data, self.member)
-            if "error" in doc:
-                name, reason, err_member, field = doc["error"]
-                cls = _ERRORS.get(name, CorruptArchiveError)
-                raise cls(str(reason), member=err_member if isinstance(err_member, str) else self.member,
-                          field=field if isinstance(field, str) else None)
-            return doc["ok"]
+            return _result(data, self.member)
 
     def close(self) -> None:
         """Stop the child (idempotent)."""
@@ -310,11 +323,8 @@ class IsolatedWorker:
     def _serve(self, req: int, resp: int) -> None:  # pragma: no cover - runs in the child
         try:
             state, failure = self.setup(*self.setup_args), None
-        except ArchiveError as exc:
-            state, failure = None, [type(exc).__name__, exc.reason, exc.member, exc.field]
-        except Exception as exc:  # h5py's many exception types on corrupt metadata
-            state, failure = None, ["CorruptArchiveError", f"cannot parse HDF5 ({exc.__class__.__name__}: {exc})"[:500],
-                                    self.member, None]
+        except Exception as exc:  # an ArchiveError, or one of h5py's many exception types on corrupt metadata
+            state, failure = None, _failure(exc, "parse", self.member)
         while True:
             frame = _read_frame_blocking(req)
             if frame is None:
@@ -331,12 +341,8 @@ class IsolatedWorker:
                 try:
                     args = _decode(frame, self.member)["ok"]
                     payload = _encode({"ok": self.handler(state, *args)})
-                except ArchiveError as exc:
-                    payload = _encode({"error": [type(exc).__name__, exc.reason, exc.member, exc.field]})
                 except Exception as exc:
-                    payload = _encode({"error": ["CorruptArchiveError",
-                                                 f"cannot read HDF5 ({exc.__class__.__name__}: {exc})"[:500],
-                                                 self.member, None]})
+                    payload = _encode({"error": _failure(exc, "read", self.member)})
             _write_frame(resp, payload)
 
     def _read_frame(self) -> bytearray:
@@ -370,14 +376,7 @@ class IsolatedWorker:
             except ChildProcessError:
                 status = 0
             self._pid = None
-        if os.WIFSIGNALED(status):
-            sig = os.WTERMSIG(status)
-            name = signal.Signals(sig).name if sig in signal.valid_signals() else str(sig)
-            why = "hit its CPU limit" if sig == signal.SIGXCPU else f"crashed ({name})"
-            return CorruptArchiveError(f"libhdf5 {why} while reading this HDF5 file; refused", member=self.member)
-        return CorruptArchiveError("libhdf5 failed while reading this HDF5 file (isolated reader exited "
-                                   f"{os.WEXITSTATUS(status) if os.WIFEXITED(status) else '?'}); refused",
-                                   member=self.member)
+        return _exit_error(status, "reading", self.member)
 
     def _forget(self) -> None:
         """Drop the pipes without touching the child: in a forked copy, the child belongs to the original."""
@@ -392,15 +391,13 @@ class IsolatedWorker:
 
     def _stop(self) -> None:
         pid, owned = self._pid, self._owner == os.getpid()
-        self._forget()  # closes the pipes; a forked copy leaves the child to the original
+        self._forget()  # closes the pipes and clears _pid; a forked copy leaves the child to the original
         if pid is not None and owned:
-            self._pid = pid
             try:
-                os.kill(self._pid, signal.SIGKILL)
-                os.waitpid(self._pid, 0)
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
-            self._pid = None
 
     def __del__(self) -> None:  # a worker never closed (an exception path) does not leave its child behind
         try:

@@ -220,13 +220,18 @@ class SafeZip:
         return sum(m.size for m in self._members.values())
 
     # -- reads --------------------------------------------------------------------------------
+    def check_size(self, name: str, size: int, max_size: int | None = None) -> None:
+        """Refuse ``size`` bytes of member ``name`` over ``max_size`` or the per-member limit (:meth:`read`'s bound,
+        for bytes a caller already holds)."""
+        cap = self.limits.max_member_size if max_size is None else min(max_size, self.limits.max_member_size)
+        if size > cap:
+            raise ArchiveLimitError(f"member is {size} bytes, limit here is {cap}", member=self.member_label(name))
+
     def read(self, name: str, *, max_size: int | None = None) -> bytes:
         """The whole member, CRC-checked, never more than its declared size or ``max_size``."""
         info = self.info(name)
         where = self.member_label(name)
-        cap = self.limits.max_member_size if max_size is None else min(max_size, self.limits.max_member_size)
-        if info.size > cap:
-            raise ArchiveLimitError(f"member is {info.size} bytes, limit here is {cap}", member=where)
+        self.check_size(name, info.size, max_size)
         try:
             if info.stored:
                 chunks = self._read_stored(info, where)

@@ -131,3 +131,50 @@ def test_a_forked_copy_never_signals_the_original_s_child() -> None:
         assert _alive(pid) and w.call("pid", x) == pid  # the original's child is untouched
     finally:
         w.close()
+
+
+def _raise_value_error(*_: object) -> None:
+    raise ValueError("bad header")
+
+
+def _exit_3(*_: object) -> None:
+    os._exit(3)
+
+
+def test_run_isolated_and_the_worker_word_their_errors_alike_but_for_the_verb() -> None:
+    """One-line messages of both paths, exactly: a non-ArchiveError in the child, a non-zero exit, a signal."""
+    from ptycho_bridge.io.h5_isolated import run_isolated
+
+    x = np.zeros(1)
+    with pytest.raises(CorruptArchiveError) as info:
+        run_isolated(_raise_value_error, member="scan.h5")
+    assert str(info.value) == "scan.h5: cannot parse HDF5 (ValueError: bad header)"
+    with pytest.raises(CorruptArchiveError) as info:
+        run_isolated(_exit_3, member="scan.h5")
+    assert str(info.value) == ("scan.h5: libhdf5 failed while parsing this HDF5 file (isolated parser exited 3); "
+                               "refused")
+    with pytest.raises(CorruptArchiveError) as info:
+        run_isolated(_handler, {}, "segv", x, member="scan.h5")
+    assert str(info.value) == "scan.h5: libhdf5 crashed (SIGSEGV) while parsing this HDF5 file; refused"
+
+    w = IsolatedWorker(_raise_value_error, (), _handler, member="scan.h5")
+    with pytest.raises(CorruptArchiveError) as info:  # setup parses, like run_isolated
+        w.call("pid", x)
+    assert str(info.value) == "scan.h5: cannot parse HDF5 (ValueError: bad header)"
+    w.close()
+    w = IsolatedWorker(_setup, (1.0,), _raise_value_error, member="scan.h5")
+    with pytest.raises(CorruptArchiveError) as info:  # each call reads
+        w.call("pid", x)
+    assert str(info.value) == "scan.h5: cannot read HDF5 (ValueError: bad header)"
+    w.close()
+    w = IsolatedWorker(_setup, (1.0,), _exit_3, member="scan.h5")
+    with pytest.raises(CorruptArchiveError) as info:
+        w.call("pid", x)
+    assert str(info.value) == ("scan.h5: libhdf5 failed while reading this HDF5 file (isolated reader exited 3); "
+                               "refused")
+    w.close()
+    w = IsolatedWorker(_setup, (1.0,), _handler, member="scan.h5")
+    with pytest.raises(CorruptArchiveError) as info:
+        w.call("segv", x)
+    assert str(info.value) == "scan.h5: libhdf5 crashed (SIGSEGV) while reading this HDF5 file; refused"
+    w.close()

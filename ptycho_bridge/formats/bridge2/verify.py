@@ -26,6 +26,7 @@ def verify_checksums(zf: SafeZip, manifest: dict[str, Any]) -> list[str]:
     checked = []
     weights_members = {entry["weights"] for entry in manifest["models"].values() if "weights" in entry}
     weights_data: dict[str, bytes] = {}  # kept from the sha256 pass, parsed below without a second read
+    params_raw: bytes | None = None  # likewise
     for name, meta in manifest["members"].items():
         data = zf.read(name)
         if len(data) != meta["size"]:
@@ -36,7 +37,9 @@ def verify_checksums(zf: SafeZip, manifest: dict[str, Any]) -> list[str]:
         checked.append(name)
         if name in weights_members:
             weights_data[name] = data
-    declared = params_datasets(zf) if "params.json" in manifest["members"] else {}
+        if name == "params.json":
+            params_raw = data
+    declared = params_datasets(zf, params_raw) if params_raw is not None else {}
     for model, entry in manifest["models"].items():
         if "weights" not in entry:  # a torch-sentinel placeholder: its member is covered above
             continue
@@ -66,15 +69,16 @@ def verify_checksums(zf: SafeZip, manifest: dict[str, Any]) -> list[str]:
     return checked
 
 
-def params_datasets(zf: SafeZip) -> dict[str, set[str]]:
+def params_datasets(zf: SafeZip, raw: bytes | None = None) -> dict[str, set[str]]:
     """weights member -> the HDF5 datasets ``params.json`` references (``{"$array": {member, dataset, ...}}``).
 
     Why: an HDF5 dataset nobody declares has no checksum and is read by no reader, yet the format promises a
     checksum for every array it carries; ``validate`` refuses it by name instead of passing bytes it cannot vouch
-    for (``migrate``/``convert`` rebuild ``weights.h5`` from the declared tensors, so they never carry it over)."""
+    for (``migrate``/``convert`` rebuild ``weights.h5`` from the declared tensors, so they never carry it over).
+    ``raw``: the bytes of ``params.json`` when the caller has read them (the sha256 pass), else it is read here."""
     out: dict[str, set[str]] = {}
     try:
-        doc = read_json(zf, "params.json")
+        doc = read_json(zf, "params.json", raw=raw)
     except FormatError:
         return out  # the member checksum above already vouched for it; the reader reports a parse error itself
     stack: list[Any] = [doc]

@@ -28,7 +28,6 @@ data, so it is checked by the first streaming pass (:func:`normalise.pattern_ene
 from __future__ import annotations
 
 import os
-import struct
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -36,11 +35,12 @@ from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ArchiveError, CorruptArchiveError, FormatError
 from ptycho_bridge.ops.reconstruct.h5scan import H5Dataset, describe, read_contiguous, read_isolated
-from ptycho_bridge.ops.reconstruct.npzfile import INFLATE_ERRORS, NpzMember, check_dtype, read_member, scan_npz
+from ptycho_bridge.ops.reconstruct.npzfile import NpzMember, check_dtype, read_member, scan_npz
 from ptycho_bridge.ops.reconstruct.patterns import H5Patterns, MappedPatterns, PatternSource, StreamPatterns
 
 CANONICAL = ("diffraction", "xcoords", "ycoords", "xcoords_start", "ycoords_start", "probeGuess",
              "objectGuess", "scan_index")
+PATTERN_KEYS = ("diff3d", "diffraction")  # upstream's names for the patterns, in its order of preference
 MAX_SMALL_BYTES = 1 << 30  # coords / probe / scan_index read whole: 1 GiB bound
 MAX_PATTERNS = 50_000_000
 
@@ -139,16 +139,16 @@ def non_finite(key: str, a: np.ndarray) -> None:
 
 
 def _coords(key: str, a: np.ndarray, M: int) -> np.ndarray:
+    """A coordinate array whose header passed :func:`_coords_header` (the readers return exactly the header's shape
+    and dtype) as finite float64 ``(M,)``."""
     a = np.asarray(a)
-    _coords_header(key, a.shape, a.dtype, M)
     non_finite(key, a)  # before any cast: a signalling NaN would raise the FP "invalid" flag (a warning line)
     return a.reshape(M).astype(np.float64)
 
 
 def _probe(key: str, a: np.ndarray, N: int) -> np.ndarray:
-    a = np.asarray(a)
-    _probe_header(key, a.shape, a.dtype, N)
-    a = a.reshape(N, N)
+    """A probe whose header passed :func:`_probe_header` as finite complex64 ``(N, N)``."""
+    a = np.asarray(a).reshape(N, N)
     non_finite(key, a)
     with np.errstate(all="ignore"):  # finite complex128 beyond complex64's range: inf, as np.asarray would give
         return a.astype(np.complex64)
@@ -160,7 +160,7 @@ def _resolve(names: set[str], keys: Mapping[str, str] | None, canon: str) -> str
             raise FormatError(f"mapped key {keys[canon]!r} is not in the file", field=canon)
         return keys[canon]
     if canon == "diffraction":
-        for k in ("diff3d", "diffraction"):
+        for k in PATTERN_KEYS:
             if k in names:
                 return k
         return None
@@ -191,34 +191,30 @@ def open_dataset(path: str, N: int, *, keys: Mapping[str, str] | None = None, re
 def _finish(ds: ScanDataset, get: Any, shape_of: Any, dtype_of: Any, names: set[str],
             keys: Mapping[str, str] | None, require_probe: bool, N: int) -> ScanDataset:
     M = ds.count
+    used = ds.keys_used
     for canon in ("xcoords", "ycoords"):
         k = _resolve(names, keys, canon)
         if k is None:
             raise FormatError(f"required key missing (expected a ({M},) coordinate array)", field=canon)
-        ds.keys_used[canon] = k
+        used[canon] = k
     # every small key's shape and dtype from its header first: nothing is read (or allocated) for a scan whose
     # coordinate, start or probe arrays contradict the pattern count M or the model's N
-    for canon in ("xcoords", "ycoords", "xcoords_start", "ycoords_start"):
-        k = ds.keys_used.get(canon) or _resolve(names, keys, canon)
-        if k is not None:
+    for canon in ("xcoords", "ycoords", "xcoords_start", "ycoords_start", "probeGuess"):
+        k = used[canon] if canon in used else _resolve(names, keys, canon)
+        if k is None:
+            continue
+        if canon == "probeGuess":
+            _probe_header(k, tuple(shape_of(k)), dtype_of(k), N)
+        else:
             _coords_header(k, tuple(shape_of(k)), dtype_of(k), M)
-    k = _resolve(names, keys, "probeGuess")
-    if k is not None:
-        _probe_header(k, tuple(shape_of(k)), dtype_of(k), N)
-    ds.x = _coords(ds.keys_used["xcoords"], get(ds.keys_used["xcoords"]), M)
-    ds.y = _coords(ds.keys_used["ycoords"], get(ds.keys_used["ycoords"]), M)
-    for canon in ("xcoords_start", "ycoords_start"):
-        k = _resolve(names, keys, canon)
-        if k is not None:
-            ds.keys_used[canon] = k
-            setattr(ds, canon.replace("coords_start", "_start"), _coords(k, get(k), M))
-    k = _resolve(names, keys, "probeGuess")
-    if k is None:
-        if require_probe:
-            raise FormatError(f"required key missing (expected ({N},{N}) complex)", field="probeGuess")
-    else:
-        ds.keys_used["probeGuess"] = k
-        ds.probe = _probe(k, get(k), N)
+        used[canon] = k
+    for canon, attr in (("xcoords", "x"), ("ycoords", "y"), ("xcoords_start", "x_start"), ("ycoords_start", "y_start")):
+        if canon in used:
+            setattr(ds, attr, _coords(used[canon], get(used[canon]), M))
+    if "probeGuess" in used:
+        ds.probe = _probe(used["probeGuess"], get(used["probeGuess"]), N)
+    elif require_probe:
+        raise FormatError(f"required key missing (expected ({N},{N}) complex)", field="probeGuess")
     k = _resolve(names, keys, "objectGuess")
     if k is not None:
         shp, dt = shape_of(k), dtype_of(k)
@@ -241,12 +237,7 @@ def _finish(ds: ScanDataset, get: Any, shape_of: Any, dtype_of: Any, names: set[
 
 def _open_npz(path: str, N: int, keys: Mapping[str, str] | None, require_probe: bool, spool_dir: str | None,
               max_small: int) -> ScanDataset:
-    try:
-        members = scan_npz(path)
-    except ArchiveError:
-        raise
-    except (*INFLATE_ERRORS, struct.error, OverflowError) as exc:  # zipfile on a hostile central directory
-        raise CorruptArchiveError(f"unreadable .npz: {exc.__class__.__name__}: {exc}"[:300]) from None
+    members = scan_npz(path)  # a hostile central directory: CorruptArchiveError "unreadable .npz"
     names = set(members)
     dk = _resolve(names, keys, "diffraction")
     if dk is None:
@@ -274,7 +265,10 @@ def _open_npz(path: str, N: int, keys: Mapping[str, str] | None, require_probe: 
 def _open_h5(path: str, N: int, keys: Mapping[str, str] | None, require_probe: bool, max_small: int) -> ScanDataset:
     """An HDF5 scan: metadata from the pure scan or the isolated child; no libhdf5 call in this process (h5scan)."""
     member = os.path.basename(path)
-    facts = describe(path)  # refuses links, virtual/external storage, filters outside the allow-list, unbacked data
+    # refuses links, virtual/external storage, filters outside the allow-list, unbacked data; the patterns are never
+    # preloaded with the listing (H5Patterns reads them through the BlockReader child)
+    patterns = (keys["diffraction"],) if keys and "diffraction" in keys else PATTERN_KEYS
+    facts = describe(path, not_preloaded=patterns)
     names = {p.lstrip("/") for p in facts.datasets}
 
     def info(k: str) -> tuple[H5Dataset, np.dtype]:
@@ -289,13 +283,12 @@ def _open_h5(path: str, N: int, keys: Mapping[str, str] | None, require_probe: b
         nbytes = int(np.prod(d.shape, dtype=np.int64)) * dt.itemsize
         if nbytes > max_small:
             raise FormatError(f"{nbytes} bytes exceeds the {max_small}-byte bound for this key", field=k)
-        if d.preloaded is not None:
-            out = d.preloaded
-        elif d.storage is not None:
-            out = read_contiguous(path, d, k)
-        else:
-            out = read_isolated(path, "/" + k.lstrip("/"), ("all",), key=k)
-        if out.shape != d.shape or out.dtype != d.dtype:
+        if d.preloaded is not None:  # describe() kept it only if it has the listed shape and dtype
+            return d.preloaded
+        if d.storage is not None:  # the listed shape and dtype, by construction
+            return read_contiguous(path, d, k)
+        out = read_isolated(path, "/" + k.lstrip("/"), ("all",), key=k)
+        if out.shape != d.shape or out.dtype != d.dtype:  # the file changed since it was described
             raise CorruptArchiveError(f"read {out.dtype}{list(out.shape)}, the metadata says {d.dtype}{list(d.shape)}",
                                       field=k)
         return out

@@ -16,8 +16,9 @@ readers never run libhdf5 on untrusted bytes in the main process; this module gi
    off in the child too), and data not backed by stored bytes (a tiny file declaring a huge, never-written
    dataset that libhdf5 would fill in). A non-numeric dataset (a NeXus title string) is listed, never read, and
    refused only if the scan uses it as a key.
-3. Pattern blocks and small arrays of such datasets are read by libhdf5 in a child per read (:func:`read_isolated`),
-   which re-checks the dataset (the file may have changed) and returns at most the block asked for.
+3. Pattern blocks of such datasets are read by libhdf5 in one long-lived child per dataset (:class:`BlockReader`), a
+   small array the describing child did not preload in a child of its own (:func:`read_isolated`). Both re-check
+   the dataset (the file may have changed) and return at most what was asked for.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from __future__ import annotations
 import mmap
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Collection
 
 from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ArchiveLimitError, CorruptArchiveError, FormatError, UnsafeArchiveError
-from ptycho_bridge.io.h5 import check_dataset, get_dataset
+from ptycho_bridge.io.h5 import (ALLOWED_KINDS, MAX_FILTER_RATIO, check_dataset, check_link, get_dataset,
+                                 non_numeric_reason)
 from ptycho_bridge.io.h5_isolated import IsolatedWorker, run_isolated
 from ptycho_bridge.io.h5meta import scan
 
@@ -41,7 +43,6 @@ FILTER_NAMES = {4: "szip", 5: "nbit", 32001: "blosc", 32004: "lz4", 32008: "bits
 MAX_OBJECTS = 4096  # datasets + groups a scan file may hold (a scan has a handful)
 PRELOAD_BYTES = 1 << 20  # small datasets the describing child returns with the listing
 PRELOAD_TOTAL = 16 << 20
-MAX_FILTER_RATIO = 1100  # deflate cannot exceed ~1032:1; a larger declared/stored ratio is unbacked data
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,11 @@ class H5Facts:
     source: str  # who answered, for the report's notes
 
 
-def describe(path: str) -> H5Facts:
-    """Every dataset of the HDF5 file at ``path``; raises an ``ArchiveError`` naming the file for anything refused."""
+def describe(path: str, *, not_preloaded: Collection[str] = ()) -> H5Facts:
+    """Every dataset of the HDF5 file at ``path``; raises an ``ArchiveError`` naming the file for anything refused.
+
+    ``not_preloaded``: dataset paths the describing child does not read however small (the patterns, which are read
+    block by block through :class:`BlockReader`: transferred once)."""
     member = os.path.basename(path)
     meta = None
     with open(path, "rb") as fh:
@@ -82,7 +86,8 @@ def describe(path: str) -> H5Facts:
             where = meta.storage.get(p)
             out[p] = H5Dataset(tuple(shape), np.dtype(dtype), where)
         return H5Facts(out, "the pure-Python metadata scan")
-    found = run_isolated(_child_describe, path, member, member=member)
+    skip = frozenset("/" + str(p).lstrip("/") for p in not_preloaded)
+    found = run_isolated(_child_describe, path, member, skip, member=member)
     out = {}
     for p, (shape, dtype, why) in found["datasets"].items():
         arr = found["arrays"].get(p)
@@ -108,10 +113,10 @@ def read_contiguous(path: str, ds: H5Dataset, key: str) -> np.ndarray:
 
 
 def read_isolated(path: str, dataset: str, selection: tuple[Any, ...], *, key: str) -> np.ndarray:
-    """``dataset[selection]`` read by libhdf5 in a forked child.
+    """``dataset[selection]`` read by libhdf5 in a forked child of its own (a fork, an open and a check per call).
 
-    ``selection``: ``("all",)``, ``("range", lo, hi)`` or ``("points", indices)`` on the first axis,
-    ``("last", indices)`` on the last axis; a 4-D ``(M, N, N, 1)`` dataset is read without its channel axis."""
+    Used for the small keys (coordinates, probe, objectGuess) the describing child did not preload, with
+    ``("all",)``; pattern blocks go through :class:`BlockReader`. ``selection``: as :func:`_select` takes it."""
     member = os.path.basename(path)
     out = run_isolated(_child_read, path, dataset, selection, member, key, member=member)
     if not isinstance(out, np.ndarray):
@@ -135,7 +140,10 @@ def _open(path: str, member: str):  # type: ignore[no-untyped-def]
 
 
 def check_storage(dset, *, member: str) -> None:  # type: ignore[no-untyped-def]
-    """(child) Refuse filters outside the allow-list by name, and data not backed by stored bytes."""
+    """(child) Refuse filters outside the allow-list by name, and data not backed by stored bytes.
+
+    Runs after :func:`ptycho_bridge.io.h5.check_dataset` (both callers), which refuses virtual datasets and external
+    storage."""
     import h5py
 
     name = dset.name
@@ -149,8 +157,6 @@ def check_storage(dset, *, member: str) -> None:  # type: ignore[no-untyped-def]
     except Exception as exc:  # a corrupt layout or pipeline message
         raise CorruptArchiveError(f"cannot read HDF5 dataset layout {name} ({exc.__class__.__name__}: {exc})"[:400],
                                   member=member) from None
-    if layout == h5py.h5d.VIRTUAL:
-        raise UnsafeArchiveError(f"HDF5 virtual dataset {name} is not allowed", member=member)
     for code in filters:
         if code not in ALLOWED_FILTERS:
             label = FILTER_NAMES.get(code, "unknown")
@@ -167,28 +173,15 @@ def check_storage(dset, *, member: str) -> None:  # type: ignore[no-untyped-def]
                                   f"{' (filtered)' if filters else ''}: unwritten or missing data", member=member)
 
 
-def check_link(group, name: str, *, member: str) -> None:  # type: ignore[no-untyped-def]
-    """(child) Refuse a soft or external link by its path, without following it (as ``io.h5`` does for archives)."""
-    import h5py
-
-    try:
-        link = group.get(name, getlink=True)
-    except Exception as exc:  # corrupt link messages
-        raise CorruptArchiveError(f"cannot read HDF5 link {name!r} ({exc.__class__.__name__}: {exc})"[:400],
-                                  member=member) from None
-    if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
-        kind = "external link" if isinstance(link, h5py.ExternalLink) else "soft link"
-        raise UnsafeArchiveError(f"HDF5 {kind} at {group.name.rstrip('/')}/{name} is not allowed", member=member)
-
-
-def _child_describe(path: str, member: str) -> dict[str, Any]:
+def _child_describe(path: str, member: str, not_preloaded: frozenset[str] = frozenset()) -> dict[str, Any]:
     """(child) ``{"datasets": {path: [shape, dtype str or None, why not numeric]}, "arrays": {path: array}}``.
 
     Every dataset, walked by hard links only. Links, virtual datasets, external storage and filters are refused
     wherever they are; a non-numeric dataset (a NeXus title string) is listed without its dtype and refused only if
     the scan uses it as a key. Small numeric datasets (coordinates, probe: up to :data:`PRELOAD_BYTES` each,
-    :data:`PRELOAD_TOTAL` together) are read here too, saving a fork per key; one that fails to read is left out
-    and read (and refused) on use."""
+    :data:`PRELOAD_TOTAL` together) are read here too, saving a fork per key, except the paths in ``not_preloaded``
+    (the patterns: read through :class:`BlockReader` anyway); one that fails to read is left out and read (and
+    refused) on use."""
     import h5py
 
     f = _open(path, member)
@@ -208,7 +201,8 @@ def _child_describe(path: str, member: str) -> dict[str, Any]:
                 if objects > MAX_OBJECTS:
                     raise ArchiveLimitError(f"more than {MAX_OBJECTS} HDF5 objects; a scan holds a handful",
                                             member=member)
-                check_link(group, name, member=member)  # soft and external links refused, never followed
+                # soft and external links refused, never followed (io.h5's check, messages cut as every one here)
+                check_link(group, name, member=member, max_len=400)
                 try:
                     node = group[name]
                 except Exception as exc:
@@ -217,17 +211,14 @@ def _child_describe(path: str, member: str) -> dict[str, Any]:
                 if isinstance(node, h5py.Group):
                     stack.append(node)
                 elif isinstance(node, h5py.Dataset):
-                    try:
-                        check_dataset(node, member=member)  # virtual, external storage, dtype
-                    except FormatError as exc:
-                        if "non-numeric" not in exc.reason:
-                            raise
-                        out[node.name] = [[int(d) for d in node.shape], None, exc.reason]
+                    check_dataset(node, member=member, numeric=False)  # virtual, external storage: refused here
+                    if node.dtype.kind not in ALLOWED_KINDS:  # listed, refused only if the scan uses it as a key
+                        out[node.name] = [[int(d) for d in node.shape], None, non_numeric_reason(node)]
                         continue
                     check_storage(node, member=member)
                     out[node.name] = [[int(d) for d in node.shape], node.dtype.str, None]
                     nbytes = int(np.prod(node.shape, dtype=np.int64)) * node.dtype.itemsize
-                    if nbytes <= min(PRELOAD_BYTES, budget):
+                    if nbytes <= min(PRELOAD_BYTES, budget) and node.name not in not_preloaded:
                         try:
                             arrays[node.name] = np.asarray(node[()])
                             budget -= nbytes
@@ -291,7 +282,11 @@ class BlockReader:
 
 
 def _select(d, selection: tuple[Any, ...], member: str, key: str) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """(child) ``d[selection]`` with libhdf5 failures as one CorruptArchiveError naming the key."""
+    """(child) ``d[selection]`` with libhdf5 failures as one CorruptArchiveError naming the key.
+
+    ``selection``: ``("all",)``, ``("range", lo, hi)`` or ``("points", indices)`` on the first axis,
+    ``("last", indices)`` on the last axis; a 4-D ``(M, N, N, 1)`` dataset is read without its channel axis
+    (range and points)."""
     squeeze = d.ndim == 4
     kind = selection[0]
     try:

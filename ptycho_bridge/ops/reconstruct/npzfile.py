@@ -100,7 +100,18 @@ def _local_data_start(raw: BinaryIO, info: zipfile.ZipInfo) -> int:
 
 
 def scan_npz(path: str) -> dict[str, NpzMember]:
-    """Parse every ``*.npy`` member header of an ``.npz`` (no array data read)."""
+    """Parse every ``*.npy`` member header of an ``.npz`` (no array data read).
+
+    Whatever ``zipfile`` raises on a hostile central directory (``BadZipFile``, ``struct.error``, ``OverflowError``,
+    ``OSError`` ...) becomes one :class:`CorruptArchiveError` "unreadable .npz" (no member or field: the caller names
+    the file); every :class:`~ptycho_bridge.errors.ArchiveError` passes through unchanged."""
+    try:
+        return _scan_members(path)
+    except (*INFLATE_ERRORS, struct.error, OverflowError) as exc:
+        raise CorruptArchiveError(f"unreadable .npz: {exc.__class__.__name__}: {exc}"[:300]) from None
+
+
+def _scan_members(path: str) -> dict[str, NpzMember]:
     file_size = os.path.getsize(path)
     members: dict[str, NpzMember] = {}
     with zipfile.ZipFile(path) as zf, open(path, "rb") as raw:

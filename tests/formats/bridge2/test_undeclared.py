@@ -87,3 +87,40 @@ def test_inspect_exits_0_but_says_it_checked_metadata_only(sample: Path, tmp_pat
         assert NOTE not in res.stdout
     res = runner.invoke(main, ["inspect", "--json", str(bad)])
     assert res.exit_code == 0 and res.stderr == "" and json.loads(res.stdout)["era"] == "bridge-2"
+
+
+def test_verify_checksums_reads_each_member_once(sample: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """params.json and weights.h5 are parsed from the bytes the sha256 pass read, not read again."""
+    from ptycho_bridge.formats.detect import read_archive
+    from ptycho_bridge.formats.bridge2.verify import verify_checksums
+    from ptycho_bridge.io.safezip import SafeZip
+
+    manifest = read_archive(sample).manifest
+    reads: list[str] = []
+    real = SafeZip.read
+
+    def counting(self: SafeZip, name: str, **kw: object) -> bytes:
+        reads.append(name)
+        return real(self, name, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SafeZip, "read", counting)
+    with SafeZip(sample) as zf:
+        verify_checksums(zf, manifest)
+    assert "params.json" in reads and sorted(reads) == sorted(manifest["members"])
+
+
+def test_read_json_holds_bytes_already_read_to_the_same_bound(sample: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ptycho_bridge.formats.base as base
+    from ptycho_bridge.errors import ArchiveLimitError
+    from ptycho_bridge.io.safezip import SafeZip
+
+    with SafeZip(sample) as zf:
+        raw = zf.read("params.json")
+        assert base.read_json(zf, "params.json", raw=raw) == base.read_json(zf, "params.json")
+        monkeypatch.setattr(base, "MAX_JSON_BYTES", len(raw) - 1)
+        errors = []
+        for kw in ({}, {"raw": raw}):
+            with pytest.raises(ArchiveLimitError) as info:
+                base.read_json(zf, "params.json", **kw)  # type: ignore[arg-type]
+            errors.append(str(info.value))
+    assert errors[0] == errors[1] and f"member is {len(raw)} bytes, limit here is {len(raw) - 1}" in errors[0]

@@ -106,6 +106,40 @@ def test_hdf5_unused_string_dataset_is_tolerated_chunked_data_read_in_the_child(
         os.kill(child, 0)  # stopped and reaped by close()
 
 
+@pytest.mark.parametrize("mapped", [False, True])
+def test_hdf5_small_chunked_patterns_cross_from_the_child_once(tmp_path: Path, scan: dict[str, np.ndarray],
+                                                                monkeypatch: pytest.MonkeyPatch, mapped: bool) -> None:
+    """The describing child preloads small keys (coordinates, probe) but not the patterns, however small: they are
+    read through the BlockReader child, which would otherwise be a second transfer."""
+    import ptycho_bridge.ops.reconstruct.dataset as dataset_module
+    from ptycho_bridge.ops.reconstruct.h5scan import describe
+
+    key = "entry/data" if mapped else "diffraction"
+    path = tmp_path / "s.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset(key, data=scan["diffraction"], chunks=(4, 64, 64), compression="gzip")
+        for k in ("xcoords", "ycoords", "probeGuess"):
+            f[k] = scan[k]
+    seen = []
+
+    def spy(*args, **kw):  # type: ignore[no-untyped-def]
+        seen.append(describe(*args, **kw))
+        return seen[-1]
+
+    monkeypatch.setattr(dataset_module, "describe", spy)
+    ds = open_dataset(str(path), N, keys={"diffraction": key} if mapped else None)
+    try:
+        (facts,) = seen
+        assert "libhdf5" in facts.source and facts.datasets["/" + key].preloaded is None
+        assert all(facts.datasets[p].preloaded is not None for p in ("/xcoords", "/ycoords", "/probeGuess"))
+        assert "isolated" in ds.patterns.description
+        assert np.array_equal(ds.patterns.take(np.arange(12)), scan["diffraction"])
+        assert np.array_equal(ds.x, scan["xcoords"])
+        assert np.array_equal(ds.probe, scan["probeGuess"].astype(np.complex64))
+    finally:
+        ds.close()
+
+
 def test_hdf5_contiguous_patterns_are_mapped_without_libhdf5(tmp_path: Path, scan: dict[str, np.ndarray]) -> None:
     path = tmp_path / "s.h5"
     with h5py.File(path, "w") as f:

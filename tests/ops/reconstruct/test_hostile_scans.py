@@ -112,6 +112,20 @@ def test_compare_file_that_is_no_zip_is_one_named_error(tmp_path: Path, content:
     assert info.value.member == "other.npz" and "unreadable .npz" in str(info.value)
 
 
+@pytest.mark.parametrize("content", [b"not a zip at all", b"PK\x03\x04" + b"\0" * 40])
+def test_scan_npz_turns_zipfile_failures_into_one_corrupt_archive_error(tmp_path: Path, content: bytes) -> None:
+    """scan_npz itself (not each caller) translates zipfile's errors; the caller adds the file name."""
+    from ptycho_bridge.errors import CorruptArchiveError
+    from ptycho_bridge.ops.reconstruct.npzfile import scan_npz
+
+    other = tmp_path / "other.npz"
+    other.write_bytes(content)
+    with pytest.raises(CorruptArchiveError) as info:
+        scan_npz(str(other))
+    assert info.value.member is None and info.value.field is None
+    assert info.value.reason.startswith("unreadable .npz: BadZipFile: ")
+
+
 def test_isolated_hdf5_paths_reconstruct_the_same_bits_as_the_npz(archive: Path, tmp_path: Path) -> None:
     """The sample scan as .npz, as contiguous HDF5 (mapped, no libhdf5) and as gzip-chunked HDF5 (libhdf5 in the
     isolated children) gives the same object, bit for bit."""
