@@ -216,15 +216,9 @@ class Stitcher:
         return CanvasWindow(self.r0, self.c0, self.num_re, self.num_im, self.count, self.added)
 
     def result(self, rows_per_block: int = 1024) -> np.ndarray:
-        """``S / (1e-9 + count)`` as complex64 ``(P, P)``; uncovered pixels are 0."""
-        P = self.plan.size
-        out = np.empty((P, P), np.complex64)
-        for r in range(0, P, rows_per_block):
-            sl = slice(r, r + rows_per_block)
-            den = (self.count[sl].astype(np.float32) + EPS).astype(np.float32)
-            out.real[sl] = self.num_re[sl].astype(np.float32) / den
-            out.imag[sl] = self.num_im[sl].astype(np.float32) / den
-        return out
+        """``S / (1e-9 + count)`` as complex64 ``(P, P)`` (:func:`finalise`); pixels uncovered or outside the
+        window are 0."""
+        return finalise(self.plan, self.window(), rows_per_block)
 
 
 def add_windows(a: CanvasWindow, b: CanvasWindow) -> CanvasWindow:
