@@ -7,7 +7,6 @@ The kill test comes last: it kills a worker of the shared cluster (its nanny res
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import signal
@@ -21,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from ptycho_bridge.cli import main
+from ptycho_bridge.ops.reconstruct.distributed import cluster_client
 from ptycho_bridge.ops.reconstruct.modelinfo import open_model
 from ptycho_bridge.ops.reconstruct.pipeline import reconstruct
 from ptycho_bridge.ops.reconstruct.stitch import CanvasWindow, TreeReducer, add_windows, tree_split
@@ -37,11 +37,8 @@ RUNS = [("tf_N64_gs1", SPLIT), ("tf_N64_gs2_n15", {}), ("torch_N64_gs2_n15", {"b
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                       silence_logs=logging.CRITICAL)
-    with distributed.Client(cluster) as c:
+    with cluster_client(workers=2) as c:
         yield c
-    cluster.close()
 
 
 def one_process(case: str, extra: dict[str, Any]):  # type: ignore[no-untyped-def]
@@ -101,14 +98,9 @@ def test_two_workers_equal_one_process_bit_for_bit(client: Any, case: str, extra
 
 def test_one_worker_equals_one_process_bit_for_bit() -> None:
     ref = one_process("tf_N64_gs1", SPLIT)
-    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                       silence_logs=logging.CRITICAL)
-    try:
-        with distributed.Client(cluster) as c:
-            got = reconstruct(archive("tf_N64_gs1"), DATASET, "onnx", client=c, **SPLIT)
-            gs2 = reconstruct(archive("tf_N64_gs2_n15"), DATASET, "onnx", client=c, **CASES["tf_N64_gs2_n15"][1])
-    finally:
-        cluster.close()
+    with cluster_client(workers=1) as c:
+        got = reconstruct(archive("tf_N64_gs1"), DATASET, "onnx", client=c, **SPLIT)
+        gs2 = reconstruct(archive("tf_N64_gs2_n15"), DATASET, "onnx", client=c, **CASES["tf_N64_gs2_n15"][1])
     assert np.array_equal(got.object, ref.object)
     assert got.info["distributed"]["workers"] == 1 and got.info["blocks"] == 13
     assert np.array_equal(gs2.object, one_process("tf_N64_gs2_n15", {}).object)
