@@ -14,7 +14,6 @@ object, else against the dataset's ``objectGuess``, and printed on stderr.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from ptycho_bridge.cli.util import emit_json, guarded
 from ptycho_bridge.errors import BridgeError
 from ptycho_bridge.io.atomic import atomic_write, refuse_existing
 from ptycho_bridge.ops.engines import ENGINE_NAMES
-from ptycho_bridge.ops.extras import require
+from ptycho_bridge.ops.extras import EXTRAS, missing_packages, pip_hint, require
 from ptycho_bridge.ops.plots import require_plotting
 from ptycho_bridge.ops.reconstruct.compare import compare_objects, quality_for
 from ptycho_bridge.ops.reconstruct.dataset import CANONICAL
@@ -43,15 +42,16 @@ from ptycho_bridge.ops.reconstruct.pipeline import reconstruct
 from ptycho_bridge.ops.reconstruct.quality import summary
 from ptycho_bridge.ops.reconstruct.stitch import DEFAULT_MAX_CANVAS
 
-EXTRA_PACKAGES = ("scipy", "tifffile", "skimage")  # matplotlib only for --plot (the PNGs are drawn by ops/reconstruct/png.py)
-EXTRA_HINT = 'pip install "ptycho-bridge[reconstruct]"'
+# the extra's packages but matplotlib, which only --plot needs (the PNGs are drawn by ops/reconstruct/png.py)
+EXTRA_PACKAGES = tuple(p for p in EXTRAS["reconstruct"] if p != "matplotlib")
 
 
 def check_extra() -> None:
     """The ``reconstruct`` extra must be installed; one message naming what is missing and the fix."""
-    missing = [p for p in EXTRA_PACKAGES if importlib.util.find_spec(p) is None]
+    missing = missing_packages(EXTRA_PACKAGES)
     if missing:
-        raise BridgeError(f"reconstruct needs {', '.join(missing)} (not installed); install them with: {EXTRA_HINT}")
+        raise BridgeError(f"reconstruct needs {', '.join(missing)} (not installed); "
+                          f"install them with: {pip_hint('reconstruct')}")
 
 
 def parse_keys(pairs: tuple[str, ...]) -> dict[str, str]:
