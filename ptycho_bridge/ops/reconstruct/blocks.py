@@ -49,17 +49,21 @@ class BlockContext:
     batch_size: int
     centring_batch: int
     plan: CanvasPlan
-    key: str = "diffraction"
+
+
+def block_size(block_groups: int, centring_batch: int) -> int:
+    """Groups per block: ``block_groups`` (at least 1) rounded up to a multiple of ``centring_batch``."""
+    return int(math.ceil(max(block_groups, 1) / centring_batch) * centring_batch)
 
 
 def block_partition(n_groups: int, block_groups: int, centring_batch: int) -> list[tuple[int, int]]:
-    """Fixed ``[(b0, b1), ...]`` over the groups: ``block_groups`` rounded up to a multiple of ``centring_batch``.
+    """Fixed ``[(b0, b1), ...]`` over the groups in blocks of :func:`block_size`.
 
     Why fixed: the reduction tree is built over these blocks, so they must not depend on the engine batch or
     on how many workers run them; the multiple of ``centring_batch`` keeps the merge chunks where upstream's
     predict batches put them.
     """
-    block = int(math.ceil(max(block_groups, 1) / centring_batch) * centring_batch)
+    block = block_size(block_groups, centring_batch)
     if math.ceil(n_groups / block) > MAX_BLOCKS:
         raise OptionError(f"{n_groups} groups in blocks of {block} exceed {MAX_BLOCKS} blocks", option="block_groups")
     return [(b0, min(n_groups, b0 + block)) for b0 in range(0, n_groups, block)]

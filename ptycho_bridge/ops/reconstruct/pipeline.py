@@ -26,7 +26,6 @@ all patterns or all patches.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from ptycho_bridge.lazy import numpy as np
 from ptycho_bridge.errors import ArchiveError, OptionError
 from ptycho_bridge.ops.engines import ENGINE_NAMES, load_engine
 from ptycho_bridge.ops.graph_cache import Runner, onnx_graph_source
-from ptycho_bridge.ops.reconstruct.blocks import BlockContext, Timer, block_partition, block_task
+from ptycho_bridge.ops.reconstruct.blocks import BlockContext, Timer, block_partition, block_size, block_task
 from ptycho_bridge.ops.reconstruct.dataset import named, open_dataset
 from ptycho_bridge.ops.reconstruct.distributed import Driver
 from ptycho_bridge.ops.reconstruct.grouping import make_groups
@@ -70,6 +69,12 @@ class ReconstructionResult:
     object_guess: np.ndarray | None = None  # the dataset's objectGuess (complex64), when present
 
 
+def check_engine_name(engine: str) -> None:
+    """Refuse a name that is not in the engine registry (``--engine``'s choices)."""
+    if engine not in ENGINE_NAMES:
+        raise OptionError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}", option="--engine")
+
+
 def build_runner(engine: EngineArg, info: ModelInfo, threads: int | None, *,
                  cache: bool = True) -> Callable[[np.ndarray], np.ndarray]:
     """An engine name from the registry (built once) or a caller's callable, as ``x_norm -> [B,Cout,N,N]``.
@@ -79,8 +84,7 @@ def build_runner(engine: EngineArg, info: ModelInfo, threads: int | None, *,
     """
     if callable(engine):
         return engine
-    if engine not in ENGINE_NAMES:
-        raise OptionError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}", option="--engine")
+    check_engine_name(engine)
     if engine != "onnx":
         return load_engine(engine, info.spec, info.tensors, threads=threads).run
     source, report = onnx_graph_source(info.spec, info.tensors, enabled=cache)
@@ -136,8 +140,8 @@ def reconstruct(
         raise OptionError("a cluster run needs an engine name (workers build their own engine)", option="--engine")
     if client is not None and inspect is not None:
         raise OptionError("inspect runs in-process only", option="inspect")
-    if isinstance(engine, str) and engine not in ENGINE_NAMES:
-        raise OptionError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}", option="--engine")
+    if isinstance(engine, str):  # before any work (build_runner checks again for its other callers: workers)
+        check_engine_name(engine)
     tm = Timer()
     t = time.perf_counter()
     info = archive if isinstance(archive, ModelInfo) else open_model(archive)
@@ -178,7 +182,7 @@ def reconstruct(
         ctx = BlockContext(N=info.N, backend=info.backend, intensity_scale=info.intensity_scale,
                            padded_size=info.padded_size, object_big=bool(info.spec.object_big),
                            centre=info.reassembly_centring, s=float(s), batch_size=batch_size,
-                           centring_batch=centring_batch, plan=plan, key=key)
+                           centring_batch=centring_batch, plan=plan)
         blocks = block_partition(B, block_groups, centring_batch)
         if driver is not None:
             window = driver.run_blocks(ctx, blocks, g, progress=progress)  # worker seconds: driver.report()
@@ -228,7 +232,7 @@ def reconstruct(
               "n_patterns_file": ds.count, "n_groups": int(B), "n_groups_requested": n_groups,
               "subsample": subsample, "subsample_seed": g.subsample_seed,
               "centring_batch": centring_batch, "batch_size": batch_size, "patterns": ds.patterns.description,
-              "block_groups": int(math.ceil(block_groups / centring_batch) * centring_batch),
+              "block_groups": block_size(block_groups, centring_batch),
               "blocks": len(blocks),
               "distributed": driver.report() if driver is not None else None,
               "cache": getattr(run, "cache", None)},

@@ -137,10 +137,6 @@ class CanvasWindow:
     def shape(self) -> tuple[int, int]:
         return (int(self.count.shape[0]), int(self.count.shape[1]))
 
-    @property
-    def nbytes(self) -> int:
-        return int(self.num_re.nbytes + self.num_im.nbytes + self.count.nbytes)
-
 
 def window_bounds(plan: CanvasPlan, offsets: np.ndarray) -> tuple[int, int, int, int]:
     """Canvas rows ``r0:r1`` and cols ``c0:c1`` that patches at ``offsets`` can touch (their ``W``-wide windows)."""
