@@ -349,20 +349,24 @@ class Driver:
 
     def report(self) -> dict[str, Any]:
         """The ``distributed`` key of ``reconstruct.json``."""
-        try:
-            dashboard = self.client.dashboard_link
-        except Exception:  # noqa: BLE001 - no dashboard (bokeh absent): the report says null
-            dashboard = None
         total = sum(self.bytes_moved.values())
         return {
             "scheduler": str(self.client.scheduler.address), "workers": len(self.workers),
-            "workers_used": len(self.workers_used), "dashboard": dashboard, "blocks": self.blocks,
+            "workers_used": len(self.workers_used), "dashboard": dashboard_link(self.client), "blocks": self.blocks,
             "pass1_tasks": self.pass1_tasks,
             "stage_seconds": {k: round(v, 6) for k, v in self.stage_seconds.items()},
             "worker_seconds": {k: round(v, 6) for k, v in self.worker_seconds.items()},
             "bytes": dict(self.bytes_moved),
             "bytes_per_pattern": round(total / self.patterns, 1) if self.patterns else None,
         }
+
+
+def dashboard_link(client: Any) -> str | None:
+    """The scheduler's dashboard URL, or None where it serves none (``client.dashboard_link`` raises then)."""
+    try:
+        return client.dashboard_link
+    except Exception:  # noqa: BLE001 - no dashboard (bokeh absent, KeyError from the scheduler's services)
+        return None
 
 
 def _area(b: tuple[int, int, int, int]) -> int:

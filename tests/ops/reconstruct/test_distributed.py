@@ -163,6 +163,25 @@ def test_cli_scheduler_run_reports_the_cluster(client: Any, tmp_path: Path) -> N
         assert np.array_equal(z["object"], one_process("tf_N64_gs2_n15", {}).object)
 
 
+def test_scheduler_without_dashboard_runs_and_reports_null(client: Any, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Client.dashboard_link`` raises KeyError where the scheduler serves no dashboard: no line, ``dashboard`` null."""
+    need_fixtures()
+    from ptycho_bridge.ops.reconstruct.distributed import dashboard_link
+
+    monkeypatch.setattr(distributed.Client, "dashboard_link", property(lambda self: {}["dashboard"]))
+    assert dashboard_link(client) is None
+    out = tmp_path / "rec"
+    res = CliRunner().invoke(main, ["reconstruct", archive("tf_N64_gs2_n15"), str(DATASET), "-o", str(out),
+                                    "--subsample", "100", "--n-groups", "15", "--scheduler",
+                                    client.scheduler.address], env={"PTYCHO_BRIDGE_NO_PROGRESS": "1"})
+    assert res.exit_code == 0, res.output
+    assert "dask dashboard" not in res.stderr and "Traceback" not in res.output, res.stderr
+    report = json.loads((out / "reconstruct.json").read_text())
+    assert schema_errors("reconstruct-report", report) == []
+    assert report["distributed"]["dashboard"] is None
+
+
 def test_core_and_one_process_paths_do_not_import_dask() -> None:
     code = ("import sys; import ptycho_bridge.cli.reconstruct, ptycho_bridge.ops.reconstruct.pipeline; "
             "print(sorted(m for m in ('dask', 'distributed') if m in sys.modules))")
