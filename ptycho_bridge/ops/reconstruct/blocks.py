@@ -3,6 +3,7 @@
 Why a module of its own: the one-process loop (:mod:`.pipeline`) and the Dask workers (:mod:`.distributed`) run
 this same code on the same fixed partition, so where a block runs never changes what it returns. The
 partition depends on ``block_groups`` and ``centring_batch`` only (never on ``batch_size`` or the worker count).
+:func:`build_runner` is the one way both get the engine a block runs.
 """
 
 from __future__ import annotations
@@ -10,17 +11,44 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import OptionError
+from ptycho_bridge.ops.engines import ENGINE_NAMES, load_engine
+from ptycho_bridge.ops.graph_cache import Runner, onnx_graph_source
 from ptycho_bridge.ops.reconstruct.merge import group_merge
+from ptycho_bridge.ops.reconstruct.modelinfo import ModelInfo
 from ptycho_bridge.ops.reconstruct.normalise import model_input, x_full
 from ptycho_bridge.ops.reconstruct.patterns import PatternSource
 from ptycho_bridge.ops.reconstruct.stitch import CanvasPlan, CanvasWindow, Stitcher, window_bounds
 
 MAX_BLOCKS = 10_000_000
+EngineArg = Union[str, Callable[[np.ndarray], np.ndarray]]
+
+
+def check_engine_name(engine: str) -> None:
+    """Refuse a name that is not in the engine registry (``--engine``'s choices)."""
+    if engine not in ENGINE_NAMES:
+        raise OptionError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}", option="--engine")
+
+
+def build_runner(engine: EngineArg, info: ModelInfo, threads: int | None, *,
+                 cache: bool = True) -> Callable[[np.ndarray], np.ndarray]:
+    """An engine name from the registry (built once) or a caller's callable, as ``x_norm -> [B,Cout,N,N]``.
+
+    The ONNX engine takes its graph from the graph cache (:mod:`ptycho_bridge.ops.graph_cache`) unless
+    ``cache`` is False; what the cache did is the returned runner's ``cache`` attribute (a dict).
+    """
+    if callable(engine):
+        return engine
+    check_engine_name(engine)
+    if engine != "onnx":
+        return load_engine(engine, info.spec, info.tensors, threads=threads).run
+    source, report = onnx_graph_source(info.spec, info.tensors, enabled=cache)
+    loaded = load_engine(engine, info.spec, info.tensors, threads=threads, options={"graph_source": source})
+    return Runner(loaded.run, report.to_dict())
 
 
 class Timer:

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator, Mapping
 from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ArchiveError, BridgeError, ChecksumError, FormatError
-from ptycho_bridge.ops.reconstruct.blocks import block_task
+from ptycho_bridge.ops.reconstruct.blocks import block_task, build_runner
 from ptycho_bridge.ops.reconstruct.dataset import ScanDataset, named, open_dataset
 from ptycho_bridge.ops.reconstruct.modelinfo import ModelInfo, file_sha256, open_model
 from ptycho_bridge.ops.reconstruct.normalise import pattern_energies
@@ -73,7 +73,6 @@ class WorkerJob:
     spool_dir: str | None
     fingerprint: str  # scan_fingerprint of the dataset the client grouped
     read_chunk: int
-    builder: Callable[..., Any]  # pipeline.build_runner (pickled by reference): the one way to get an engine
 
 
 def scan_fingerprint(ds: ScanDataset) -> str:
@@ -109,7 +108,7 @@ def _engine(job: WorkerJob) -> tuple[Callable[..., Any], float]:
     _check_sha(job, file_sha256(job.archive))  # before the read: nothing unverified is parsed
     info = open_model(job.archive)
     _check_sha(job, info.sha256)  # after it (open_model hashes the file again): not swapped meanwhile
-    run = job.builder(job.engine, info, job.threads)
+    run = build_runner(job.engine, info, job.threads)
     _ENGINES[key] = (info, run, time.perf_counter() - t0)
     while len(_ENGINES) > CACHE_SIZE:
         _ENGINES.popitem(last=False)
@@ -211,7 +210,6 @@ class Driver:
     info: ModelInfo
     ds: ScanDataset
     engine: str
-    builder: Callable[..., Any]
     threads: int | None = None
     keys: Mapping[str, str] | None = None
     require_probe: bool = True
@@ -231,8 +229,7 @@ class Driver:
             archive=os.path.abspath(self.info.path), archive_sha256=self.info.sha256, engine=self.engine,
             threads=self.threads, dataset=os.path.abspath(self.ds.path), N=self.info.N,
             keys=dict(self.keys) if self.keys else None, require_probe=self.require_probe,
-            spool_dir=self.spool_dir, fingerprint=scan_fingerprint(self.ds), read_chunk=self.read_chunk,
-            builder=self.builder)
+            spool_dir=self.spool_dir, fingerprint=scan_fingerprint(self.ds), read_chunk=self.read_chunk)
         self.token = uuid.uuid4().hex[:12]
 
     def _result(self, future: Any) -> Any:

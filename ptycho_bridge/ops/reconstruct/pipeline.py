@@ -29,14 +29,21 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Callable, Mapping
 
 from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ArchiveError, OptionError
-from ptycho_bridge.ops.engines import ENGINE_NAMES, load_engine
-from ptycho_bridge.ops.graph_cache import Runner, onnx_graph_source
-from ptycho_bridge.ops.reconstruct.blocks import BlockContext, Timer, block_partition, block_size, block_task
+from ptycho_bridge.ops.reconstruct.blocks import (  # build_runner stays importable from here too
+    BlockContext,
+    EngineArg,
+    Timer,
+    block_partition,
+    block_size,
+    block_task,
+    build_runner,
+    check_engine_name,
+)
 from ptycho_bridge.ops.reconstruct.dataset import named, open_dataset
 from ptycho_bridge.ops.reconstruct.distributed import Driver
 from ptycho_bridge.ops.reconstruct.grouping import make_groups
@@ -47,7 +54,6 @@ from ptycho_bridge.ops.reconstruct.stitch import DEFAULT_MAX_CANVAS, TreeReducer
 UPSTREAM_PREDICT_BATCH = 32
 DEFAULT_BLOCK_GROUPS = 256  # groups per block task: the unit of work on a cluster and of the reduction tree
 Progress = Callable[[str, int, int], None]
-EngineArg = Union[str, Callable[[np.ndarray], np.ndarray]]
 
 
 @dataclass
@@ -67,29 +73,6 @@ class ReconstructionResult:
     info: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     object_guess: np.ndarray | None = None  # the dataset's objectGuess (complex64), when present
-
-
-def check_engine_name(engine: str) -> None:
-    """Refuse a name that is not in the engine registry (``--engine``'s choices)."""
-    if engine not in ENGINE_NAMES:
-        raise OptionError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}", option="--engine")
-
-
-def build_runner(engine: EngineArg, info: ModelInfo, threads: int | None, *,
-                 cache: bool = True) -> Callable[[np.ndarray], np.ndarray]:
-    """An engine name from the registry (built once) or a caller's callable, as ``x_norm -> [B,Cout,N,N]``.
-
-    The ONNX engine takes its graph from the graph cache (:mod:`ptycho_bridge.ops.graph_cache`) unless
-    ``cache`` is False; what the cache did is the returned runner's ``cache`` attribute (a dict).
-    """
-    if callable(engine):
-        return engine
-    check_engine_name(engine)
-    if engine != "onnx":
-        return load_engine(engine, info.spec, info.tensors, threads=threads).run
-    source, report = onnx_graph_source(info.spec, info.tensors, enabled=cache)
-    loaded = load_engine(engine, info.spec, info.tensors, threads=threads, options={"graph_source": source})
-    return Runner(loaded.run, report.to_dict())
 
 
 def reconstruct(
@@ -140,7 +123,7 @@ def reconstruct(
         raise OptionError("a cluster run needs an engine name (workers build their own engine)", option="--engine")
     if client is not None and inspect is not None:
         raise OptionError("inspect runs in-process only", option="inspect")
-    if isinstance(engine, str):  # before any work (build_runner checks again for its other callers: workers)
+    if isinstance(engine, str):  # before any work (build_runner checks again for its direct callers)
         check_engine_name(engine)
     tm = Timer()
     t = time.perf_counter()
@@ -162,7 +145,7 @@ def reconstruct(
         driver = None
         run: Any = None  # the one-process runner (its ``cache`` report goes into the result)
         if client is not None:
-            driver = Driver(client, info, ds, engine=str(engine), builder=build_runner, threads=threads, keys=keys,
+            driver = Driver(client, info, ds, engine=str(engine), threads=threads, keys=keys,
                             require_probe=require_probe, spool_dir=spool_dir, read_chunk=read_chunk)
             driver.check_workers()
             t = tm.add("workers", t)
