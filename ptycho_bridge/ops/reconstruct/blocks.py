@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any, Callable, Mapping, Union
 
 from ptycho_bridge.lazy import numpy as np
 
@@ -61,6 +61,12 @@ class Timer:
         now = time.perf_counter()
         self.t[name] = self.t.get(name, 0.0) + now - since
         return now
+
+
+def add_seconds(into: dict[str, float], seconds: Mapping[str, float]) -> None:
+    """Add a block's seconds per step (:func:`block_task`'s second result) into a running total per step."""
+    for step, value in seconds.items():
+        into[step] = into.get(step, 0.0) + value
 
 
 @dataclass(frozen=True)

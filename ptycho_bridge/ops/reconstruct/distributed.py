@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator, Mapping
 from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ArchiveError, BridgeError, ChecksumError, FormatError
-from ptycho_bridge.ops.reconstruct.blocks import block_task, build_runner
+from ptycho_bridge.ops.reconstruct.blocks import add_seconds, block_task, build_runner
 from ptycho_bridge.ops.reconstruct.dataset import ScanDataset, named, open_dataset
 from ptycho_bridge.ops.reconstruct.modelinfo import ModelInfo, file_sha256, open_model
 from ptycho_bridge.ops.reconstruct.normalise import pattern_energies
@@ -204,17 +204,10 @@ def root_window(r: Any) -> CanvasWindow:
 # -- client side ------------------------------------------------------------------------------------------
 @dataclass
 class Driver:
-    """Runs pass 1 and pass 2 of one reconstruction on ``client``'s workers and keeps what the report needs."""
+    """Runs pass 1 and pass 2 of one reconstruction (``job``) on ``client``'s workers; keeps what the report needs."""
 
     client: Any
-    info: ModelInfo
-    ds: ScanDataset
-    engine: str
-    threads: int | None = None
-    keys: Mapping[str, str] | None = None
-    require_probe: bool = True
-    spool_dir: str | None = None
-    read_chunk: int = 1024
+    job: WorkerJob
     stage_seconds: dict[str, float] = field(default_factory=dict)
     worker_seconds: dict[str, float] = field(default_factory=dict)
     bytes_moved: dict[str, int] = field(default_factory=dict)
@@ -223,14 +216,7 @@ class Driver:
     blocks: int = 0
     pass1_tasks: int = 0
     patterns: int = 0
-
-    def __post_init__(self) -> None:
-        self.job = WorkerJob(
-            archive=os.path.abspath(self.info.path), archive_sha256=self.info.sha256, engine=self.engine,
-            threads=self.threads, dataset=os.path.abspath(self.ds.path), N=self.info.N,
-            keys=dict(self.keys) if self.keys else None, require_probe=self.require_probe,
-            spool_dir=self.spool_dir, fingerprint=scan_fingerprint(self.ds), read_chunk=self.read_chunk)
-        self.token = uuid.uuid4().hex[:12]
+    token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # names this run's tasks
 
     def _result(self, future: Any) -> Any:
         """``future.result()`` with worker refusals as :class:`RemoteError`; others are cancelled on failure."""
@@ -330,8 +316,7 @@ class Driver:
                 meta = self._result(fut)
                 done += meta["groups"]
                 self.workers_used.add(meta["worker"])
-                for name, value in meta["seconds"].items():
-                    self.worker_seconds[name] = self.worker_seconds.get(name, 0.0) + value
+                add_seconds(self.worker_seconds, meta["seconds"])
                 if progress is not None:
                     progress("reconstruct", done, B)
             t1 = time.perf_counter()

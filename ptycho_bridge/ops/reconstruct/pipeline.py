@@ -26,6 +26,7 @@ all patterns or all patches.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ from ptycho_bridge.ops.reconstruct.blocks import (  # build_runner stays importa
     BlockContext,
     EngineArg,
     Timer,
+    add_seconds,
     block_partition,
     block_size,
     block_task,
@@ -45,7 +47,7 @@ from ptycho_bridge.ops.reconstruct.blocks import (  # build_runner stays importa
     check_engine_name,
 )
 from ptycho_bridge.ops.reconstruct.dataset import named, open_dataset
-from ptycho_bridge.ops.reconstruct.distributed import Driver
+from ptycho_bridge.ops.reconstruct.distributed import Driver, WorkerJob, scan_fingerprint
 from ptycho_bridge.ops.reconstruct.grouping import make_groups
 from ptycho_bridge.ops.reconstruct.modelinfo import ModelInfo, open_model
 from ptycho_bridge.ops.reconstruct.normalise import grouped_energies, norm_scale, pattern_energies
@@ -145,8 +147,11 @@ def reconstruct(
         driver = None
         run: Any = None  # the one-process runner (its ``cache`` report goes into the result)
         if client is not None:
-            driver = Driver(client, info, ds, engine=str(engine), threads=threads, keys=keys,
-                            require_probe=require_probe, spool_dir=spool_dir, read_chunk=read_chunk)
+            job = WorkerJob(archive=os.path.abspath(info.path), archive_sha256=info.sha256, engine=str(engine),
+                            threads=threads, dataset=os.path.abspath(ds.path), N=info.N,
+                            keys=dict(keys) if keys else None, require_probe=require_probe, spool_dir=spool_dir,
+                            fingerprint=scan_fingerprint(ds), read_chunk=read_chunk)
+            driver = Driver(client, job)
             driver.check_workers()
             t = tm.add("workers", t)
         try:
@@ -177,8 +182,7 @@ def reconstruct(
             for b0, b1 in blocks:
                 win, secs = block_task(ctx, ds.patterns, run, g.groups[b0:b1], g.coords_relative[b0:b1],
                                        g.coords_offsets[b0:b1], start=b0, inspect=inspect)
-                for step, seconds in secs.items():
-                    tm.t[step] = tm.t.get(step, 0.0) + seconds
+                add_seconds(tm.t, secs)
                 t = time.perf_counter()
                 reducer.push(win)
                 t = tm.add("reduce", t)
