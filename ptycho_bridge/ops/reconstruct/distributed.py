@@ -73,6 +73,7 @@ class WorkerJob:
     spool_dir: str | None
     fingerprint: str  # scan_fingerprint of the dataset the client grouped
     read_chunk: int
+    cache: bool  # use the ONNX graph cache (False: --no-cache or PTYCHO_BRIDGE_NO_CACHE on the client)
 
 
 def scan_fingerprint(ds: ScanDataset) -> str:
@@ -99,8 +100,11 @@ def _worker_name() -> str:
 
 
 def _engine(job: WorkerJob) -> tuple[Callable[..., Any], float]:
-    """This process's engine for the job's archive: built once, after the archive's sha256 is checked."""
-    key = (job.archive_sha256, job.engine, job.threads)
+    """This process's engine for the job's archive: built once, after the archive's sha256 is checked.
+
+    Keyed by the cache choice too: a ``--no-cache`` run gets an engine built without the graph cache.
+    """
+    key = (job.archive_sha256, job.engine, job.threads, job.cache)
     if key in _ENGINES:
         _ENGINES.move_to_end(key)
         return _ENGINES[key][1], 0.0
@@ -108,7 +112,7 @@ def _engine(job: WorkerJob) -> tuple[Callable[..., Any], float]:
     _check_sha(job, file_sha256(job.archive))  # before the read: nothing unverified is parsed
     info = open_model(job.archive)
     _check_sha(job, info.sha256)  # after it (open_model hashes the file again): not swapped meanwhile
-    run = build_runner(job.engine, info, job.threads)
+    run = build_runner(job.engine, info, job.threads, cache=job.cache)
     _ENGINES[key] = (info, run, time.perf_counter() - t0)
     while len(_ENGINES) > CACHE_SIZE:
         _ENGINES.popitem(last=False)
@@ -153,11 +157,13 @@ def _guard(job: WorkerJob, fn: Callable[[], Any]) -> Any:
 
 
 def check_task(job: WorkerJob) -> dict[str, Any]:
-    """Open the dataset, check the archive and build the engine on this worker; report who and how long."""
+    """Open the dataset, check the archive and build the engine on this worker; report who, how long and what
+    the graph cache did when this worker's engine was built (``None`` for engines without one)."""
     def work() -> dict[str, Any]:
         _dataset(job)
-        _run, built = _engine(job)
-        return {"worker": _worker_name(), "pid": os.getpid(), "engine_build_s": built}
+        run, built = _engine(job)
+        return {"worker": _worker_name(), "pid": os.getpid(), "engine_build_s": built,
+                "cache": getattr(run, "cache", None)}
     return _guard(job, work)
 
 
@@ -213,6 +219,7 @@ class Driver:
     bytes_moved: dict[str, int] = field(default_factory=dict)
     workers: list[str] = field(default_factory=list)
     workers_used: set[str] = field(default_factory=set)
+    cache: dict[str, Any] | None = None  # the first worker's (by address) graph-cache report
     blocks: int = 0
     pass1_tasks: int = 0
     patterns: int = 0
@@ -250,6 +257,7 @@ class Driver:
         done = self._gather_in_order(futs)
         self.workers = workers
         self.worker_seconds["engine_build"] = sum(d["engine_build_s"] for d in done)
+        self.cache = done[0]["cache"]
         self.stage_seconds["check"] = time.perf_counter() - t0
 
     def pattern_energies(self, indices: np.ndarray, progress: Callable[[int, int], None] | None = None) -> np.ndarray:

@@ -35,6 +35,7 @@ from typing import Any, Callable, Mapping
 from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ArchiveError, OptionError
+from ptycho_bridge.ops.graph_cache import enabled_by_env
 from ptycho_bridge.ops.reconstruct.blocks import (  # build_runner stays importable from here too
     BlockContext,
     EngineArg,
@@ -107,7 +108,8 @@ def reconstruct(
     ``n_groups`` = upstream's nsamples (default: all patterns for gridsize 1, M // C groups otherwise);
     ``subsample``/``subsample_seed`` = upstream's ``--n_subsample``/``--subsample_seed``.
     ``progress(stage, done, total)`` is called per chunk ("normalise": patterns, "reconstruct": groups).
-    ``cache=False`` builds the ONNX graph afresh instead of using the graph cache.
+    ``cache=False`` builds the ONNX graph afresh instead of using the graph cache (on a cluster: on every
+    worker, as does ``PTYCHO_BRIDGE_NO_CACHE`` set here; ``info["cache"]`` is then the first worker's report).
     ``inspect`` (tests): called per merge chunk with its group range, X_full, x_norm, raw and merged patches.
     ``block_groups``: groups per block task (rounded up to a multiple of ``centring_batch``); it fixes the
     reduction tree, so it is a choice that changes the last bits, unlike ``batch_size``.
@@ -150,7 +152,8 @@ def reconstruct(
             job = WorkerJob(archive=os.path.abspath(info.path), archive_sha256=info.sha256, engine=str(engine),
                             threads=threads, dataset=os.path.abspath(ds.path), N=info.N,
                             keys=dict(keys) if keys else None, require_probe=require_probe, spool_dir=spool_dir,
-                            fingerprint=scan_fingerprint(ds), read_chunk=read_chunk)
+                            fingerprint=scan_fingerprint(ds), read_chunk=read_chunk,
+                            cache=cache and enabled_by_env())  # the client's choice, whatever the workers' env
             driver = Driver(client, job)
             driver.check_workers()
             t = tm.add("workers", t)
@@ -222,6 +225,6 @@ def reconstruct(
               "block_groups": block_size(block_groups, centring_batch),
               "blocks": len(blocks),
               "distributed": driver.report() if driver is not None else None,
-              "cache": getattr(run, "cache", None)},
+              "cache": driver.cache if driver is not None else getattr(run, "cache", None)},
         notes=notes, object_guess=guess,
     )

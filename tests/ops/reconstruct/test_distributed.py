@@ -182,6 +182,33 @@ def test_scheduler_without_dashboard_runs_and_reports_null(client: Any, tmp_path
     assert report["distributed"]["dashboard"] is None
 
 
+def test_no_cache_reaches_the_workers_and_the_report(client: Any, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cache=False``, ``--no-cache`` and the client's PTYCHO_BRIDGE_NO_CACHE turn the graph cache off on the
+    workers, and ``cache`` reports it as in one process (it was null on every cluster run)."""
+    need_fixtures()
+    from ptycho_bridge.ops import graph_cache
+
+    off = {"status": "off", "path": None, "key": None, "reason": None}
+    kw = {**CASES["tf_N64_gs2_n15"][1]}
+    on = reconstruct(archive("tf_N64_gs2_n15"), DATASET, "onnx", client=client, threads=1, **kw)
+    assert on.info["cache"] is not None and on.info["cache"]["status"] in ("hit", "miss", "rebuilt")
+    got = reconstruct(archive("tf_N64_gs2_n15"), DATASET, "onnx", client=client, threads=1, cache=False, **kw)
+    assert got.info["cache"] == off == one_process("tf_N64_gs2_n15", {"cache": False}).info["cache"]
+    assert np.array_equal(got.object, on.object)
+    monkeypatch.setenv(graph_cache.ENV_OFF, "1")  # set on the client only: the workers started without it
+    env = reconstruct(archive("tf_N64_gs2_n15"), DATASET, "onnx", client=client, threads=1, **kw)
+    assert env.info["cache"] == off
+    monkeypatch.delenv(graph_cache.ENV_OFF)
+    out = tmp_path / "rec"
+    res = CliRunner().invoke(main, ["reconstruct", archive("tf_N64_gs2_n15"), str(DATASET), "-o", str(out),
+                                    "--subsample", "100", "--n-groups", "15", "--no-cache", "--scheduler",
+                                    client.scheduler.address], env={"PTYCHO_BRIDGE_NO_PROGRESS": "1"})
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "reconstruct.json").read_text())
+    assert schema_errors("reconstruct-report", report) == [] and report["cache"] == off
+
+
 def test_core_and_one_process_paths_do_not_import_dask() -> None:
     code = ("import sys; import ptycho_bridge.cli.reconstruct, ptycho_bridge.ops.reconstruct.pipeline; "
             "print(sorted(m for m in ('dask', 'distributed') if m in sys.modules))")
