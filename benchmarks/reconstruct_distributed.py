@@ -20,6 +20,7 @@ checks that the object equals the in-process one bit for bit. Benchmarks print; 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fixture  # noqa: E402
 from reconstruct import write_scan  # noqa: E402
 from ptycho_bridge.ops.engines import load_engine  # noqa: E402
+from ptycho_bridge.ops.reconstruct.distributed import cluster_client  # noqa: E402
 from ptycho_bridge.ops.reconstruct.modelinfo import open_model  # noqa: E402
 from ptycho_bridge.ops.reconstruct.pipeline import reconstruct  # noqa: E402
 
@@ -61,8 +63,6 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # the workers import us
-    from distributed import Client, LocalCluster
-
     logging.getLogger("distributed").setLevel(logging.ERROR)
 
     cores = os.cpu_count() or 1
@@ -71,36 +71,29 @@ def main() -> None:
     configs: list[tuple[str, int, int]] = [(f"in-process t{t}", 0, t) for t in sorted({1, cores})]
     configs += [(f"1 worker x t{t}", 1, t) for t in sorted({1, cores})] + [("2 workers x t1", 2, 1)]
     rows: list[dict[str, Any]] = []
-    clusters: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    clients: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:  # clusters stop before tmp goes
         scan = write_scan(Path(tmp) / "scan.npz", a.patterns, info.N)
         calls: dict[str, Any] = {}
-        try:
-            for name, workers, threads in configs:
-                if workers == 0:
-                    run = load_engine("onnx", info.spec, info.tensors, threads=threads).run
-                    calls[name] = lambda run=run, **kw: reconstruct(info, scan, run, **kw)
-                else:
-                    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                           dashboard_address=":0", silence_logs=logging.CRITICAL)
-                    clusters[name] = (cluster, Client(cluster))
-                    calls[name] = lambda c=clusters[name][1], t=threads, **kw: reconstruct(
-                        archive, scan, "onnx", client=c, threads=t, **kw)
-            # rounds interleave the rows, so load from other processes falls on all of them alike
-            walls: dict[str, list[float]] = {name: [] for name, _, _ in configs}
-            last: dict[str, Any] = {}
+        for name, workers, threads in configs:
+            if workers == 0:
+                run = load_engine("onnx", info.spec, info.tensors, threads=threads).run
+                calls[name] = lambda run=run, **kw: reconstruct(info, scan, run, **kw)
+            else:
+                clients[name] = stack.enter_context(cluster_client(workers=workers))
+                calls[name] = lambda c=clients[name], t=threads, **kw: reconstruct(
+                    archive, scan, "onnx", client=c, threads=t, **kw)
+        # rounds interleave the rows, so load from other processes falls on all of them alike
+        walls: dict[str, list[float]] = {name: [] for name, _, _ in configs}
+        last: dict[str, Any] = {}
+        for name, _, _ in configs:
+            calls[name](n_groups=min(a.patterns, 512))  # warm-up: every worker's engine built
+        for _ in range(a.repeat):
             for name, _, _ in configs:
-                calls[name](n_groups=min(a.patterns, 512))  # warm-up: every worker's engine built
-            for _ in range(a.repeat):
-                for name, _, _ in configs:
-                    t0 = time.perf_counter()
-                    last[name] = calls[name]()
-                    walls[name].append(time.perf_counter() - t0)
-            overhead = task_overhead(clusters["2 workers x t1"][1])
-        finally:
-            for cluster, client in clusters.values():
-                client.close()
-                cluster.close()
+                t0 = time.perf_counter()
+                last[name] = calls[name]()
+                walls[name].append(time.perf_counter() - t0)
+        overhead = task_overhead(clients["2 workers x t1"])
     ref = last[configs[0][0]]
     for name, workers, threads in configs:
         r = last[name]

@@ -7,14 +7,14 @@ rule: the extra's packages are checked first (one ``error:`` line naming the pip
 pipeline before any work; the output folder is built aside and renamed at the end. ``--compare``
 writes the outputs, then exits 1 when the objects differ beyond parity's tolerance. ``--scheduler`` /
 ``--workers`` (the ``distributed`` extra) run the same pipeline on a Dask cluster
-(:mod:`ptycho_bridge.ops.reconstruct.distributed`); the dashboard link goes to stderr. Image-quality figures
+(:mod:`ptycho_bridge.ops.reconstruct.distributed`); the dashboard link (if any) goes to stderr. Image-quality figures
 (``quality``: SSIM/PSNR/FRC, :mod:`ptycho_bridge.ops.reconstruct.quality`) are computed against ``--compare``'s
 object, else against the dataset's ``objectGuess``, and printed on stderr.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
 import io
 import time
 from pathlib import Path
@@ -27,11 +27,11 @@ from ptycho_bridge.cli.util import emit_json, guarded
 from ptycho_bridge.errors import BridgeError
 from ptycho_bridge.io.atomic import atomic_write, refuse_existing
 from ptycho_bridge.ops.engines import ENGINE_NAMES
-from ptycho_bridge.ops.extras import require
+from ptycho_bridge.ops.extras import EXTRAS, missing_packages, pip_hint, require
 from ptycho_bridge.ops.plots import require_plotting
 from ptycho_bridge.ops.reconstruct.compare import compare_objects, quality_for
 from ptycho_bridge.ops.reconstruct.dataset import CANONICAL
-from ptycho_bridge.ops.reconstruct.distributed import cluster_client, local_threads
+from ptycho_bridge.ops.reconstruct.distributed import cluster_client, dashboard_link, local_threads
 from ptycho_bridge.ops.reconstruct.outputs import (
     build_report,
     parse_formats,
@@ -43,15 +43,16 @@ from ptycho_bridge.ops.reconstruct.pipeline import reconstruct
 from ptycho_bridge.ops.reconstruct.quality import summary
 from ptycho_bridge.ops.reconstruct.stitch import DEFAULT_MAX_CANVAS
 
-EXTRA_PACKAGES = ("scipy", "tifffile", "skimage")  # matplotlib only for --plot (the PNGs are drawn by ops/reconstruct/png.py)
-EXTRA_HINT = 'pip install "ptycho-bridge[reconstruct]"'
+# the extra's packages but matplotlib, which only --plot needs (the PNGs are drawn by ops/reconstruct/png.py)
+EXTRA_PACKAGES = tuple(p for p in EXTRAS["reconstruct"] if p != "matplotlib")
 
 
 def check_extra() -> None:
     """The ``reconstruct`` extra must be installed; one message naming what is missing and the fix."""
-    missing = [p for p in EXTRA_PACKAGES if importlib.util.find_spec(p) is None]
+    missing = missing_packages(EXTRA_PACKAGES)
     if missing:
-        raise BridgeError(f"reconstruct needs {', '.join(missing)} (not installed); install them with: {EXTRA_HINT}")
+        raise BridgeError(f"reconstruct needs {', '.join(missing)} (not installed); "
+                          f"install them with: {pip_hint('reconstruct')}")
 
 
 def parse_keys(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -156,16 +157,15 @@ def command(archive: Path, dataset: Path, outdir: Path, engine: str, n_groups: i
     args: dict[str, Any] = dict(n_groups=n_groups, subsample=subsample, subsample_seed=subsample_seed,
                                 batch_size=batch_size, crop=crop, keys=keys or None, max_canvas=max_canvas,
                                 with_object_guess=True, cache=not no_cache)
-    if scheduler is None and workers is None:
+    cluster = scheduler is not None or workers is not None
+    with (cluster_client(scheduler, workers) if cluster else contextlib.nullcontext()) as client:
+        link = dashboard_link(client) if client is not None else None
+        if link is not None:
+            click.echo(f"dask dashboard: {link}", err=True)
+        threads = local_threads(workers) if workers is not None else None
         with _Bar() as progress:
-            result = reconstruct(archive, dataset, engine, progress=progress, **args)
-    else:
-        with cluster_client(scheduler, workers) as client:
-            click.echo(f"dask dashboard: {client.dashboard_link}", err=True)
-            threads = local_threads(workers) if workers is not None else None
-            with _Bar() as progress:
-                result = reconstruct(archive, dataset, engine, progress=progress, client=client, threads=threads,
-                                     **args)
+            result = reconstruct(archive, dataset, engine, progress=progress, client=client, threads=threads, **args)
+    if cluster:
         result.info["distributed"]["local_cluster"] = workers is not None
     comparison, plot_png, other = None, None, None
     if compare_path is not None:

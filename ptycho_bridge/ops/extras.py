@@ -18,7 +18,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "onnx": ("onnx", "onnxruntime"),
     "torch": ("torch",),
     "tf": ("tensorflow",),
-    "reconstruct": ("scipy", "matplotlib", "tifffile"),
+    "reconstruct": ("scipy", "matplotlib", "tifffile", "skimage"),  # skimage: scikit-image
     "distributed": ("dask", "distributed"),
 }
 

@@ -127,6 +127,21 @@ def test_missing_extra_is_one_clear_line(monkeypatch: pytest.MonkeyPatch, sample
     assert not (tmp_path / "rec").exists()
 
 
+def test_extra_packages_follow_pyproject() -> None:
+    """``EXTRAS["reconstruct"]`` is pyproject's extra (as import names); the command needs it less matplotlib."""
+    import re
+
+    from ptycho_bridge.cli.reconstruct import EXTRA_PACKAGES
+    from ptycho_bridge.ops.extras import EXTRAS
+    from tests._support import REPO
+
+    line = re.search(r"^reconstruct = \[(.*)\]", (REPO / "pyproject.toml").read_text(), re.M)
+    assert line is not None
+    dists = [re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0] for d in re.findall(r'"([^"]+)"', line.group(1))]
+    assert EXTRAS["reconstruct"] == tuple({"scikit-image": "skimage"}.get(d, d) for d in dists)
+    assert EXTRA_PACKAGES == ("scipy", "tifffile", "skimage")  # matplotlib: only --plot, checked by require_plotting
+
+
 def test_key_mapping_and_usage_errors(sample: Path, tmp_path: Path) -> None:
     with np.load(sample / "dataset.npz") as z:
         d = {k: z[k] for k in z.files}

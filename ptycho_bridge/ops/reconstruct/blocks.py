@@ -3,6 +3,7 @@
 Why a module of its own: the one-process loop (:mod:`.pipeline`) and the Dask workers (:mod:`.distributed`) run
 this same code on the same fixed partition, so where a block runs never changes what it returns. The
 partition depends on ``block_groups`` and ``centring_batch`` only (never on ``batch_size`` or the worker count).
+:func:`build_runner` is the one way both get the engine a block runs.
 """
 
 from __future__ import annotations
@@ -10,17 +11,44 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Union
 
 from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import OptionError
+from ptycho_bridge.ops.engines import ENGINE_NAMES, load_engine
+from ptycho_bridge.ops.graph_cache import Runner, onnx_graph_source
 from ptycho_bridge.ops.reconstruct.merge import group_merge
+from ptycho_bridge.ops.reconstruct.modelinfo import ModelInfo
 from ptycho_bridge.ops.reconstruct.normalise import model_input, x_full
 from ptycho_bridge.ops.reconstruct.patterns import PatternSource
 from ptycho_bridge.ops.reconstruct.stitch import CanvasPlan, CanvasWindow, Stitcher, window_bounds
 
 MAX_BLOCKS = 10_000_000
+EngineArg = Union[str, Callable[[np.ndarray], np.ndarray]]
+
+
+def check_engine_name(engine: str) -> None:
+    """Refuse a name that is not in the engine registry (``--engine``'s choices)."""
+    if engine not in ENGINE_NAMES:
+        raise OptionError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}", option="--engine")
+
+
+def build_runner(engine: EngineArg, info: ModelInfo, threads: int | None, *,
+                 cache: bool = True) -> Callable[[np.ndarray], np.ndarray]:
+    """An engine name from the registry (built once) or a caller's callable, as ``x_norm -> [B,Cout,N,N]``.
+
+    The ONNX engine takes its graph from the graph cache (:mod:`ptycho_bridge.ops.graph_cache`) unless
+    ``cache`` is False; what the cache did is the returned runner's ``cache`` attribute (a dict).
+    """
+    if callable(engine):
+        return engine
+    check_engine_name(engine)
+    if engine != "onnx":
+        return load_engine(engine, info.spec, info.tensors, threads=threads).run
+    source, report = onnx_graph_source(info.spec, info.tensors, enabled=cache)
+    loaded = load_engine(engine, info.spec, info.tensors, threads=threads, options={"graph_source": source})
+    return Runner(loaded.run, report.to_dict())
 
 
 class Timer:
@@ -33,6 +61,12 @@ class Timer:
         now = time.perf_counter()
         self.t[name] = self.t.get(name, 0.0) + now - since
         return now
+
+
+def add_seconds(into: dict[str, float], seconds: Mapping[str, float]) -> None:
+    """Add a block's seconds per step (:func:`block_task`'s second result) into a running total per step."""
+    for step, value in seconds.items():
+        into[step] = into.get(step, 0.0) + value
 
 
 @dataclass(frozen=True)
@@ -49,17 +83,21 @@ class BlockContext:
     batch_size: int
     centring_batch: int
     plan: CanvasPlan
-    key: str = "diffraction"
+
+
+def block_size(block_groups: int, centring_batch: int) -> int:
+    """Groups per block: ``block_groups`` (at least 1) rounded up to a multiple of ``centring_batch``."""
+    return int(math.ceil(max(block_groups, 1) / centring_batch) * centring_batch)
 
 
 def block_partition(n_groups: int, block_groups: int, centring_batch: int) -> list[tuple[int, int]]:
-    """Fixed ``[(b0, b1), ...]`` over the groups: ``block_groups`` rounded up to a multiple of ``centring_batch``.
+    """Fixed ``[(b0, b1), ...]`` over the groups in blocks of :func:`block_size`.
 
     Why fixed: the reduction tree is built over these blocks, so they must not depend on the engine batch or
     on how many workers run them; the multiple of ``centring_batch`` keeps the merge chunks where upstream's
     predict batches put them.
     """
-    block = int(math.ceil(max(block_groups, 1) / centring_batch) * centring_batch)
+    block = block_size(block_groups, centring_batch)
     if math.ceil(n_groups / block) > MAX_BLOCKS:
         raise OptionError(f"{n_groups} groups in blocks of {block} exceed {MAX_BLOCKS} blocks", option="block_groups")
     return [(b0, min(n_groups, b0 + block)) for b0 in range(0, n_groups, block)]

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator, Mapping
 from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ArchiveError, BridgeError, ChecksumError, FormatError
-from ptycho_bridge.ops.reconstruct.blocks import block_task
+from ptycho_bridge.ops.reconstruct.blocks import add_seconds, block_task, build_runner
 from ptycho_bridge.ops.reconstruct.dataset import ScanDataset, named, open_dataset
 from ptycho_bridge.ops.reconstruct.modelinfo import ModelInfo, file_sha256, open_model
 from ptycho_bridge.ops.reconstruct.normalise import pattern_energies
@@ -73,7 +73,7 @@ class WorkerJob:
     spool_dir: str | None
     fingerprint: str  # scan_fingerprint of the dataset the client grouped
     read_chunk: int
-    builder: Callable[..., Any]  # pipeline.build_runner (pickled by reference): the one way to get an engine
+    cache: bool  # use the ONNX graph cache (False: --no-cache or PTYCHO_BRIDGE_NO_CACHE on the client)
 
 
 def scan_fingerprint(ds: ScanDataset) -> str:
@@ -100,8 +100,11 @@ def _worker_name() -> str:
 
 
 def _engine(job: WorkerJob) -> tuple[Callable[..., Any], float]:
-    """This process's engine for the job's archive: built once, after the archive's sha256 is checked."""
-    key = (job.archive_sha256, job.engine, job.threads)
+    """This process's engine for the job's archive: built once, after the archive's sha256 is checked.
+
+    Keyed by the cache choice too: a ``--no-cache`` run gets an engine built without the graph cache.
+    """
+    key = (job.archive_sha256, job.engine, job.threads, job.cache)
     if key in _ENGINES:
         _ENGINES.move_to_end(key)
         return _ENGINES[key][1], 0.0
@@ -109,7 +112,7 @@ def _engine(job: WorkerJob) -> tuple[Callable[..., Any], float]:
     _check_sha(job, file_sha256(job.archive))  # before the read: nothing unverified is parsed
     info = open_model(job.archive)
     _check_sha(job, info.sha256)  # after it (open_model hashes the file again): not swapped meanwhile
-    run = job.builder(job.engine, info, job.threads)
+    run = build_runner(job.engine, info, job.threads, cache=job.cache)
     _ENGINES[key] = (info, run, time.perf_counter() - t0)
     while len(_ENGINES) > CACHE_SIZE:
         _ENGINES.popitem(last=False)
@@ -154,11 +157,13 @@ def _guard(job: WorkerJob, fn: Callable[[], Any]) -> Any:
 
 
 def check_task(job: WorkerJob) -> dict[str, Any]:
-    """Open the dataset, check the archive and build the engine on this worker; report who and how long."""
+    """Open the dataset, check the archive and build the engine on this worker; report who, how long and what
+    the graph cache did when this worker's engine was built (``None`` for engines without one)."""
     def work() -> dict[str, Any]:
         _dataset(job)
-        _run, built = _engine(job)
-        return {"worker": _worker_name(), "pid": os.getpid(), "engine_build_s": built}
+        run, built = _engine(job)
+        return {"worker": _worker_name(), "pid": os.getpid(), "engine_build_s": built,
+                "cache": getattr(run, "cache", None)}
     return _guard(job, work)
 
 
@@ -205,35 +210,20 @@ def root_window(r: Any) -> CanvasWindow:
 # -- client side ------------------------------------------------------------------------------------------
 @dataclass
 class Driver:
-    """Runs pass 1 and pass 2 of one reconstruction on ``client``'s workers and keeps what the report needs."""
+    """Runs pass 1 and pass 2 of one reconstruction (``job``) on ``client``'s workers; keeps what the report needs."""
 
     client: Any
-    info: ModelInfo
-    ds: ScanDataset
-    engine: str
-    builder: Callable[..., Any]
-    threads: int | None = None
-    keys: Mapping[str, str] | None = None
-    require_probe: bool = True
-    spool_dir: str | None = None
-    read_chunk: int = 1024
+    job: WorkerJob
     stage_seconds: dict[str, float] = field(default_factory=dict)
     worker_seconds: dict[str, float] = field(default_factory=dict)
     bytes_moved: dict[str, int] = field(default_factory=dict)
     workers: list[str] = field(default_factory=list)
     workers_used: set[str] = field(default_factory=set)
+    cache: dict[str, Any] | None = None  # the first worker's (by address) graph-cache report
     blocks: int = 0
     pass1_tasks: int = 0
     patterns: int = 0
-
-    def __post_init__(self) -> None:
-        self.job = WorkerJob(
-            archive=os.path.abspath(self.info.path), archive_sha256=self.info.sha256, engine=self.engine,
-            threads=self.threads, dataset=os.path.abspath(self.ds.path), N=self.info.N,
-            keys=dict(self.keys) if self.keys else None, require_probe=self.require_probe,
-            spool_dir=self.spool_dir, fingerprint=scan_fingerprint(self.ds), read_chunk=self.read_chunk,
-            builder=self.builder)
-        self.token = uuid.uuid4().hex[:12]
+    token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # names this run's tasks
 
     def _result(self, future: Any) -> Any:
         """``future.result()`` with worker refusals as :class:`RemoteError`; others are cancelled on failure."""
@@ -267,6 +257,7 @@ class Driver:
         done = self._gather_in_order(futs)
         self.workers = workers
         self.worker_seconds["engine_build"] = sum(d["engine_build_s"] for d in done)
+        self.cache = done[0]["cache"]
         self.stage_seconds["check"] = time.perf_counter() - t0
 
     def pattern_energies(self, indices: np.ndarray, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
@@ -333,8 +324,7 @@ class Driver:
                 meta = self._result(fut)
                 done += meta["groups"]
                 self.workers_used.add(meta["worker"])
-                for name, value in meta["seconds"].items():
-                    self.worker_seconds[name] = self.worker_seconds.get(name, 0.0) + value
+                add_seconds(self.worker_seconds, meta["seconds"])
                 if progress is not None:
                     progress("reconstruct", done, B)
             t1 = time.perf_counter()
@@ -349,20 +339,24 @@ class Driver:
 
     def report(self) -> dict[str, Any]:
         """The ``distributed`` key of ``reconstruct.json``."""
-        try:
-            dashboard = self.client.dashboard_link
-        except Exception:  # noqa: BLE001 - no dashboard (bokeh absent): the report says null
-            dashboard = None
         total = sum(self.bytes_moved.values())
         return {
             "scheduler": str(self.client.scheduler.address), "workers": len(self.workers),
-            "workers_used": len(self.workers_used), "dashboard": dashboard, "blocks": self.blocks,
+            "workers_used": len(self.workers_used), "dashboard": dashboard_link(self.client), "blocks": self.blocks,
             "pass1_tasks": self.pass1_tasks,
             "stage_seconds": {k: round(v, 6) for k, v in self.stage_seconds.items()},
             "worker_seconds": {k: round(v, 6) for k, v in self.worker_seconds.items()},
             "bytes": dict(self.bytes_moved),
             "bytes_per_pattern": round(total / self.patterns, 1) if self.patterns else None,
         }
+
+
+def dashboard_link(client: Any) -> str | None:
+    """The scheduler's dashboard URL, or None where it serves none (``client.dashboard_link`` raises then)."""
+    try:
+        return client.dashboard_link
+    except Exception:  # noqa: BLE001 - no dashboard (bokeh absent, KeyError from the scheduler's services)
+        return None
 
 
 def _area(b: tuple[int, int, int, int]) -> int:

@@ -26,20 +26,29 @@ all patterns or all patches.
 
 from __future__ import annotations
 
-import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Callable, Mapping
 
 from ptycho_bridge.lazy import numpy as np
 
 from ptycho_bridge.errors import ArchiveError, OptionError
-from ptycho_bridge.ops.engines import ENGINE_NAMES, load_engine
-from ptycho_bridge.ops.graph_cache import Runner, onnx_graph_source
-from ptycho_bridge.ops.reconstruct.blocks import BlockContext, Timer, block_partition, block_task
+from ptycho_bridge.ops.graph_cache import enabled_by_env
+from ptycho_bridge.ops.reconstruct.blocks import (  # build_runner stays importable from here too
+    BlockContext,
+    EngineArg,
+    Timer,
+    add_seconds,
+    block_partition,
+    block_size,
+    block_task,
+    build_runner,
+    check_engine_name,
+)
 from ptycho_bridge.ops.reconstruct.dataset import named, open_dataset
-from ptycho_bridge.ops.reconstruct.distributed import Driver
+from ptycho_bridge.ops.reconstruct.distributed import Driver, WorkerJob, scan_fingerprint
 from ptycho_bridge.ops.reconstruct.grouping import make_groups
 from ptycho_bridge.ops.reconstruct.modelinfo import ModelInfo, open_model
 from ptycho_bridge.ops.reconstruct.normalise import grouped_energies, norm_scale, pattern_energies
@@ -48,7 +57,6 @@ from ptycho_bridge.ops.reconstruct.stitch import DEFAULT_MAX_CANVAS, TreeReducer
 UPSTREAM_PREDICT_BATCH = 32
 DEFAULT_BLOCK_GROUPS = 256  # groups per block task: the unit of work on a cluster and of the reduction tree
 Progress = Callable[[str, int, int], None]
-EngineArg = Union[str, Callable[[np.ndarray], np.ndarray]]
 
 
 @dataclass
@@ -68,24 +76,6 @@ class ReconstructionResult:
     info: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     object_guess: np.ndarray | None = None  # the dataset's objectGuess (complex64), when present
-
-
-def build_runner(engine: EngineArg, info: ModelInfo, threads: int | None, *,
-                 cache: bool = True) -> Callable[[np.ndarray], np.ndarray]:
-    """An engine name from the registry (built once) or a caller's callable, as ``x_norm -> [B,Cout,N,N]``.
-
-    The ONNX engine takes its graph from the graph cache (:mod:`ptycho_bridge.ops.graph_cache`) unless
-    ``cache`` is False; what the cache did is the returned runner's ``cache`` attribute (a dict).
-    """
-    if callable(engine):
-        return engine
-    if engine not in ENGINE_NAMES:
-        raise OptionError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}", option="--engine")
-    if engine != "onnx":
-        return load_engine(engine, info.spec, info.tensors, threads=threads).run
-    source, report = onnx_graph_source(info.spec, info.tensors, enabled=cache)
-    loaded = load_engine(engine, info.spec, info.tensors, threads=threads, options={"graph_source": source})
-    return Runner(loaded.run, report.to_dict())
 
 
 def reconstruct(
@@ -118,7 +108,8 @@ def reconstruct(
     ``n_groups`` = upstream's nsamples (default: all patterns for gridsize 1, M // C groups otherwise);
     ``subsample``/``subsample_seed`` = upstream's ``--n_subsample``/``--subsample_seed``.
     ``progress(stage, done, total)`` is called per chunk ("normalise": patterns, "reconstruct": groups).
-    ``cache=False`` builds the ONNX graph afresh instead of using the graph cache.
+    ``cache=False`` builds the ONNX graph afresh instead of using the graph cache (on a cluster: on every
+    worker, as does ``PTYCHO_BRIDGE_NO_CACHE`` set here; ``info["cache"]`` is then the first worker's report).
     ``inspect`` (tests): called per merge chunk with its group range, X_full, x_norm, raw and merged patches.
     ``block_groups``: groups per block task (rounded up to a multiple of ``centring_batch``); it fixes the
     reduction tree, so it is a choice that changes the last bits, unlike ``batch_size``.
@@ -136,8 +127,8 @@ def reconstruct(
         raise OptionError("a cluster run needs an engine name (workers build their own engine)", option="--engine")
     if client is not None and inspect is not None:
         raise OptionError("inspect runs in-process only", option="inspect")
-    if isinstance(engine, str) and engine not in ENGINE_NAMES:
-        raise OptionError(f"unknown engine {engine!r}; choose from {', '.join(ENGINE_NAMES)}", option="--engine")
+    if isinstance(engine, str):  # before any work (build_runner checks again for its direct callers)
+        check_engine_name(engine)
     tm = Timer()
     t = time.perf_counter()
     info = archive if isinstance(archive, ModelInfo) else open_model(archive)
@@ -158,8 +149,12 @@ def reconstruct(
         driver = None
         run: Any = None  # the one-process runner (its ``cache`` report goes into the result)
         if client is not None:
-            driver = Driver(client, info, ds, engine=str(engine), builder=build_runner, threads=threads, keys=keys,
-                            require_probe=require_probe, spool_dir=spool_dir, read_chunk=read_chunk)
+            job = WorkerJob(archive=os.path.abspath(info.path), archive_sha256=info.sha256, engine=str(engine),
+                            threads=threads, dataset=os.path.abspath(ds.path), N=info.N,
+                            keys=dict(keys) if keys else None, require_probe=require_probe, spool_dir=spool_dir,
+                            fingerprint=scan_fingerprint(ds), read_chunk=read_chunk,
+                            cache=cache and enabled_by_env())  # the client's choice, whatever the workers' env
+            driver = Driver(client, job)
             driver.check_workers()
             t = tm.add("workers", t)
         try:
@@ -178,7 +173,7 @@ def reconstruct(
         ctx = BlockContext(N=info.N, backend=info.backend, intensity_scale=info.intensity_scale,
                            padded_size=info.padded_size, object_big=bool(info.spec.object_big),
                            centre=info.reassembly_centring, s=float(s), batch_size=batch_size,
-                           centring_batch=centring_batch, plan=plan, key=key)
+                           centring_batch=centring_batch, plan=plan)
         blocks = block_partition(B, block_groups, centring_batch)
         if driver is not None:
             window = driver.run_blocks(ctx, blocks, g, progress=progress)  # worker seconds: driver.report()
@@ -190,8 +185,7 @@ def reconstruct(
             for b0, b1 in blocks:
                 win, secs = block_task(ctx, ds.patterns, run, g.groups[b0:b1], g.coords_relative[b0:b1],
                                        g.coords_offsets[b0:b1], start=b0, inspect=inspect)
-                for step, seconds in secs.items():
-                    tm.t[step] = tm.t.get(step, 0.0) + seconds
+                add_seconds(tm.t, secs)
                 t = time.perf_counter()
                 reducer.push(win)
                 t = tm.add("reduce", t)
@@ -228,9 +222,9 @@ def reconstruct(
               "n_patterns_file": ds.count, "n_groups": int(B), "n_groups_requested": n_groups,
               "subsample": subsample, "subsample_seed": g.subsample_seed,
               "centring_batch": centring_batch, "batch_size": batch_size, "patterns": ds.patterns.description,
-              "block_groups": int(math.ceil(block_groups / centring_batch) * centring_batch),
+              "block_groups": block_size(block_groups, centring_batch),
               "blocks": len(blocks),
               "distributed": driver.report() if driver is not None else None,
-              "cache": getattr(run, "cache", None)},
+              "cache": driver.cache if driver is not None else getattr(run, "cache", None)},
         notes=notes, object_guess=guess,
     )

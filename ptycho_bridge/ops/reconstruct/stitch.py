@@ -91,9 +91,22 @@ def plan_canvas(offsets: np.ndarray, crop: int = 20, max_canvas: int = DEFAULT_M
     return CanvasPlan(com=com, pad=pad, size=size, crop=crop, count=int(off32.shape[0]))
 
 
+def _planned_adj(plan: CanvasPlan, off: np.ndarray) -> np.ndarray:
+    """float32 ``adj = off - com`` of float64 offsets ``(k, 2)``; refuses offsets the plan did not cover."""
+    adj = (off.astype(np.float32) - plan.com).astype(np.float32)
+    if adj.size and float(np.max(np.abs(adj))) > plan.pad:
+        raise ValueError("offsets fall outside the planned canvas (plan the canvas from all offsets)")
+    return adj
+
+
+def _window_start(pos: np.ndarray, pad: int, P: int, W: int) -> np.ndarray:
+    """Per patch: the first canvas index of its ``W``-wide window along one axis (``pos`` = float32 adj)."""
+    return np.clip(np.floor(pos + np.float32(pad)).astype(np.int64) - 1, 0, P - W)
+
+
 def _axis_samples(pos: np.ndarray, pad: int, M: int, P: int, W: int):  # type: ignore[no-untyped-def]
     """Per patch: window start, float32 weight of the upper corner, crop indices of both corners, validity."""
-    start = np.clip(np.floor(pos + np.float32(pad)).astype(np.int64) - 1, 0, P - W)
+    start = _window_start(pos, pad, P, W)
     grid = start[:, None] + np.arange(W)[None, :]  # canvas indices (K, W)
     s = (grid.astype(np.float32) - pos[:, None]).astype(np.float32)  # sample positions in padded coords
     f = np.floor(s)
@@ -124,19 +137,13 @@ class CanvasWindow:
     def shape(self) -> tuple[int, int]:
         return (int(self.count.shape[0]), int(self.count.shape[1]))
 
-    @property
-    def nbytes(self) -> int:
-        return int(self.num_re.nbytes + self.num_im.nbytes + self.count.nbytes)
-
 
 def window_bounds(plan: CanvasPlan, offsets: np.ndarray) -> tuple[int, int, int, int]:
     """Canvas rows ``r0:r1`` and cols ``c0:c1`` that patches at ``offsets`` can touch (their ``W``-wide windows)."""
     off = flat_offsets(offsets)
     P, W = plan.size, min(plan.crop + 3, plan.size)
-    adj = (off.astype(np.float32) - plan.com).astype(np.float32)
-    if adj.size and float(np.max(np.abs(adj))) > plan.pad:
-        raise ValueError("offsets fall outside the planned canvas (plan the canvas from all offsets)")
-    starts = [np.clip(np.floor(adj[:, a] + np.float32(plan.pad)).astype(np.int64) - 1, 0, P - W) for a in (1, 0)]
+    adj = _planned_adj(plan, off)
+    starts = [_window_start(adj[:, a], plan.pad, P, W) for a in (1, 0)]
     return (int(starts[0].min()), int(starts[0].max()) + W, int(starts[1].min()), int(starts[1].max()) + W)
 
 
@@ -174,9 +181,7 @@ class Stitcher:
         off = flat_offsets(offsets)
         if off.shape[0] != z.shape[0]:
             raise ValueError(f"{z.shape[0]} patches but {off.shape[0]} offsets")
-        adj = (off.astype(np.float32) - pl.com).astype(np.float32)
-        if adj.size and float(np.max(np.abs(adj))) > pl.pad:
-            raise ValueError("offsets fall outside the planned canvas (plan the canvas from all offsets)")
+        adj = _planned_adj(pl, off)
         lo = N // 2 - M // 2
         crop = z[:, lo:lo + M, lo:lo + M].astype(np.complex64)
         re, im = np.ascontiguousarray(crop.real), np.ascontiguousarray(crop.imag)
@@ -216,15 +221,9 @@ class Stitcher:
         return CanvasWindow(self.r0, self.c0, self.num_re, self.num_im, self.count, self.added)
 
     def result(self, rows_per_block: int = 1024) -> np.ndarray:
-        """``S / (1e-9 + count)`` as complex64 ``(P, P)``; uncovered pixels are 0."""
-        P = self.plan.size
-        out = np.empty((P, P), np.complex64)
-        for r in range(0, P, rows_per_block):
-            sl = slice(r, r + rows_per_block)
-            den = (self.count[sl].astype(np.float32) + EPS).astype(np.float32)
-            out.real[sl] = self.num_re[sl].astype(np.float32) / den
-            out.imag[sl] = self.num_im[sl].astype(np.float32) / den
-        return out
+        """``S / (1e-9 + count)`` as complex64 ``(P, P)`` (:func:`finalise`); pixels uncovered or outside the
+        window are 0."""
+        return finalise(self.plan, self.window(), rows_per_block)
 
 
 def add_windows(a: CanvasWindow, b: CanvasWindow) -> CanvasWindow:

@@ -7,7 +7,6 @@ The kill test comes last: it kills a worker of the shared cluster (its nanny res
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import signal
@@ -21,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from ptycho_bridge.cli import main
+from ptycho_bridge.ops.reconstruct.distributed import cluster_client
 from ptycho_bridge.ops.reconstruct.modelinfo import open_model
 from ptycho_bridge.ops.reconstruct.pipeline import reconstruct
 from ptycho_bridge.ops.reconstruct.stitch import CanvasWindow, TreeReducer, add_windows, tree_split
@@ -37,11 +37,8 @@ RUNS = [("tf_N64_gs1", SPLIT), ("tf_N64_gs2_n15", {}), ("torch_N64_gs2_n15", {"b
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                       silence_logs=logging.CRITICAL)
-    with distributed.Client(cluster) as c:
+    with cluster_client(workers=2) as c:
         yield c
-    cluster.close()
 
 
 def one_process(case: str, extra: dict[str, Any]):  # type: ignore[no-untyped-def]
@@ -101,14 +98,9 @@ def test_two_workers_equal_one_process_bit_for_bit(client: Any, case: str, extra
 
 def test_one_worker_equals_one_process_bit_for_bit() -> None:
     ref = one_process("tf_N64_gs1", SPLIT)
-    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                       silence_logs=logging.CRITICAL)
-    try:
-        with distributed.Client(cluster) as c:
-            got = reconstruct(archive("tf_N64_gs1"), DATASET, "onnx", client=c, **SPLIT)
-            gs2 = reconstruct(archive("tf_N64_gs2_n15"), DATASET, "onnx", client=c, **CASES["tf_N64_gs2_n15"][1])
-    finally:
-        cluster.close()
+    with cluster_client(workers=1) as c:
+        got = reconstruct(archive("tf_N64_gs1"), DATASET, "onnx", client=c, **SPLIT)
+        gs2 = reconstruct(archive("tf_N64_gs2_n15"), DATASET, "onnx", client=c, **CASES["tf_N64_gs2_n15"][1])
     assert np.array_equal(got.object, ref.object)
     assert got.info["distributed"]["workers"] == 1 and got.info["blocks"] == 13
     assert np.array_equal(gs2.object, one_process("tf_N64_gs2_n15", {}).object)
@@ -169,6 +161,52 @@ def test_cli_scheduler_run_reports_the_cluster(client: Any, tmp_path: Path) -> N
     assert d["blocks"] == 1 and set(d["worker_seconds"]) >= {"read", "model", "merge", "stitch"}
     with np.load(out / "object.npz") as z:
         assert np.array_equal(z["object"], one_process("tf_N64_gs2_n15", {}).object)
+
+
+def test_scheduler_without_dashboard_runs_and_reports_null(client: Any, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Client.dashboard_link`` raises KeyError where the scheduler serves no dashboard: no line, ``dashboard`` null."""
+    need_fixtures()
+    from ptycho_bridge.ops.reconstruct.distributed import dashboard_link
+
+    monkeypatch.setattr(distributed.Client, "dashboard_link", property(lambda self: {}["dashboard"]))
+    assert dashboard_link(client) is None
+    out = tmp_path / "rec"
+    res = CliRunner().invoke(main, ["reconstruct", archive("tf_N64_gs2_n15"), str(DATASET), "-o", str(out),
+                                    "--subsample", "100", "--n-groups", "15", "--scheduler",
+                                    client.scheduler.address], env={"PTYCHO_BRIDGE_NO_PROGRESS": "1"})
+    assert res.exit_code == 0, res.output
+    assert "dask dashboard" not in res.stderr and "Traceback" not in res.output, res.stderr
+    report = json.loads((out / "reconstruct.json").read_text())
+    assert schema_errors("reconstruct-report", report) == []
+    assert report["distributed"]["dashboard"] is None
+
+
+def test_no_cache_reaches_the_workers_and_the_report(client: Any, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cache=False``, ``--no-cache`` and the client's PTYCHO_BRIDGE_NO_CACHE turn the graph cache off on the
+    workers, and ``cache`` reports it as in one process (it was null on every cluster run)."""
+    need_fixtures()
+    from ptycho_bridge.ops import graph_cache
+
+    off = {"status": "off", "path": None, "key": None, "reason": None}
+    kw = {**CASES["tf_N64_gs2_n15"][1]}
+    on = reconstruct(archive("tf_N64_gs2_n15"), DATASET, "onnx", client=client, threads=1, **kw)
+    assert on.info["cache"] is not None and on.info["cache"]["status"] in ("hit", "miss", "rebuilt")
+    got = reconstruct(archive("tf_N64_gs2_n15"), DATASET, "onnx", client=client, threads=1, cache=False, **kw)
+    assert got.info["cache"] == off == one_process("tf_N64_gs2_n15", {"cache": False}).info["cache"]
+    assert np.array_equal(got.object, on.object)
+    monkeypatch.setenv(graph_cache.ENV_OFF, "1")  # set on the client only: the workers started without it
+    env = reconstruct(archive("tf_N64_gs2_n15"), DATASET, "onnx", client=client, threads=1, **kw)
+    assert env.info["cache"] == off
+    monkeypatch.delenv(graph_cache.ENV_OFF)
+    out = tmp_path / "rec"
+    res = CliRunner().invoke(main, ["reconstruct", archive("tf_N64_gs2_n15"), str(DATASET), "-o", str(out),
+                                    "--subsample", "100", "--n-groups", "15", "--no-cache", "--scheduler",
+                                    client.scheduler.address], env={"PTYCHO_BRIDGE_NO_PROGRESS": "1"})
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "reconstruct.json").read_text())
+    assert schema_errors("reconstruct-report", report) == [] and report["cache"] == off
 
 
 def test_core_and_one_process_paths_do_not_import_dask() -> None:

@@ -61,3 +61,26 @@ def test_canvas_bound_checked_before_allocating() -> None:
     assert plan.size == 20 + 2 * plan.pad and plan.pad % 2 == 0
     with pytest.raises(OptionError, match="--crop"):
         Stitcher(plan_canvas(off[:1], crop=40), 32)
+
+
+def test_windowed_stitcher_result_is_the_full_canvas_one() -> None:
+    """A Stitcher kept to ``window_bounds`` gives the full canvas from ``result()``: the same bits, 0 outside."""
+    from ptycho_bridge.ops.reconstruct.stitch import window_bounds
+
+    rng = np.random.default_rng(3)
+    off = rng.uniform(0, 150, (30, 2))
+    z = (rng.standard_normal((30, 64, 64)) + 1j * rng.standard_normal((30, 64, 64))).astype(np.complex64)
+    plan = plan_canvas(off, 20)
+    full = Stitcher(plan, 64)
+    full.add(z[:6], off[:6])
+    bounds = window_bounds(plan, off[:6])
+    assert bounds != (0, plan.size, 0, plan.size)  # a real window, smaller than the canvas
+    win = Stitcher(plan, 64, bounds=bounds)
+    win.add(z[:6], off[:6])
+    for rows in (1, 5, 1024):
+        got = win.result(rows)
+        assert got.shape == (plan.size, plan.size) and np.array_equal(got, full.result(rows))
+    r0, r1, c0, c1 = bounds
+    outside = np.ones(got.shape, bool)
+    outside[r0:r1, c0:c1] = False
+    assert not np.any(got[outside])
