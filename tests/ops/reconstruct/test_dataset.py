@@ -28,6 +28,14 @@ def write(path: Path, data: dict[str, np.ndarray], compressed: bool = False) -> 
     return str(path)
 
 
+def write_h5(path: Path, scan: dict[str, np.ndarray]) -> h5py.File:
+    """The four required keys as contiguous datasets at the root; the file is returned open for additions."""
+    f = h5py.File(path, "w")
+    for k in ("diffraction", "xcoords", "ycoords", "probeGuess"):
+        f[k] = scan[k]
+    return f
+
+
 def read_all(path: str, **kw: object) -> np.ndarray:
     ds = open_dataset(path, N, **kw)  # type: ignore[arg-type]
     try:
@@ -74,9 +82,7 @@ def test_hdf5_with_key_mapping_and_float32_coordinates(tmp_path: Path, scan: dic
 
 def test_hdf5_soft_link_is_refused(tmp_path: Path, scan: dict[str, np.ndarray]) -> None:
     path = tmp_path / "s.h5"
-    with h5py.File(path, "w") as f:
-        for k in ("diffraction", "xcoords", "ycoords", "probeGuess"):
-            f[k] = scan[k]
+    with write_h5(path, scan) as f:
         f["alias"] = h5py.SoftLink("/xcoords")
     with pytest.raises(ArchiveError, match="soft link"):
         open_dataset(str(path), N)
@@ -142,9 +148,7 @@ def test_hdf5_small_chunked_patterns_cross_from_the_child_once(tmp_path: Path, s
 
 def test_hdf5_contiguous_patterns_are_mapped_without_libhdf5(tmp_path: Path, scan: dict[str, np.ndarray]) -> None:
     path = tmp_path / "s.h5"
-    with h5py.File(path, "w") as f:
-        for k in ("diffraction", "xcoords", "ycoords", "probeGuess"):
-            f[k] = scan[k]
+    write_h5(path, scan).close()
     ds = open_dataset(str(path), N)
     try:
         assert "mapped" in ds.patterns.description and "metadata scan" in " ".join(ds.notes)
